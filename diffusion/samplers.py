@@ -1,0 +1,146 @@
+"""Samplers: DDPM ancestral (Ho et al. 2020), DDIM (Song et al. 2021), DPM-Solver++(2M) (Lu et al. 2022).
+
+One interface. A sampler is a generator function
+
+    sampler(denoise, diffusion, x, timesteps, generator=None, eta=0.0) -> iterator of Step
+
+where denoise(x_t, t) returns the network's raw output for the batch x_t at integer timesteps t
+(shape (B,)), and `timesteps` is a descending sequence of training timesteps, e.g. [999, ..., 0].
+At each timestep the sampler yields Step(t, x_t, pred_x0) and then moves on ("predict, then
+step"); after the last one it yields Step(-1, x_0, x_0) with the finished samples. Nothing needs
+priming and nothing is kept between calls.
+"""
+from contextlib import nullcontext
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+
+class Step(NamedTuple):
+    t: int                 # timestep of x (-1 for the finished samples)
+    x: torch.Tensor        # x_t, (B, C, H, W)
+    pred_x0: torch.Tensor  # the model's estimate of x_0 from x_t
+
+
+def make_timesteps(sampler, num_timesteps, steps):
+    """Descending timesteps for a sampler: all T for ddpm, else `steps` evenly spaced in [T-1, 0]."""
+    if sampler == "ddpm":
+        return list(range(num_timesteps - 1, -1, -1))
+    if not 1 <= steps <= num_timesteps:
+        raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
+    return [int(t) for t in np.unique(np.linspace(0, num_timesteps - 1, steps).round())[::-1]]
+
+
+def _predict(denoise, diffusion, x, t, clip):
+    t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+    x0, eps = diffusion.predict_x0_eps(x, t_batch, denoise(x, t_batch).float())
+    if clip:  # data lives in [-1, 1]; recompute eps so the two stay consistent
+        x0 = x0.clamp(-1, 1)
+        eps = (x - diffusion.sqrt_alphas_cumprod[t] * x0) / diffusion.sqrt_one_minus_alphas_cumprod[t]
+    return x0, eps
+
+
+@torch.no_grad()
+def ddpm(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2), via the posterior q(x_{t-1} | x_t, x0_hat)."""
+    for t in timesteps:
+        x0, _ = _predict(denoise, diffusion, x, t, clip)
+        yield Step(t, x, x0)
+        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
+        mean, variance = diffusion.q_posterior(x0, x, t_batch)
+        noise = torch.randn(x.shape, generator=generator, device=x.device) if t > 0 else 0.0
+        x = mean + variance.sqrt() * noise
+    yield Step(-1, x, x)
+
+
+@torch.no_grad()
+def ddim(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
+    """DDIM (Song et al. 2021) on a subsequence of timesteps; eta = 0 deterministic, 1 DDPM-like.
+
+        ab, ab_prev = alpha_bar at t and at the next (smaller) timestep; ab_prev = 1 after t = 0
+        sigma  = eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev)         (eq. 16)
+        x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z           (eq. 12)
+    """
+    for i, t in enumerate(timesteps):
+        x0, eps = _predict(denoise, diffusion, x, t, clip)
+        yield Step(t, x, x0)
+        ab = diffusion.alphas_cumprod[t]
+        ab_prev = diffusion.alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.ones_like(ab)
+        sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        if eta > 0 and i + 1 < len(timesteps):
+            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+    yield Step(-1, x, x)
+
+
+@torch.no_grad()
+def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), a second-order multistep solver in x0.
+
+        alpha_t = sqrt(ab_t), sigma_t = sqrt(1 - ab_t), lambda_t = log(alpha_t / sigma_t)
+        h_i = lambda_{t_i} - lambda_{t_{i-1}},   r_i = h_{i-1} / h_i
+        D_i = (1 + 1 / (2 r_i)) x0_{i-1} - (1 / (2 r_i)) x0_{i-2}          (first step: D_1 = x0_0)
+        x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) x_{t_{i-1}} - alpha_{t_i} (exp(-h_i) - 1) D_i
+    The step after t = 0 lands on clean data (sigma = 0, lambda = inf), where the update reduces
+    to x = D; it is taken at first order (x = x0 at t = 0), as is usual for few steps.
+    """
+    def lam(t):
+        return torch.log(diffusion.sqrt_alphas_cumprod[t] / diffusion.sqrt_one_minus_alphas_cumprod[t])
+
+    prev_x0, prev_h = None, None
+    for i, t in enumerate(timesteps):
+        x0, _ = _predict(denoise, diffusion, x, t, clip)
+        yield Step(t, x, x0)
+        if i + 1 == len(timesteps):
+            x = x0
+            break
+        s = timesteps[i + 1]
+        h = lam(s) - lam(t)
+        if prev_x0 is None:
+            d = x0
+        else:
+            r = prev_h / h
+            d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
+        sigma_ratio = diffusion.sqrt_one_minus_alphas_cumprod[s] / diffusion.sqrt_one_minus_alphas_cumprod[t]
+        x = sigma_ratio * x - diffusion.sqrt_alphas_cumprod[s] * torch.expm1(-h) * d
+        prev_x0, prev_h = x0, h
+    yield Step(-1, x, x)
+
+
+def make_denoiser(model, labels=None, guidance=0.0, null_label=None, autocast=None):
+    """denoise(x_t, t) for the samplers, with classifier-free guidance (Ho & Salimans 2022).
+
+    Without labels the model is unconditional. With labels and guidance w > 0 the conditional and
+    unconditional (null-label) outputs come from one batched forward pass and are combined as
+        out = cond + w * (cond - uncond)        (w = 0: plain conditional sampling)
+    which is the same in eps, x0 or v, since all three are affine in the output at fixed x_t.
+    """
+    autocast = autocast or nullcontext
+
+    def denoise(x, t):
+        with autocast():
+            if labels is None or guidance == 0:
+                return model(x, t, labels).float()
+            null = torch.full_like(labels, null_label)
+            out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float()
+        cond, uncond = out.chunk(2)
+        return cond + guidance * (cond - uncond)
+
+    return denoise
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp}
+# default number of network evaluations per sampler
+DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 20}
+
+
+def sample(sampler, denoise, diffusion, noise, steps=None, eta=0.0, generator=None, clip=True, keep=()):
+    """Run a sampler to the end; return (final samples, the Steps whose t is in `keep`)."""
+    steps = steps or DEFAULT_STEPS[sampler]
+    timesteps = make_timesteps(sampler, diffusion.num_timesteps, steps)
+    kept = []
+    for step in SAMPLERS[sampler](denoise, diffusion, noise, timesteps, generator, eta, clip):
+        if step.t in keep:
+            kept.append(step)
+    return step.x, kept

@@ -1,0 +1,96 @@
+"""The U-Net: f(x_t, t[, y]) -> prediction with the shape of x_t.
+
+The network knows nothing of the noise schedule; it sees integer timesteps t in [0, T).
+Layout for the defaults (28x28, channel_mults 1 2 2): 28 -> 14 -> 7 -> 14 -> 28, with a skip
+stack pushed on the way down and popped on the way up, and self-attention at 7x7.
+"""
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.blocks import AttentionBlock, Downsample, ResBlock, Upsample, timestep_embedding, zero_init
+
+
+class UNet(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.config = config
+        ch = config.base_channels
+        emb_dim = 4 * ch
+        widths = [ch * m for m in config.channel_mults]
+        res_block = partial(ResBlock, emb_dim=emb_dim, groups=config.norm_groups, dropout=config.dropout)
+        attention = partial(AttentionBlock, num_heads=config.num_heads, groups=config.norm_groups)
+
+        # Conditioning: sinusoidal time embedding -> MLP, plus a learned label embedding.
+        self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if config.num_classes > 0:
+            # index num_classes is the "null" label of classifier-free guidance
+            self.label_emb = nn.Embedding(config.num_classes + 1, emb_dim)
+
+        self.input_conv = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+
+        # Down path: each block's output is pushed on the skip stack.
+        self.down = nn.ModuleList()
+        skip_widths = [ch]
+        size, in_ch = config.image_size, ch
+        for level, width in enumerate(widths):
+            for _ in range(config.num_res_blocks):
+                layers = [res_block(in_ch, width)]
+                if size in config.attention_resolutions:
+                    layers.append(attention(width))
+                self.down.append(nn.ModuleList(layers))
+                skip_widths.append(width)
+                in_ch = width
+            if level < len(widths) - 1:
+                self.down.append(nn.ModuleList([Downsample(in_ch)]))
+                skip_widths.append(in_ch)
+                size //= 2
+
+        self.middle = nn.ModuleList([res_block(in_ch, in_ch), attention(in_ch), res_block(in_ch, in_ch)])
+
+        # Up path: each block pops one skip and concatenates it on the channels.
+        self.up = nn.ModuleList()
+        for level, width in reversed(list(enumerate(widths))):
+            for i in range(config.num_res_blocks + 1):
+                layers = [res_block(in_ch + skip_widths.pop(), width)]
+                if size in config.attention_resolutions:
+                    layers.append(attention(width))
+                if level > 0 and i == config.num_res_blocks:
+                    layers.append(Upsample(width))
+                    size *= 2
+                self.up.append(nn.ModuleList(layers))
+                in_ch = width
+
+        self.out_norm = nn.GroupNorm(config.norm_groups, in_ch)
+        self.out_conv = zero_init(nn.Conv2d(in_ch, config.in_channels, 3, padding=1))
+
+    def forward(self, x, t, y=None):
+        """x: (B, C, H, W) noisy images, t: (B,) integer timesteps, y: (B,) labels or None."""
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        if self.config.num_classes > 0:
+            if y is None:
+                y = torch.full_like(t, self.config.num_classes)  # null label: unconditional
+            emb = emb + self.label_emb(y)
+
+        h = self.input_conv(x)
+        skips = [h]
+        for layers in self.down:
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+            skips.append(h)
+
+        for layer in self.middle:
+            h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+
+        for layers in self.up:
+            h = torch.cat([h, skips.pop()], dim=1)
+            for layer in layers:
+                h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
+
+        return self.out_conv(F.silu(self.out_norm(h)))
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,63 @@
+"""Device, precision and thread choices, each in a few lines."""
+import os
+from contextlib import nullcontext
+
+import torch
+
+from utils.errors import UserError
+
+
+def select_device(name="auto"):
+    """auto: CUDA if present, else Apple MPS, else CPU. Otherwise the named torch device."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a torch device (try cpu, cuda, cuda:1 or mps)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available on this machine")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: MPS is not available on this machine")
+    return device
+
+
+def cpu_has_fast_bf16():
+    """True on CPUs with bf16 dot-product instructions (AVX512-BF16 or AMX)."""
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+
+
+def resolve_precision(precision, device):
+    """The autocast dtype for --precision on this device (None = plain fp32).
+
+    auto: bf16 on CPUs with bf16 instructions and on GPUs that support it, fp16 on older GPUs,
+    fp32 elsewhere. The loss and the diffusion coefficients always stay fp32.
+    """
+    if precision == "auto":
+        if device.type == "cpu":
+            precision = "bf16" if cpu_has_fast_bf16() else "fp32"
+        elif device.type == "cuda":
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device, dtype):
+    """Autocast to dtype on device, or a no-op context for fp32."""
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+
+
+def set_cpu_threads():
+    """At most one intra-op thread per CPU this process may run on, unless OMP_NUM_THREADS is set.
+
+    PyTorch already defaults to one thread per physical core; in a container limited to fewer
+    CPUs than the host has, that default would oversubscribe, so cap it at the affinity mask.
+    """
+    if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
+        torch.set_num_threads(max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)))))

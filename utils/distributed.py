@@ -1,0 +1,38 @@
+"""DistributedDataParallel from torchrun's environment variables, in a few lines.
+
+`torchrun --nproc_per_node=N train.py ...` sets RANK, LOCAL_RANK and WORLD_SIZE; a plain
+`python train.py` has none of them and runs as a single process (rank 0 of 1).
+"""
+import os
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+
+def setup(device_name, timeout_s=300):
+    """Join the process group if launched by torchrun; return (rank, world_size, device_name)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return 0, 1, device_name
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    use_cuda = torch.cuda.is_available() and device_name in ("auto", "cuda")
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device_name = f"cuda:{local_rank}"
+    dist.init_process_group("nccl" if use_cuda else "gloo", timeout=timedelta(seconds=timeout_s))
+    return rank, world_size, device_name
+
+
+def any_rank(flag, device):
+    """True on every rank if `flag` is true on any rank (for stopping together)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return flag
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def cleanup():
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

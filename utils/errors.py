@@ -1,0 +1,18 @@
+"""One error type for problems the user can fix (bad options, bad files, missing data).
+
+Scripts catch it at the top and print one line to stderr with exit code 2, no traceback.
+"""
+import sys
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment, reported as one line."""
+
+
+def exit_on_user_error(main):
+    """Run main(); turn a UserError into 'error: ...' on stderr and exit code 2."""
+    try:
+        return main()
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
