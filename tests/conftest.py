@@ -1,0 +1,31 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# A U-Net small enough for CPU tests that take seconds (the defaults are for real training).
+TINY_MODEL = ["--base_channels", "8", "--channel_mults", "1", "2", "--attention_resolutions", "14",
+              "--norm_groups", "4", "--num_heads", "2", "--num_timesteps", "50"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: minutes-long tests, excluded by default (run with -m slow)")
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """The real MNIST, fetched once per test session into the project's default data folder."""
+    from utils.data import ensure_mnist
+    ensure_mnist(ROOT / "data")
+    return str(ROOT / "data")
+
+
+def run_script(*args, timeout=120, env=None):
+    """Run a project script in a fresh process; return the CompletedProcess."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})

@@ -1,0 +1,142 @@
+"""Checkpoints: atomic writes, rotation, 'latest', and loading that never runs code."""
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import utils.checkpoint as checkpoint
+from models.unet import UNet
+from utils.checkpoint import FORMAT_VERSION, load_checkpoint, load_weights, save_checkpoint
+from utils.config import DiffusionConfig, ModelConfig
+from utils.errors import UserError
+
+TINY = ModelConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,), norm_groups=4, num_heads=2)
+
+
+def make_state(step=1, seed=0):
+    torch.manual_seed(seed)
+    model = UNet(TINY)
+    return {"format_version": FORMAT_VERSION, "model_config": dataclasses.asdict(TINY),
+            "diffusion_config": dataclasses.asdict(DiffusionConfig()), "train_config": {},
+            "model": model.state_dict(), "ema": model.state_dict(), "step": step}
+
+
+def test_round_trip(tmp_path):
+    save_checkpoint(make_state(step=7), tmp_path / "ck")
+    ckpt, path = load_checkpoint(tmp_path / "ck")
+    assert ckpt["step"] == 7 and path == tmp_path / "ck"
+    load_weights(UNet(TINY), ckpt["model"], path)
+
+
+def test_failed_save_keeps_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "ck"
+    save_checkpoint(make_state(step=1), path)
+    before = path.read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"x" * 1000)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full)
+    with pytest.raises(OSError):
+        save_checkpoint(make_state(step=2), path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["ck"]
+    assert load_checkpoint(path)[0]["step"] == 1
+
+
+def test_keep_last_rotates_step_files(tmp_path):
+    path = tmp_path / "ck"
+    for step in range(1, 6):
+        save_checkpoint(make_state(step=step), path, keep_last=2)
+    assert sorted(os.listdir(tmp_path)) == ["ck", "ck_step0000004", "ck_step0000005"]
+    assert load_checkpoint(path)[0]["step"] == 5
+
+
+def test_folder_resumes_from_newest_valid_and_skips_corrupt(tmp_path, capsys):
+    path = tmp_path / "ck"
+    for step in (1, 2, 3):
+        save_checkpoint(make_state(step=step), path, keep_last=3)
+    newest = tmp_path / "ck_step0000003"
+    data = newest.read_bytes()
+    newest.unlink()  # break the link with the main file, then write a truncated newest file
+    newest.write_bytes(data[: len(data) // 2])
+    ckpt, source = load_checkpoint(tmp_path)
+    assert source.name == "ck_step0000002" and ckpt["step"] == 2
+    assert "skipping" in capsys.readouterr().err
+    assert checkpoint.main_path(source) == path
+
+
+class CreatesAFile:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def test_loading_never_runs_code(tmp_path):
+    target = tmp_path / "created_by_unpickling"
+    torch.save({"format_version": 1, "payload": CreatesAFile(str(target))}, tmp_path / "evil")
+    with pytest.raises(UserError, match="refused"):
+        load_checkpoint(tmp_path / "evil")
+    assert not target.exists()
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "empty"),
+    (b"hello, not a checkpoint", "not a checkpoint"),
+])
+def test_bad_files_give_clear_errors(tmp_path, content, message):
+    (tmp_path / "f").write_bytes(content)
+    with pytest.raises(UserError, match=message):
+        load_checkpoint(tmp_path / "f")
+
+
+def test_truncated_and_foreign_and_missing(tmp_path):
+    save_checkpoint(make_state(), tmp_path / "ck")
+    data = (tmp_path / "ck").read_bytes()
+    (tmp_path / "cut").write_bytes(data[:-5000])
+    with pytest.raises(UserError, match="truncated"):
+        load_checkpoint(tmp_path / "cut")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign")
+    with pytest.raises(UserError, match="not a checkpoint of this project"):
+        load_checkpoint(tmp_path / "foreign")
+    with pytest.raises(UserError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing")
+    (tmp_path / "empty_dir").mkdir()
+    with pytest.raises(UserError, match="no valid checkpoint"):
+        load_checkpoint(tmp_path / "empty_dir")
+
+
+def test_non_finite_tensors_are_never_written_nor_loaded(tmp_path):
+    state = make_state()
+    state["ema"] = {k: v.clone() for k, v in state["ema"].items()}
+    next(iter(state["ema"].values()))[...] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        save_checkpoint(state, tmp_path / "ck")
+    assert not (tmp_path / "ck").exists()
+    torch.save(state, tmp_path / "raw")  # written behind our back
+    with pytest.raises(UserError, match="NaN"):
+        load_checkpoint(tmp_path / "raw")
+
+
+def test_wrong_dtype_and_bad_config_are_rejected(tmp_path):
+    state = make_state()
+    state["model"] = {k: v.double() for k, v in state["model"].items()}
+    torch.save(state, tmp_path / "f64")
+    with pytest.raises(UserError, match="float64"):
+        load_checkpoint(tmp_path / "f64")
+    state = make_state()
+    state["model_config"]["base_channels"] = 6  # not divisible by norm_groups
+    torch.save(state, tmp_path / "cfg")
+    with pytest.raises(UserError, match="model_config"):
+        load_checkpoint(tmp_path / "cfg")
+
+
+def test_weights_from_another_architecture_name_the_keys(tmp_path):
+    other = UNet(dataclasses.replace(TINY, base_channels=16))
+    with pytest.raises(UserError, match="mismatched"):
+        load_weights(UNet(TINY), other.state_dict(), tmp_path / "x")

@@ -1,0 +1,83 @@
+"""Closed-form and statistical checks of the schedules and the forward process."""
+import numpy as np
+import pytest
+import torch
+
+from diffusion.gaussian import GaussianDiffusion
+from diffusion.schedules import cosine_betas, linear_betas
+from utils.config import DiffusionConfig
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_alphas_cumprod_decreases_from_one_to_near_zero(schedule):
+    d = GaussianDiffusion(DiffusionConfig(schedule=schedule))
+    ab = d.alphas_cumprod.double()
+    assert torch.all(ab[1:] < ab[:-1])
+    assert 0.99 < ab[0] < 1.0
+    assert ab[-1] < 1e-3
+
+
+def test_linear_schedule_is_ho_et_al():
+    betas = linear_betas(1000)
+    assert betas[0] == pytest.approx(1e-4) and betas[-1] == pytest.approx(0.02)
+    assert np.allclose(np.diff(betas), (0.02 - 1e-4) / 999)
+
+
+def test_cosine_schedule_matches_its_alpha_bar():
+    betas = cosine_betas(1000)
+    alpha_bar = np.cumprod(1 - betas)
+    s = 0.008
+    f = lambda t: np.cos((t / 1000 + s) / (1 + s) * np.pi / 2) ** 2
+    expected = f(np.arange(1, 1001)) / f(0)
+    assert np.allclose(alpha_bar[:990], expected[:990], rtol=1e-6)
+    assert betas.max() <= 0.999
+
+
+def test_posterior_variance_closed_forms():
+    d = GaussianDiffusion(DiffusionConfig())
+    assert d.posterior_variance[0].item() == 0.0
+    assert d.posterior_variance[-1].item() == pytest.approx(0.02, rel=1e-3)
+    assert torch.all(d.posterior_variance[1:] <= d.betas[1:])
+
+
+def test_posterior_mean_recovers_x0_at_t0():
+    d = GaussianDiffusion(DiffusionConfig())
+    x0, xt = torch.randn(4, 1, 5, 5), torch.randn(4, 1, 5, 5)
+    mean, var = d.q_posterior(x0, xt, torch.zeros(4, dtype=torch.long))
+    assert torch.allclose(mean, x0, atol=1e-6) and torch.all(var == 0)
+
+
+@pytest.mark.parametrize("t", [0, 250, 999])
+def test_q_sample_mean_and_variance(t):
+    d = GaussianDiffusion(DiffusionConfig())
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.full((200_000, 1, 1, 1), 0.7)
+    noise = torch.randn(x0.shape, generator=g)
+    xt = d.q_sample(x0, torch.full((len(x0),), t), noise)
+    ab = d.alphas_cumprod[t].item()
+    assert xt.mean().item() == pytest.approx(np.sqrt(ab) * 0.7, abs=0.01)
+    assert xt.var().item() == pytest.approx(1 - ab, rel=0.02, abs=1e-4)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+def test_every_target_gives_back_x0_and_eps(prediction):
+    """Fed its exact target, each parameterisation recovers the true x0 and noise."""
+    d = GaussianDiffusion(DiffusionConfig(prediction=prediction))
+    x0 = torch.rand(8, 1, 6, 6) * 2 - 1
+    noise = torch.randn_like(x0)
+    t = torch.tensor([0, 1, 10, 100, 500, 900, 998, 999])
+    xt = d.q_sample(x0, t, noise)
+    x0_hat, eps_hat = d.predict_x0_eps(xt, t, d.target(x0, noise, t))
+    assert torch.allclose(x0_hat, x0, atol=2e-3)
+    assert torch.allclose(eps_hat[t > 0], noise[t > 0], atol=2e-3)
+
+
+def test_min_snr_weighting_downweights_small_t_only():
+    plain = GaussianDiffusion(DiffusionConfig(min_snr_gamma=0))
+    weighted = GaussianDiffusion(DiffusionConfig(min_snr_gamma=5))
+    x0, noise = torch.zeros(2, 1, 2, 2), torch.randn(2, 1, 2, 2)
+    for t, same in ((999, True), (0, False)):
+        tt = torch.full((2,), t)
+        out = torch.zeros_like(x0)
+        a, b = plain.loss(out, x0, noise, tt), weighted.loss(out, x0, noise, tt)
+        assert (a.item() == pytest.approx(b.item())) == same

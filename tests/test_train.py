@@ -1,0 +1,140 @@
+"""End to end on the CPU with a tiny U-Net: train -> checkpoint -> resume -> inference, and the
+guarantees around it (exact resume, preemption, clear errors)."""
+import csv
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import inference
+import train
+from conftest import ROOT, TINY_MODEL, run_script
+from utils.checkpoint import load_checkpoint
+from utils.errors import exit_on_user_error
+
+
+def train_args(tmp_path, mnist_dir, name="ck", *extra):
+    return [*TINY_MODEL, "--data_dir", mnist_dir, "--batch_size", "16", "--log_every", "1", "--save_every", "2",
+            "--num_grid_samples", "4", "--checkpoint_path", str(tmp_path / name),
+            "--output_dir", str(tmp_path / f"out_{name}"), *extra]
+
+
+def logged_losses(tmp_path, name):
+    with open(tmp_path / f"out_{name}" / "train_log.csv") as f:
+        return [(int(r["step"]), r["loss"]) for r in csv.DictReader(f)]
+
+
+def assert_same_state(a, b):
+    for key in ("model", "ema"):
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for (ka, va), (kb, vb) in zip(a["optimizer"]["state"].items(), b["optimizer"]["state"].items()):
+        for name in va:
+            assert torch.equal(va[name], vb[name]), f"optimizer state {ka}.{name} differs"
+    assert a["optimizer"]["param_groups"][0]["lr"] == b["optimizer"]["param_groups"][0]["lr"]
+    assert a["step"] == b["step"]
+
+
+def test_train_resume_and_inference_smoke(tmp_path, mnist_dir):
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "3"))
+    assert load_checkpoint(tmp_path / "ck")[0]["step"] == 3
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "5"))
+    ckpt, _ = load_checkpoint(tmp_path / "ck")
+    assert ckpt["step"] == 5
+    out = tmp_path / "out_ck"
+    assert (out / "loss_curve.png").exists() and list(out.glob("samples_epoch*.png"))
+    assert [step for step, _ in logged_losses(tmp_path, "ck")] == [1, 2, 3, 4, 5]
+    inference.main(["--checkpoint_path", str(tmp_path / "ck"), "--num_samples", "4", "--steps", "5",
+                    "--no_show", "--output_dir", str(tmp_path / "inf"), "--gif", str(tmp_path / "inf" / "d.gif")])
+    for name in ("samples.png", "denoising_steps.png", "d.gif"):
+        assert (tmp_path / "inf" / name).stat().st_size > 0
+
+
+def test_resume_equals_never_stopping(tmp_path, mnist_dir):
+    """6 steps straight == 3 steps, a new process, 3 more (mid-epoch), bit for bit on the CPU."""
+    for name, stops in (("straight", [6]), ("resumed", [3, 6])):
+        for max_steps in stops:
+            result = run_script("train.py", *train_args(tmp_path, mnist_dir, name, "--max_steps", max_steps))
+            assert result.returncode == 0, result.stderr[-2000:]
+    a, _ = load_checkpoint(tmp_path / "straight")
+    b, _ = load_checkpoint(tmp_path / "resumed")
+    assert_same_state(a, b)
+    assert logged_losses(tmp_path, "straight") == logged_losses(tmp_path, "resumed")
+
+
+def test_sigterm_saves_and_the_run_resumes_exactly(tmp_path, mnist_dir):
+    args = train_args(tmp_path, mnist_dir, "pre", "--max_steps", "1000", "--save_every", "1000")
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "out_pre" / "train_log.csv"
+    deadline = time.time() + 90
+    while time.time() < deadline and (not log.exists() or len(log.read_text().splitlines()) < 4):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    stopped_at = load_checkpoint(tmp_path / "pre")[0]["step"]
+    assert 3 <= stopped_at < 1000
+    target = stopped_at + 2
+    for name in ("pre", "straight"):
+        result = run_script("train.py", *train_args(tmp_path, mnist_dir, name, "--max_steps", target,
+                                                    "--save_every", "1000"))
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert_same_state(load_checkpoint(tmp_path / "pre")[0], load_checkpoint(tmp_path / "straight")[0])
+
+
+def test_same_seed_same_samples_other_seed_other_samples(tmp_path, mnist_dir):
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "2", "--num_grid_samples", "0"))
+    outputs = {}
+    for run, seed in (("a", 1), ("b", 1), ("c", 2)):
+        inference.main(["--checkpoint_path", str(tmp_path / "ck"), "--num_samples", "4", "--steps", "4",
+                        "--sampler", "ddim", "--eta", "1", "--seed", str(seed), "--no_show",
+                        "--output_dir", str(tmp_path / run)])
+        outputs[run] = (tmp_path / run / "samples.png").read_bytes()
+    assert outputs["a"] == outputs["b"] and outputs["a"] != outputs["c"]
+
+
+def exit_code(main, argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        exit_on_user_error(lambda: main(argv))
+    return info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "-1"], "--lr must be positive"),
+    (["--batch_size", "0"], "--batch_size must be at least 1"),
+    (["--base_channels", "12"], "norm_groups 8 must divide"),
+    (["--attention_resolutions", "5"], "attention resolution 5"),
+    (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
+])
+def test_bad_train_options(argv, message, capsys, tmp_path):
+    code, err = exit_code(train.main, [*argv, "--checkpoint_path", str(tmp_path / "none")], capsys)
+    assert code == 2 and message in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num_samples", "0"], "--num_samples must be at least 1"),
+    (["--digit", "12"], "--digit"),
+    (["--checkpoint_path", "does/not/exist"], "no checkpoint at"),
+])
+def test_bad_inference_options(argv, message, capsys):
+    code, err = exit_code(inference.main, argv, capsys)
+    assert code == 2 and message in err
+
+
+def test_resume_with_other_architecture_names_the_fields(tmp_path, mnist_dir, capsys):
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "1", "--num_grid_samples", "0"))
+    code, err = exit_code(train.main, train_args(tmp_path, mnist_dir, "ck", "--base_channels", "16",
+                                                 "--norm_groups", "8"), capsys)
+    assert code == 2 and "base_channels: checkpoint has 8, requested 16" in err and "norm_groups" in err
+
+
+def test_unwritable_output_and_no_traceback(tmp_path, mnist_dir):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    result = run_script("train.py", *train_args(tmp_path, mnist_dir, "ck", "--output_dir", str(blocker / "sub")))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "cannot write to" in result.stderr
