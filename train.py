@@ -173,6 +173,7 @@ def main(argv=None):
     noise_gen = torch.Generator(device=device)
     progress = tqdm(total=end_step, initial=step, disable=not is_main, dynamic_ncols=True, desc="train")
     smoothed, tic, tic_step = None, time.perf_counter(), step
+    run_start, run_start_step = tic, step
     while step < end_step:
         epoch = step // steps_per_epoch
         order = torch.randperm(len(images), generator=torch.Generator().manual_seed(train_cfg.seed + epoch))
@@ -251,10 +252,17 @@ def main(argv=None):
             grid = sample_grid(ema.module, diffusion, train_cfg.num_grid_samples, device, amp_dtype, model_cfg)
             save_grid(grid, out_dir / f"samples_epoch{epoch + 1:03d}.png")
     progress.close()
+    if world_size > 1:
+        if not distributed.ranks_agree(model):
+            raise UserError("the processes ended with different weights; this is a bug, please report it")
+        if is_main:
+            print(f"weights identical on all {world_size} processes", file=sys.stderr)
 
     if is_main:
         loss_curve(log_path, out_dir / "loss_curve.png")
-        print(f"done: step {step}, checkpoint {train_cfg.checkpoint_path}, images in {out_dir}/", file=sys.stderr)
+        seconds = time.perf_counter() - run_start
+        print(f"done: step {step} ({step - run_start_step} steps in {seconds:.1f} s), "
+              f"checkpoint {train_cfg.checkpoint_path}, images in {out_dir}/", file=sys.stderr)
     distributed.cleanup()
 
 

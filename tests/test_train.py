@@ -138,3 +138,46 @@ def test_unwritable_output_and_no_traceback(tmp_path, mnist_dir):
     result = run_script("train.py", *train_args(tmp_path, mnist_dir, "ck", "--output_dir", str(blocker / "sub")))
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "cannot write to" in result.stderr
+
+
+def test_non_finite_losses_skip_updates_then_stop(tmp_path, mnist_dir, monkeypatch, capsys):
+    """From step 3 on the loss is NaN: no update touches the weights, each is counted and logged,
+    and after --max_bad_steps in a row training stops, having saved only finite tensors."""
+    train.main(train_args(tmp_path, mnist_dir, "good", "--max_steps", "2", "--num_grid_samples", "0"))
+    real_loss = train.GaussianDiffusion.loss
+    calls = {"n": 0}
+
+    def loss_going_bad(self, *args):
+        calls["n"] += 1
+        loss = real_loss(self, *args)
+        return loss * float("nan") if calls["n"] > 2 else loss
+
+    monkeypatch.setattr(train.GaussianDiffusion, "loss", loss_going_bad)
+    code, err = exit_code(train.main, train_args(tmp_path, mnist_dir, "bad", "--max_steps", "50",
+                                                 "--max_bad_steps", "3", "--num_grid_samples", "0"), capsys)
+    assert code == 2 and "3 non-finite losses or gradients in a row" in err
+    good, bad = load_checkpoint(tmp_path / "good")[0], load_checkpoint(tmp_path / "bad")[0]
+    assert bad["step"] == 5
+    for key in ("model", "ema"):
+        for name in good[key]:
+            assert torch.equal(good[key][name], bad[key][name])
+    with open(tmp_path / "out_bad" / "train_log.csv") as f:
+        assert [int(r["bad_steps"]) for r in csv.DictReader(f)] == [0, 0, 1, 2, 3]
+
+
+def test_torchrun_two_processes_match_one(tmp_path, mnist_dir):
+    """DDP with 2 CPU processes (gloo) gives the weights of 1 process with the same global batch."""
+    common = ["--max_steps", "3", "--precision", "fp32", "--num_grid_samples", "0"]
+    single = run_script("train.py", *train_args(tmp_path, mnist_dir, "one", *common))
+    assert single.returncode == 0, single.stderr[-2000:]
+    ddp = run_script("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "train.py",
+                     *train_args(tmp_path, mnist_dir, "two", *common), timeout=180,
+                     env={"OMP_NUM_THREADS": "1"})
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert "weights identical on all 2 processes" in ddp.stderr
+    one, two = load_checkpoint(tmp_path / "one")[0], load_checkpoint(tmp_path / "two")[0]
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in two["model"])
+    for name in one["model"]:
+        assert torch.allclose(one["model"][name], two["model"][name], atol=1e-5, rtol=1e-4), name
+    inference.main(["--checkpoint_path", str(tmp_path / "two"), "--num_samples", "2", "--steps", "2",
+                    "--no_show", "--output_dir", str(tmp_path / "inf")])

@@ -172,9 +172,8 @@ def add_arguments(parser, config_cls, skip=(), suppress_defaults=False):
         kwargs = {"default": f.default, "help": f"{f.metadata['help']} (default: {_show(f.default)})"}
         if f.metadata["choices"]:
             kwargs["choices"] = f.metadata["choices"]
-        if isinstance(f.default, bool):
-            kwargs["action"] = argparse.BooleanOptionalAction
-            kwargs["help"] = f.metadata["help"]  # the action appends its own "(default: ...)"
+        if isinstance(f.default, bool):  # --x / --no-x, except fields already named no_x
+            kwargs["action"] = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
         elif isinstance(f.default, tuple):
             kwargs.update(nargs="*", type=int)
         else:

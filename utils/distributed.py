@@ -33,6 +33,18 @@ def any_rank(flag, device):
     return bool(value.item())
 
 
+def ranks_agree(model):
+    """True if every rank holds exactly rank 0's weights (checked once at the end of training)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return True
+    flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+    reference = flat.clone()
+    dist.broadcast(reference, src=0)
+    mismatch = torch.tensor([0.0 if torch.equal(flat, reference) else 1.0], device=flat.device)
+    dist.all_reduce(mismatch, op=dist.ReduceOp.MAX)
+    return mismatch.item() == 0
+
+
 def cleanup():
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -1,0 +1,45 @@
+"""Shared pieces of the benchmarks: the peer model and a timing helper."""
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# diffusers' UNet2DModel as commonly configured for 28x28 MNIST: 4.0M parameters.
+PEER_CONFIG = dict(sample_size=28, in_channels=1, out_channels=1, layers_per_block=2,
+                   block_out_channels=(32, 64, 128),
+                   down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+                   up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"))
+
+
+class Peer(torch.nn.Module):
+    """diffusers' UNet2DModel behind the project's f(x_t, t, y) interface."""
+
+    def __init__(self):
+        super().__init__()
+        from diffusers import UNet2DModel
+        self.net = UNet2DModel(**PEER_CONFIG)
+
+    def forward(self, x, t, y=None):
+        return self.net(x, t).sample
+
+
+def synchronize(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, device):
+    """Seconds one call of fn takes, measured after a device sync on both ends."""
+    synchronize(device)
+    start = time.perf_counter()
+    fn()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
+def median(values):
+    return statistics.median(values)
