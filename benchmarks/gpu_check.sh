@@ -9,6 +9,9 @@ if [ -n "${MNIST_GZ:-}" ]; then
   mkdir -p data/MNIST/raw
   for f in "$MNIST_GZ"/*.gz; do gunzip -c "$f" > "data/MNIST/raw/$(basename "$f" .gz)"; done
 fi
+if ! python -c "from timm.utils import ModelEmaV3" 2>/dev/null && ls "${MNIST_GZ:-.}"/whl/*.whl >/dev/null 2>&1; then
+  python -m pip install -q --no-index --no-deps --target /tmp/site "$MNIST_GZ"/whl/*.whl && export PYTHONPATH=/tmp/site
+fi
 nvidia-smi -L | tee -a "$OUT/summary.txt"
 python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, torch.cuda.get_device_name())" | tee -a "$OUT/summary.txt"
 CK=/tmp/gpu_ck; rm -rf $CK; mkdir -p $CK
