@@ -22,7 +22,8 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import make_denoiser, sample
+from diffusion.samplers import generate
+from models.classifier import load_classifier
 from models.unet import UNet, count_parameters
 from utils import distributed
 from utils.checkpoint import FORMAT_VERSION, config_mismatch, load_checkpoint, load_weights, main_path, save_checkpoint
@@ -30,6 +31,7 @@ from utils.config import DiffusionConfig, ModelConfig, TrainConfig, add_argument
 from utils.data import load_mnist, to_model_range
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
+from utils.metrics import class_statistics, classify, fid_kid
 from utils.plotting import loss_curve, save_grid
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "bad_steps"]
@@ -244,12 +246,20 @@ def main(argv=None):
                       file=sys.stderr)
                 distributed.cleanup()
                 sys.exit(EXIT_CODES[signum])
+            # cheap FID during training
+            if is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
+                quick_eval(ema.module, diffusion, device, lambda: autocast(device, amp_dtype), step,
+                           train_cfg, out_dir / "eval_log.csv")
             if step == end_step:
                 break
 
         # sample grid at the end of each epoch, from the EMA weights, on fixed noise
         if is_main and train_cfg.num_grid_samples and (step % steps_per_epoch == 0 or step == end_step):
-            grid = sample_grid(ema.module, diffusion, train_cfg.num_grid_samples, device, amp_dtype, model_cfg)
+            # a quick look at progress: DDIM, 50 steps, fixed noise, digits 0-9 in turn if conditional
+            n = train_cfg.num_grid_samples
+            y = torch.arange(n, device=device) % model_cfg.num_classes if model_cfg.num_classes else None
+            grid = generate(ema.module, diffusion, n, "ddim", 50, seed=1234, batch_size=n, labels=y,
+                            autocast=lambda: autocast(device, amp_dtype))
             save_grid(grid, out_dir / f"samples_epoch{epoch + 1:03d}.png")
     progress.close()
     if world_size > 1:
@@ -266,17 +276,24 @@ def main(argv=None):
     distributed.cleanup()
 
 
-@torch.no_grad()
-def sample_grid(model, diffusion, num_samples, device, amp_dtype, model_cfg, steps=50):
-    """A quick look at progress: DDIM with 50 steps on fixed noise (digits 0-9 in turn if conditional)."""
-    generator = torch.Generator(device=device).manual_seed(1234)
-    noise = torch.randn((num_samples, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size),
-                        generator=generator, device=device)
-    y = torch.arange(num_samples, device=device) % model_cfg.num_classes if model_cfg.num_classes else None
-
-    denoise = make_denoiser(model, y, guidance=0.0, autocast=lambda: autocast(device, amp_dtype))
-    final, _ = sample("ddim", denoise, diffusion, noise, steps=steps, generator=generator)
-    return final
+def quick_eval(model, diffusion, device, autocast_fn, step, train_cfg, log_path, num=1000):
+    """FID of `num` DDIM-50 samples against the MNIST test set, appended to log_path."""
+    start = time.perf_counter()
+    classifier = load_classifier(device)
+    test_images, _ = load_mnist(train_cfg.data_dir, train=False)
+    real, _ = classify(classifier, to_model_range(test_images), device)
+    y = torch.arange(num, device=device) % model.config.num_classes if model.config.num_classes else None
+    samples = generate(model, diffusion, num, "ddim", 50, seed=4321, batch_size=500, labels=y, autocast=autocast_fn)
+    fake, probs = classify(classifier, samples, device)
+    fid = fid_kid(real, fake)[0]
+    seconds = time.perf_counter() - start
+    new = not log_path.exists()
+    with open(log_path, "a", newline="") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(["step", "fid", "confident", "seconds"])
+        writer.writerow([step, f"{fid:.4f}", f"{class_statistics(probs)['confident']:.4f}", f"{seconds:.1f}"])
+    tqdm.write(f"step {step}: FID {fid:.3f} on {num} samples ({seconds:.0f} s)")
 
 
 if __name__ == "__main__":

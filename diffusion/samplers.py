@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 
 class Step(NamedTuple):
@@ -144,3 +145,25 @@ def sample(sampler, denoise, diffusion, noise, steps=None, eta=0.0, generator=No
         if step.t in keep:
             kept.append(step)
     return step.x, kept
+
+
+@torch.inference_mode()
+def generate(model, diffusion, num, sampler, steps, eta=0.0, seed=0, batch_size=1000, labels=None, guidance=0.0,
+             autocast=None):
+    """`num` finished samples (N, C, H, W) in [-1, 1], made in batches; same seed, same samples.
+
+    `model` is the U-Net (its config gives the image shape and the null label), `labels` the
+    requested digits for class-conditional models, `autocast` a context factory for the network.
+    """
+    device = diffusion.betas.device
+    cfg = model.config
+    generator = torch.Generator(device=device).manual_seed(seed)
+    batches = []
+    for start in tqdm(range(0, num, batch_size), desc=f"sampling ({sampler})", leave=False):
+        n = min(batch_size, num - start)
+        y = labels[start:start + n] if labels is not None else None
+        noise = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator, device=device)
+        denoise = make_denoiser(model, y, guidance, cfg.num_classes, autocast=autocast)
+        final, _ = sample(sampler, denoise, diffusion, noise, steps, eta, generator)
+        batches.append(final)
+    return torch.cat(batches)

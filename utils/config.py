@@ -101,12 +101,14 @@ class TrainConfig:
     log_every: int = option(50, "append step, loss and LR to the log every this many steps")
     num_grid_samples: int = option(64, "samples in the grid drawn after each epoch (0 = none)")
     max_bad_steps: int = option(5, "stop after this many non-finite losses in a row")
+    eval_every: int = option(0, "every this many steps, FID of 1k DDIM-50 samples (EMA) -> <output_dir>/eval_log.csv (0 = off)")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1")
-        for name in ("max_steps", "warmup_steps", "keep_last", "num_grid_samples", "grad_clip", "weight_decay"):
+        for name in ("max_steps", "warmup_steps", "keep_last", "num_grid_samples", "grad_clip", "weight_decay",
+                     "eval_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0")
         for name in ("save_every", "log_every", "max_bad_steps"):
@@ -155,6 +157,30 @@ class SampleConfig:
             raise UserError("--guidance must be >= 0")
         if self.digit not in ("", "all") and self.digit not in [str(d) for d in range(10)]:
             raise UserError(f"--digit must be 0-9 or 'all', got {self.digit!r}")
+
+
+@dataclass
+class EvalConfig:
+    checkpoint_path: str = option("checkpoints/ddpm_checkpoint", "checkpoint to evaluate (file, folder or 'latest')")
+    real: bool = option(False, "evaluate 10k real training images instead of a checkpoint (the 'real data' floor)")
+    num_samples: int = option(10000, "samples to generate and compare with the 10k MNIST test images")
+    sampler: str = option("ddim", "ddpm, ddim or dpm++", choices=("ddpm", "ddim", "dpm++"))
+    steps: int = option(0, "network evaluations for ddim / dpm++ (0 = the sampler's default)")
+    eta: float = option(0.0, "DDIM noise: 0 = deterministic, 1 = DDPM-like")
+    guidance: float = option(3.0, "classifier-free guidance scale for class-conditional checkpoints")
+    batch_size: int = option(1000, "samples generated per batch")
+    seed: int = option(0, "seed of the starting noise")
+    device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device")
+    precision: str = option("auto", "autocast precision for the network", choices=("auto", "fp32", "bf16", "fp16"))
+    data_dir: str = option("data", "where MNIST is stored (downloaded there if missing)")
+    out: str = option("", "JSON file for the results (default: next to the checkpoint, or outputs/ for --real)")
+
+    def __post_init__(self):
+        for name in ("num_samples", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name} must be at least 1")
+        if self.steps < 0 or self.guidance < 0 or not 0.0 <= self.eta <= 1.0:
+            raise UserError("need --steps >= 0, --guidance >= 0 and --eta in [0, 1]")
 
 
 # ---- flags from dataclasses -------------------------------------------------------------

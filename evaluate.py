@@ -1,0 +1,79 @@
+"""Measure sample quality: FID, KID, precision/recall, digit statistics and memorisation.
+
+    python evaluate.py --checkpoint_path checkpoints/ddpm_checkpoint --num_samples 10000 --sampler ddim --steps 50
+    python evaluate.py --real            # the floor: 10k real training images against the test set
+
+Features come from the MNIST classifier shipped in models/weights/ (see models/classifier.py).
+Prints a small table and writes it as JSON next to the checkpoint.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from diffusion.samplers import DEFAULT_STEPS, generate
+from inference import load_model
+from models.classifier import load_classifier
+from utils.checkpoint import load_checkpoint
+from utils.config import EvalConfig, add_arguments, from_args
+from utils.data import load_mnist, to_model_range
+from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
+from utils.errors import exit_on_user_error
+from utils.metrics import evaluate_samples
+
+COLUMNS = ["fid", "kid", "precision", "recall", "confident", "digit_accuracy", "class_kl", "memorisation"]
+
+
+def print_table(name, results, file=sys.stdout):
+    header = f"{'':24s}" + "".join(f"{c:>15s}" for c in COLUMNS)
+    row = f"{name:24s}" + "".join(f"{results[c]:>15.4f}" if c in results else f"{'-':>15s}" for c in COLUMNS)
+    print(header, row, sep="\n", file=file)
+
+
+def main(argv=None):
+    cfg = from_args(EvalConfig, add_parser().parse_args(argv))
+    device = select_device(cfg.device)
+    set_cpu_threads()
+    train_images, _ = load_mnist(cfg.data_dir, train=True)
+    test_images, _ = load_mnist(cfg.data_dir, train=False)
+    classifier = load_classifier(device)
+    start = time.perf_counter()
+    requested = None
+    if cfg.real:
+        picks = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.num_samples]
+        samples, name = to_model_range(train_images[picks]), f"real train ({cfg.num_samples})"
+        out = Path(cfg.out or f"outputs/eval_real_n{cfg.num_samples}.json")
+    else:
+        ckpt, path = load_checkpoint(cfg.checkpoint_path)
+        model, diffusion = load_model(ckpt, path, True, device)
+        steps = cfg.steps or DEFAULT_STEPS[cfg.sampler]
+        if model.config.num_classes:
+            requested = torch.arange(cfg.num_samples, device=device) % model.config.num_classes
+        amp_dtype = resolve_precision(cfg.precision, device)
+        samples = generate(model, diffusion, cfg.num_samples, cfg.sampler, steps, cfg.eta, cfg.seed, cfg.batch_size,
+                           requested, cfg.guidance, autocast=lambda: autocast(device, amp_dtype))
+        name = f"{cfg.sampler} {steps if cfg.sampler != 'ddpm' else diffusion.num_timesteps} steps"
+        out = Path(cfg.out or f"{path}.eval_{cfg.sampler}{steps}_n{cfg.num_samples}.json")
+    sample_seconds = time.perf_counter() - start
+    results = evaluate_samples(samples.cpu(), classifier, test_images, train_images, device, requested)
+    results.update(name=name, sample_seconds=round(sample_seconds, 1),
+                   total_seconds=round(time.perf_counter() - start, 1), device=str(device))
+    print_table(name, results)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    print(f"sampling {results['sample_seconds']} s, total {results['total_seconds']} s on {device}; wrote {out}",
+          file=sys.stderr)
+    return results
+
+
+def add_parser():
+    parser = argparse.ArgumentParser(description="Measure the sample quality of a checkpoint.", allow_abbrev=False)
+    add_arguments(parser, EvalConfig)
+    return parser
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,113 @@
+"""Sample-quality metrics, all on the shipped MNIST classifier (models/classifier.py).
+
+    FID, KID          torchmetrics, on the classifier's 128-d penultimate features
+    precision/recall  improved precision and recall (Kynkaanniemi et al. 2019), k = 3
+    class statistics  confident share (max softmax > 0.9), accuracy on requested digits,
+                      predicted-class histogram and its KL divergence from uniform
+    memorisation      share of samples whose nearest training image (pixel L2) is closer than
+                      the median nearest-neighbour distance among training images themselves
+
+Images are (N, 1, 28, 28) float in [-1, 1] throughout.
+"""
+import torch
+from torch import nn
+from torchmetrics.image.fid import FrechetInceptionDistance
+from torchmetrics.image.kid import KernelInceptionDistance
+from tqdm import tqdm
+
+from utils.data import to_model_range
+
+
+class Precomputed(nn.Module):
+    """Identity 'feature network': lets torchmetrics take features computed once."""
+    num_features = 128
+
+    def forward(self, features):
+        return features
+
+
+@torch.no_grad()
+def classify(classifier, images, device, batch_size=1000, desc="features"):
+    """(features (N, 128), softmax probabilities (N, 10)), both float64 on the CPU."""
+    features, probs = [], []
+    for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
+        x = images[i:i + batch_size].to(device).float()
+        f = classifier.features(x)
+        features.append(f.double().cpu())
+        probs.append(classifier.head(f).softmax(dim=1).double().cpu())
+    return torch.cat(features), torch.cat(probs)
+
+
+def fid_kid(real_features, fake_features):
+    """FID and KID (mean, std) between two feature sets, with torchmetrics."""
+    fid = FrechetInceptionDistance(feature=Precomputed())
+    subset = min(1000, len(real_features), len(fake_features))
+    kid = KernelInceptionDistance(feature=Precomputed(), subsets=50, subset_size=subset)
+    for metric in (fid, kid):
+        metric.update(real_features.float(), real=True)
+        metric.update(fake_features.float(), real=False)
+    kid_mean, kid_std = kid.compute()
+    return fid.compute().item(), kid_mean.item(), kid_std.item()
+
+
+def pairwise_min_over(a, b, fn, chunk=1000):
+    """Apply fn to row-chunks of the distance matrix cdist(a, b); concatenate the results."""
+    return torch.cat([fn(torch.cdist(a[i:i + chunk], b)) for i in range(0, len(a), chunk)])
+
+
+def knn_radius(features, k=3):
+    """Distance of each point to its k-th nearest neighbour within the same set (self excluded)."""
+    return pairwise_min_over(features, features, lambda d: d.topk(k + 1, dim=1, largest=False).values[:, k])
+
+
+def precision_recall(real, fake, k=3):
+    """Improved precision and recall (Kynkaanniemi et al. 2019).
+
+    precision = share of fake samples inside the k-NN ball of some real sample;
+    recall    = share of real samples inside the k-NN ball of some fake sample.
+    """
+    real_radius, fake_radius = knn_radius(real, k), knn_radius(fake, k)
+    precision = pairwise_min_over(fake, real, lambda d: (d <= real_radius[None]).any(dim=1)).double().mean()
+    recall = pairwise_min_over(real, fake, lambda d: (d <= fake_radius[None]).any(dim=1)).double().mean()
+    return precision.item(), recall.item()
+
+
+def class_statistics(probs, requested=None):
+    """Confident share, class histogram, KL(histogram || uniform), and accuracy on requested digits."""
+    predicted = probs.argmax(dim=1)
+    histogram = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    nonzero = histogram[histogram > 0]
+    stats = {
+        "confident": (probs.max(dim=1).values > 0.9).double().mean().item(),
+        "class_histogram": [round(p, 4) for p in histogram.tolist()],
+        "class_kl": (nonzero * (nonzero * 10).log()).sum().item(),
+    }
+    if requested is not None:
+        stats["digit_accuracy"] = (predicted == requested.cpu()).double().mean().item()
+    return stats
+
+
+def memorisation(samples, train_images, reference=1000, seed=0):
+    """Share of samples closer (pixel L2) to their nearest training image than the median
+    training image is to its own nearest other training image."""
+    train = train_images.reshape(len(train_images), -1).float()
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(train), generator=g)[:reference]
+
+    def nearest_other(d):
+        return d.topk(2, dim=1, largest=False).values[:, 1]  # column 0 is the image itself
+
+    threshold = pairwise_min_over(train[picks], train, nearest_other).median()
+    nearest = pairwise_min_over(samples.reshape(len(samples), -1).float(), train, lambda d: d.min(dim=1).values)
+    return (nearest < threshold).double().mean().item()
+
+
+def evaluate_samples(samples, classifier, test_images, train_images, device, requested=None):
+    """Every metric for samples ([-1, 1]) against the MNIST test set (uint8); returns a flat dict."""
+    real_features, _ = classify(classifier, to_model_range(test_images), device, desc="test features")
+    fake_features, probs = classify(classifier, samples, device, desc="sample features")
+    fid, kid, kid_std = fid_kid(real_features, fake_features)
+    precision, recall = precision_recall(real_features.float(), fake_features.float())
+    return {"num_samples": len(samples), "fid": fid, "kid": kid, "kid_std": kid_std,
+            "precision": precision, "recall": recall, **class_statistics(probs, requested),
+            "memorisation": memorisation(samples, to_model_range(train_images))}
