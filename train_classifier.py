@@ -68,7 +68,7 @@ def main():
         for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}"):
             idx = order[i * args.batch_size:(i + 1) * args.batch_size]
             x = random_shift(to_model_range(train_x[idx]), generator).to(device)
-            loss = F.cross_entropy(model(x), train_y[idx].to(device), label_smoothing=0.05)
+            loss = F.cross_entropy(model(x), train_y[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

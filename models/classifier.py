@@ -16,7 +16,7 @@ from torch import nn
 from utils.errors import UserError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "mnist_classifier.pt"
-WEIGHTS_SHA256 = "b236b0d226ab95b78eb77b9ba86de021209b2df554323a63124c1f64cb15103f"
+WEIGHTS_SHA256 = "57e780af8bd2957f7c2c81b647440b534c83af1e20a9ceeaa947634e01d18434"
 
 
 def conv_bn(c_in, c_out):
