@@ -20,7 +20,7 @@ from models.classifier import load_classifier
 from utils.checkpoint import load_checkpoint
 from utils.config import EvalConfig, add_arguments, from_args
 from utils.data import load_mnist, to_model_range
-from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
+from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
 from utils.metrics import evaluate_samples
 
@@ -53,7 +53,8 @@ def main(argv=None):
         if model.config.num_classes:
             requested = torch.arange(cfg.num_samples, device=device) % model.config.num_classes
         amp_dtype = resolve_precision(cfg.precision, device)
-        samples = generate(model, diffusion, cfg.num_samples, cfg.sampler, steps, cfg.eta, cfg.seed, cfg.batch_size,
+        batch_size = cfg.batch_size or sampling_batch_size(device)
+        samples = generate(model, diffusion, cfg.num_samples, cfg.sampler, steps, cfg.eta, cfg.seed, batch_size,
                            requested, cfg.guidance, autocast=lambda: autocast(device, amp_dtype))
         name = f"{cfg.sampler} {steps if cfg.sampler != 'ddpm' else diffusion.num_timesteps} steps"
         out = Path(cfg.out or f"{path}.eval_{cfg.sampler}{steps}_n{cfg.num_samples}.json")

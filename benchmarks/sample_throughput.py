@@ -9,12 +9,12 @@ import torch
 
 from common import median, timed
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import DEFAULT_STEPS, make_denoiser, sample
+from diffusion.samplers import DEFAULT_STEPS, generate
 from inference import load_model
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint
 from utils.config import DiffusionConfig, ModelConfig
-from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
+from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 
 
 def main():
@@ -22,26 +22,23 @@ def main():
     parser.add_argument("--checkpoint_path", default="")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--batch_size", type=int, default=1000)
+    parser.add_argument("--batch_size", type=int, default=0, help="0 = 100 on the CPU, 1000 on a GPU")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_STEPS))
     args = parser.parse_args()
     device = select_device(args.device)
     set_cpu_threads()
     dtype = resolve_precision("auto", device)
+    args.batch_size = args.batch_size or sampling_batch_size(device)
     if args.checkpoint_path:
         ckpt, path = load_checkpoint(args.checkpoint_path)
         model, diffusion = load_model(ckpt, path, True, device)
     else:
         model, diffusion = UNet(ModelConfig()).to(device).eval(), GaussianDiffusion(DiffusionConfig(), device)
-    denoise = make_denoiser(model, autocast=lambda: autocast(device, dtype))
 
     def run(sampler):
-        with torch.inference_mode():
-            for start in range(0, args.num_samples, args.batch_size):
-                n = min(args.batch_size, args.num_samples - start)
-                noise = torch.randn(n, 1, 28, 28, device=device)
-                sample(sampler, denoise, diffusion, noise)
+        generate(model, diffusion, args.num_samples, sampler, DEFAULT_STEPS[sampler], batch_size=args.batch_size,
+                 autocast=lambda: autocast(device, dtype))
 
     print(f"device {device}, precision {dtype or 'fp32'}, {args.num_samples} digits, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
@@ -50,7 +47,7 @@ def main():
         repeats = 1 if sampler == "ddpm" else args.repeats
         seconds = median([timed(lambda: run(sampler), device) for _ in range(repeats)])
         steps = DEFAULT_STEPS[sampler]
-        print(f"{sampler:8s} {steps:>6d} {seconds:>9.1f} {steps * args.num_samples / seconds:>10.0f}")
+        print(f"{sampler:8s} {steps:>6d} {seconds:>9.1f} {steps * args.num_samples / seconds:>10.0f}", flush=True)
 
 
 if __name__ == "__main__":
