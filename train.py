@@ -34,7 +34,8 @@ from utils.errors import UserError, exit_on_user_error
 from utils.metrics import class_statistics, classify, fid_kid
 from utils.plotting import loss_curve, save_grid
 
-LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "bad_steps"]
+LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "bad_steps", "wall_s"]
+TRAINING_STATE = ("train_config", "optimizer", "lr_scheduler", "grad_scaler", "bad_steps", "rng")
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
@@ -57,6 +58,9 @@ def resolve_configs(argv):
         return train_cfg, model_cfg, diffusion_cfg, None
 
     ckpt, source = load_checkpoint(train_cfg.checkpoint_path)
+    missing = [key for key in TRAINING_STATE if key not in ckpt]
+    if missing:
+        raise UserError(f"{source} cannot be resumed: it lacks the training state {', '.join(missing)}")
     requested = {**dataclasses.asdict(model_cfg), **dataclasses.asdict(diffusion_cfg)}
     saved = {**ckpt["model_config"], **ckpt["diffusion_config"]}
     typed_arch = sorted(typed & set(saved) | ({"num_classes"} if "class_cond" in typed else set()))
@@ -229,7 +233,7 @@ def main(argv=None):
                 if is_main:
                     with open(log_path, "a", newline="") as f:
                         csv.writer(f).writerow([step, epoch, repr(loss_value), repr(lr), repr(grad_norm.item()),
-                                                f"{speed:.1f}", bad_steps])
+                                                f"{speed:.1f}", bad_steps, f"{now - run_start:.1f}"])
             if bad_steps >= train_cfg.max_bad_steps:
                 save()
                 raise UserError(f"stopped at step {step}: {bad_steps} non-finite losses or gradients in a row "

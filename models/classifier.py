@@ -7,12 +7,12 @@ train_classifier.py, and is checked against a recorded SHA-256 before loading.
 Input: (B, 1, 28, 28) in [-1, 1], the diffusion model's range.
 features(x): (B, 128), the penultimate layer. forward(x): (B, 10) logits.
 """
-import hashlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from utils.data import file_digest
 from utils.errors import UserError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "mnist_classifier.pt"
@@ -60,7 +60,7 @@ def load_classifier(device="cpu", path=WEIGHTS, sha256=None):
     sha256 = sha256 or WEIGHTS_SHA256
     if not Path(path).is_file():
         raise UserError(f"classifier weights missing: {path} (run python train_classifier.py)")
-    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    digest = file_digest(path, "sha256")
     if digest != sha256:
         raise UserError(f"{path} fails its SHA-256 check (got {digest[:12]}..., expected {sha256[:12]}...)")
     model = MnistClassifier()

