@@ -42,16 +42,16 @@ def load_model(ckpt, path, use_ema, device):
 
 
 def labels_for(cfg, model_cfg, device):
-    """The requested digits as a label batch, or None for unconditional sampling."""
+    """(the requested digits as a label batch or None, images per row of the grids)."""
     if not cfg.digit:
-        return None, cfg.num_samples
+        return None, 8
     if model_cfg.num_classes == 0:
         raise UserError("--digit needs a class-conditional checkpoint (train with --class_cond); "
                         "this one is unconditional")
     if cfg.digit == "all":  # one row per digit
         per_row = max(1, cfg.num_samples // 10)
         return torch.arange(10, device=device).repeat_interleave(per_row), per_row
-    return torch.full((cfg.num_samples,), int(cfg.digit), device=device), cfg.num_samples
+    return torch.full((cfg.num_samples,), int(cfg.digit), device=device), 8
 
 
 def shown_timesteps(timesteps, count):
@@ -71,10 +71,11 @@ def main(argv=None):
     labels, nrow = labels_for(cfg, model_cfg, device)
     num = len(labels) if labels is not None else cfg.num_samples
     out_dir = Path(cfg.output_dir)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create {out_dir}: {err.strerror}") from None
+    for folder in (out_dir, Path(cfg.gif).parent if cfg.gif else out_dir):
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot create {folder}: {err.strerror}") from None
 
     # ---- noise and schedule --------------------------------------------------------------------
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -109,11 +110,11 @@ def main(argv=None):
     final = step.x
 
     # ---- save and show -------------------------------------------------------------------------
-    save_grid(final, out_dir / "samples.png", nrow=nrow if labels is not None and cfg.digit == "all" else 8)
+    save_grid(final, out_dir / "samples.png", nrow=nrow)
     show = can_show() and not cfg.no_show
     step_figure(kept, out_dir / "denoising_steps.png", show=show, with_x0=cfg.show_x0)
     if cfg.gif:
-        save_gif(frames, cfg.gif, nrow=nrow if cfg.digit == "all" else 8)
+        save_gif(frames, cfg.gif, nrow=nrow)
     print(f"{num} digits in {seconds:.1f} s; wrote {out_dir / 'samples.png'} and {out_dir / 'denoising_steps.png'}"
           + (f" and {cfg.gif}" if cfg.gif else ""), file=sys.stderr)
 

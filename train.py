@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.samplers import generate
-from models.classifier import load_classifier
 from models.unet import UNet, count_parameters
 from utils import distributed
 from utils.checkpoint import FORMAT_VERSION, config_mismatch, load_checkpoint, load_weights, main_path, save_checkpoint
@@ -31,7 +30,7 @@ from utils.config import DiffusionConfig, ModelConfig, TrainConfig, add_argument
 from utils.data import load_mnist, to_model_range
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
-from utils.metrics import class_statistics, classify, fid_kid
+from utils.metrics import quick_fid
 from utils.plotting import loss_curve, save_grid
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "bad_steps", "wall_s"]
@@ -252,8 +251,8 @@ def main(argv=None):
                 sys.exit(EXIT_CODES[signum])
             # cheap FID during training
             if is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
-                quick_eval(ema.module, diffusion, device, lambda: autocast(device, amp_dtype), step,
-                           train_cfg, out_dir / "eval_log.csv")
+                log_quick_fid(ema.module, diffusion, device, lambda: autocast(device, amp_dtype), step,
+                              train_cfg, out_dir / "eval_log.csv")
             if step == end_step:
                 break
 
@@ -280,24 +279,17 @@ def main(argv=None):
     distributed.cleanup()
 
 
-def quick_eval(model, diffusion, device, autocast_fn, step, train_cfg, log_path, num=1000):
-    """FID of `num` DDIM-50 samples against the MNIST test set, appended to log_path."""
-    start = time.perf_counter()
-    classifier = load_classifier(device)
-    test_images, _ = load_mnist(train_cfg.data_dir, train=False)
-    real, _ = classify(classifier, to_model_range(test_images), device)
-    y = torch.arange(num, device=device) % model.config.num_classes if model.config.num_classes else None
-    samples = generate(model, diffusion, num, "ddim", 50, seed=4321, batch_size=500, labels=y, autocast=autocast_fn)
-    fake, probs = classify(classifier, samples, device)
-    fid = fid_kid(real, fake)[0]
-    seconds = time.perf_counter() - start
+def log_quick_fid(model, diffusion, device, autocast_fn, step, train_cfg, log_path):
+    """Append the FID of --eval_samples DDIM-50 samples (and their confident share) to log_path."""
+    fid, confident, seconds = quick_fid(model, diffusion, device, autocast_fn, train_cfg.data_dir,
+                                        train_cfg.eval_samples)
     new = not log_path.exists()
     with open(log_path, "a", newline="") as f:
         writer = csv.writer(f)
         if new:
             writer.writerow(["step", "fid", "confident", "seconds"])
-        writer.writerow([step, f"{fid:.4f}", f"{class_statistics(probs)['confident']:.4f}", f"{seconds:.1f}"])
-    tqdm.write(f"step {step}: FID {fid:.3f} on {num} samples ({seconds:.0f} s)")
+        writer.writerow([step, f"{fid:.4f}", f"{confident:.4f}", f"{seconds:.1f}"])
+    tqdm.write(f"step {step}: FID {fid:.3f} on {train_cfg.eval_samples} samples ({seconds:.0f} s)")
 
 
 if __name__ == "__main__":

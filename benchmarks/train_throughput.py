@@ -21,7 +21,8 @@ from utils.device import autocast, resolve_precision, select_device, set_cpu_thr
 
 def make_step(model, diffusion, batch, device, dtype):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    ema = ModelEmaV3(model, decay=0.999)
+    plain = getattr(model, "_orig_mod", model)  # the EMA copies the uncompiled module
+    ema = ModelEmaV3(plain, decay=0.999)
     x0 = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
 
     def step():
@@ -34,7 +35,7 @@ def make_step(model, diffusion, batch, device, dtype):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        ema.update(model)
+        ema.update(plain)
 
     return step
 
@@ -46,6 +47,7 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="training steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no_peer", action="store_true", help="skip diffusers' UNet2DModel")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of our model")
     args = parser.parse_args()
     device = select_device(args.device)
     set_cpu_threads()
@@ -53,6 +55,8 @@ def main():
     diffusion = GaussianDiffusion(DiffusionConfig(), device)
 
     models = {"ours": UNet(ModelConfig()).to(device)}
+    if args.compile:
+        models["ours, compiled"] = torch.compile(UNet(ModelConfig()).to(device))
     if not args.no_peer:
         models["diffusers UNet2DModel"] = Peer().to(device)
     variants = {}

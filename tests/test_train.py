@@ -181,3 +181,29 @@ def test_torchrun_two_processes_match_one(tmp_path, mnist_dir):
         assert torch.allclose(one["model"][name], two["model"][name], atol=1e-5, rtol=1e-4), name
     inference.main(["--checkpoint_path", str(tmp_path / "two"), "--num_samples", "2", "--steps", "2",
                     "--no_show", "--output_dir", str(tmp_path / "inf")])
+
+
+def test_eval_every_logs_fid_next_to_the_loss(tmp_path, mnist_dir):
+    train.main(train_args(tmp_path, mnist_dir, "ev", "--max_steps", "2", "--eval_every", "2",
+                                      "--eval_samples", "200", "--num_grid_samples", "0"))
+    with open(tmp_path / "out_ev" / "eval_log.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == [2]
+    assert float(rows[0]["fid"]) > 0 and 0 <= float(rows[0]["confident"]) <= 1
+
+
+def test_full_disk_during_save_exits_with_one_line_and_keeps_the_old_checkpoint(tmp_path, mnist_dir, monkeypatch,
+                                                                                 capsys):
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "2", "--num_grid_samples", "0"))
+    before = (tmp_path / "ck").read_bytes()
+
+    def disk_full(obj, f):
+        f.write(b"x" * 100)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("utils.checkpoint.torch.save", disk_full)
+    code, err = exit_code(train.main, train_args(tmp_path, mnist_dir, "ck", "--max_steps", "4",
+                                                 "--num_grid_samples", "0"), capsys)
+    assert code == 2 and "could not save the checkpoint" in err and "No space left" in err
+    assert (tmp_path / "ck").read_bytes() == before
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

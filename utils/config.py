@@ -101,7 +101,8 @@ class TrainConfig:
     log_every: int = option(50, "append step, loss and LR to the log every this many steps")
     num_grid_samples: int = option(64, "samples in the grid drawn after each epoch (0 = none)")
     max_bad_steps: int = option(5, "stop after this many non-finite losses in a row")
-    eval_every: int = option(0, "every this many steps, FID of 1k DDIM-50 samples (EMA) -> <output_dir>/eval_log.csv (0 = off)")
+    eval_every: int = option(0, "every this many steps, FID of --eval_samples DDIM-50 samples (EMA) -> <output_dir>/eval_log.csv (0 = off)")
+    eval_samples: int = option(1000, "samples for the FID of --eval_every")
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -111,7 +112,7 @@ class TrainConfig:
                      "eval_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0")
-        for name in ("save_every", "log_every", "max_bad_steps"):
+        for name in ("save_every", "log_every", "max_bad_steps", "eval_samples"):
             if getattr(self, name) < 1:
                 raise UserError(f"--{name} must be at least 1")
         if not self.lr > 0:
