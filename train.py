@@ -125,7 +125,8 @@ def main(argv=None):
         optimizer.load_state_dict(ckpt["optimizer"])
         if ckpt["lr_scheduler"]["t_initial"] == scheduler.t_initial:
             scheduler.load_state_dict(ckpt["lr_scheduler"])
-        scaler.load_state_dict(ckpt["grad_scaler"])
+        if ckpt["grad_scaler"]:  # empty when the run was saved without fp16
+            scaler.load_state_dict(ckpt["grad_scaler"])
         step, bad_steps = ckpt["step"], ckpt["bad_steps"]
         torch.set_rng_state(ckpt["rng"]["torch"])
         if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
