@@ -33,8 +33,14 @@ def print_table(name, results, file=sys.stdout):
     print(header, row, sep="\n", file=file)
 
 
+def build_parser():
+    parser = argparse.ArgumentParser(description="Measure the sample quality of a checkpoint.", allow_abbrev=False)
+    add_arguments(parser, EvalConfig)
+    return parser
+
+
 def main(argv=None):
-    cfg = from_args(EvalConfig, add_parser().parse_args(argv))
+    cfg = from_args(EvalConfig, build_parser().parse_args(argv))
     device = select_device(cfg.device)
     set_cpu_threads()
     train_images, _ = load_mnist(cfg.data_dir, train=True)
@@ -68,12 +74,6 @@ def main(argv=None):
     print(f"sampling {results['sample_seconds']} s, total {results['total_seconds']} s on {device}; wrote {out}",
           file=sys.stderr)
     return results
-
-
-def add_parser():
-    parser = argparse.ArgumentParser(description="Measure the sample quality of a checkpoint.", allow_abbrev=False)
-    add_arguments(parser, EvalConfig)
-    return parser
 
 
 if __name__ == "__main__":

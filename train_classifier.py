@@ -18,6 +18,7 @@ from models.classifier import WEIGHTS, MnistClassifier
 from utils.data import load_mnist, to_model_range
 from utils.device import select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
+from utils.metrics import classify
 
 
 def random_shift(x, generator, max_shift=2):
@@ -31,14 +32,10 @@ def random_shift(x, generator, max_shift=2):
     return F.grid_sample(x + 1, grid, mode="nearest", align_corners=False) - 1
 
 
-@torch.no_grad()
-def accuracy(model, images, labels, device, batch=1000):
+def accuracy(model, images, labels, device):
     model.eval()
-    correct = 0
-    for i in range(0, len(images), batch):
-        logits = model(to_model_range(images[i:i + batch].to(device)))
-        correct += (logits.argmax(1).cpu() == labels[i:i + batch]).sum().item()
-    return correct / len(images)
+    _, probs = classify(model, to_model_range(images), device, desc="test accuracy")
+    return (probs.argmax(dim=1) == labels).double().mean().item()
 
 
 def main():
