@@ -10,6 +10,7 @@ keeps writing there. Model and diffusion settings then come from the checkpoint.
 import argparse
 import csv
 import dataclasses
+import math
 import signal
 import sys
 import time
@@ -30,7 +31,7 @@ from utils.config import DiffusionConfig, ModelConfig, TrainConfig, add_argument
 from utils.data import load_mnist, to_model_range
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
-from utils.metrics import quick_fid
+from utils.metrics import make_quick_fid
 from utils.plotting import loss_curve, save_grid
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "bad_steps", "wall_s"]
@@ -93,6 +94,10 @@ def main(argv=None):
     device = select_device(device_name)
     set_cpu_threads()
     amp_dtype = resolve_precision(train_cfg.precision, device)
+
+    def amp():  # the autocast context for this device and precision
+        return autocast(device, amp_dtype)
+
     if train_cfg.batch_size % world_size:
         raise UserError(f"--batch_size {train_cfg.batch_size} must be divisible by the {world_size} processes")
     torch.manual_seed(train_cfg.seed)
@@ -177,6 +182,7 @@ def main(argv=None):
     # The data order and the noise of step s depend only on (seed, epoch) and (seed, s), so a
     # resumed run draws exactly what an uninterrupted one would, even in the middle of an epoch.
     noise_gen = torch.Generator(device=device)
+    quick_fid = make_quick_fid(device, train_cfg.data_dir) if is_main and train_cfg.eval_every else None
     progress = tqdm(total=end_step, initial=step, disable=not is_main, dynamic_ncols=True, desc="train")
     smoothed, tic, tic_step = None, time.perf_counter(), step
     run_start, run_start_step = tic, step
@@ -201,7 +207,7 @@ def main(argv=None):
 
             # forward
             x_t = diffusion.q_sample(x0, t, noise)
-            with autocast(device, amp_dtype):
+            with amp():
                 prediction = net(x_t, t, y)
             loss = diffusion.loss(prediction, x0, noise, t)
 
@@ -210,7 +216,8 @@ def main(argv=None):
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip or float("inf"))
-            finite = bool(torch.isfinite(grad_norm)) and bool(torch.isfinite(loss))
+            loss_value = loss.item()
+            finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
             if finite:
                 scaler.step(optimizer)
                 ema.update(model, step=step + 1)
@@ -220,7 +227,6 @@ def main(argv=None):
             scheduler.step_update(step)
 
             # log
-            loss_value = loss.item()
             if finite:
                 smoothed = loss_value if smoothed is None else 0.98 * smoothed + 0.02 * loss_value
             progress.update(1)
@@ -240,7 +246,7 @@ def main(argv=None):
                                 f"(last finite weights saved to {train_cfg.checkpoint_path}); try a lower --lr")
 
             # save, and stop on a signal or at the end
-            stopping = distributed.any_rank(stop["signal"] is not None, device) if world_size > 1 else stop["signal"]
+            stopping = distributed.any_rank(stop["signal"] is not None, device)
             if step % train_cfg.save_every == 0 or step == end_step or stopping:
                 save()
             if stopping:
@@ -252,8 +258,8 @@ def main(argv=None):
                 sys.exit(EXIT_CODES[signum])
             # cheap FID during training
             if is_main and train_cfg.eval_every and step % train_cfg.eval_every == 0:
-                log_quick_fid(ema.module, diffusion, device, lambda: autocast(device, amp_dtype), step,
-                              train_cfg, out_dir / "eval_log.csv")
+                log_quick_fid(quick_fid, ema.module, diffusion, amp, step, train_cfg.eval_samples,
+                              out_dir / "eval_log.csv")
             if step == end_step:
                 break
 
@@ -262,8 +268,7 @@ def main(argv=None):
             # a quick look at progress: DDIM, 50 steps, fixed noise, digits 0-9 in turn if conditional
             n = train_cfg.num_grid_samples
             y = torch.arange(n, device=device) % model_cfg.num_classes if model_cfg.num_classes else None
-            grid = generate(ema.module, diffusion, n, "ddim", 50, seed=1234, batch_size=n, labels=y,
-                            autocast=lambda: autocast(device, amp_dtype))
+            grid = generate(ema.module, diffusion, n, "ddim", 50, seed=1234, batch_size=n, labels=y, autocast=amp)
             save_grid(grid, out_dir / f"samples_epoch{epoch + 1:03d}.png")
     progress.close()
     if world_size > 1:
@@ -280,17 +285,16 @@ def main(argv=None):
     distributed.cleanup()
 
 
-def log_quick_fid(model, diffusion, device, autocast_fn, step, train_cfg, log_path):
-    """Append the FID of --eval_samples DDIM-50 samples (and their confident share) to log_path."""
-    fid, confident, seconds = quick_fid(model, diffusion, device, autocast_fn, train_cfg.data_dir,
-                                        train_cfg.eval_samples)
+def log_quick_fid(quick_fid, model, diffusion, autocast_fn, step, num, log_path):
+    """Append the FID of `num` DDIM-50 samples (and their confident share) to log_path."""
+    fid, confident, seconds = quick_fid(model, diffusion, autocast_fn, num)
     new = not log_path.exists()
     with open(log_path, "a", newline="") as f:
         writer = csv.writer(f)
         if new:
             writer.writerow(["step", "fid", "confident", "seconds"])
         writer.writerow([step, f"{fid:.4f}", f"{confident:.4f}", f"{seconds:.1f}"])
-    tqdm.write(f"step {step}: FID {fid:.3f} on {train_cfg.eval_samples} samples ({seconds:.0f} s)")
+    tqdm.write(f"step {step}: FID {fid:.3f} on {num} samples ({seconds:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -118,14 +118,20 @@ def evaluate_samples(samples, classifier, test_images, train_images, device, req
             "memorisation": memorisation(samples, to_model_range(train_images))}
 
 
-def quick_fid(model, diffusion, device, autocast_fn, data_dir, num=1000):
-    """(FID, confident share, seconds) of `num` DDIM-50 samples, for a cheap check during training."""
-    start = time.perf_counter()
+def make_quick_fid(device, data_dir):
+    """A cheap check during training: quick_fid(model, diffusion, autocast_fn, num) returns the
+    (FID, confident share, seconds) of `num` DDIM-50 samples. The classifier and the test-set
+    features are loaded once, here, not at every call."""
     classifier = load_classifier(device)
     test_images, _ = load_mnist(data_dir, train=False)
     real, _ = classify(classifier, to_model_range(test_images), device)
-    y = torch.arange(num, device=device) % model.config.num_classes if model.config.num_classes else None
-    samples = generate(model, diffusion, num, "ddim", 50, seed=4321, batch_size=sampling_batch_size(device),
-                       labels=y, autocast=autocast_fn)
-    fake, probs = classify(classifier, samples, device)
-    return fid_kid(real, fake)[0], class_statistics(probs)["confident"], time.perf_counter() - start
+
+    def quick_fid(model, diffusion, autocast_fn, num=1000):
+        start = time.perf_counter()
+        y = torch.arange(num, device=device) % model.config.num_classes if model.config.num_classes else None
+        samples = generate(model, diffusion, num, "ddim", 50, seed=4321, batch_size=sampling_batch_size(device),
+                           labels=y, autocast=autocast_fn)
+        fake, probs = classify(classifier, samples, device)
+        return fid_kid(real, fake)[0], class_statistics(probs)["confident"], time.perf_counter() - start
+
+    return quick_fid
