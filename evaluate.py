@@ -1,6 +1,7 @@
 """Measure sample quality: FID, KID, precision/recall, digit statistics and memorisation.
 
-    python evaluate.py --checkpoint_path checkpoints/ddpm_checkpoint --num_samples 10000 --sampler ddim --steps 50
+    python evaluate.py --checkpoint_path checkpoints/ddpm_checkpoint --num_samples 10000     # default sampler
+    python evaluate.py --sampler ddpm --num_samples 5000                                     # the 1000-step reference
     python evaluate.py --real            # the floor: 10k real training images against the test set
 
 Features come from the MNIST classifier shipped in models/weights/ (see models/classifier.py).
@@ -14,9 +15,10 @@ from pathlib import Path
 
 import torch
 
-from diffusion.samplers import DEFAULT_STEPS, generate
+from diffusion.samplers import generate, settings
 from inference import load_model
 from models.classifier import load_classifier
+from models.unet import UNet
 from utils.checkpoint import load_checkpoint
 from utils.config import EvalConfig, add_arguments, from_args
 from utils.data import load_mnist, to_model_range
@@ -39,7 +41,8 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv=None, make_model=UNet):
+    """Evaluate; `make_model(model_config)` builds the network (the benchmarks swap in a peer model)."""
     cfg = from_args(EvalConfig, build_parser().parse_args(argv))
     device = select_device(cfg.device)
     set_cpu_threads()
@@ -54,16 +57,17 @@ def main(argv=None):
         out = Path(cfg.out or f"outputs/eval_real_n{cfg.num_samples}.json")
     else:
         ckpt, path = load_checkpoint(cfg.checkpoint_path)
-        model, diffusion = load_model(ckpt, path, True, device)
-        steps = cfg.steps or DEFAULT_STEPS[cfg.sampler]
+        model, diffusion = load_model(ckpt, path, True, device, make_model)
+        steps, eta = settings(cfg.sampler, cfg.steps, cfg.eta)
         if model.config.num_classes:
             requested = torch.arange(cfg.num_samples, device=device) % model.config.num_classes
         amp_dtype = resolve_precision(cfg.precision, device)
         batch_size = cfg.batch_size or sampling_batch_size(device)
-        samples = generate(model, diffusion, cfg.num_samples, cfg.sampler, steps, cfg.eta, cfg.seed, batch_size,
+        samples = generate(model, diffusion, cfg.num_samples, cfg.sampler, steps, eta, cfg.seed, batch_size,
                            requested, cfg.guidance, autocast=lambda: autocast(device, amp_dtype))
         name = f"{cfg.sampler} {steps if cfg.sampler != 'ddpm' else diffusion.num_timesteps} steps"
-        out = Path(cfg.out or f"{path}.eval_{cfg.sampler}{steps}_n{cfg.num_samples}.json")
+        name += f" eta {eta:g}" if cfg.sampler != "ddpm" else ""
+        out = Path(cfg.out or f"{path}.eval_{cfg.sampler}{steps}_eta{eta:g}_n{cfg.num_samples}.json")
     sample_seconds = time.perf_counter() - start
     results = evaluate_samples(samples.cpu(), classifier, test_images, train_images, device, requested)
     results.update(name=name, sample_seconds=round(sample_seconds, 1),

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import DEFAULT_STEPS, SAMPLERS, make_denoiser, make_timesteps
+from diffusion.samplers import SAMPLERS, make_denoiser, make_timesteps, settings
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import DiffusionConfig, ModelConfig, SampleConfig, add_arguments, from_args
@@ -33,10 +33,10 @@ def build_parser():
     return parser
 
 
-def load_model(ckpt, path, use_ema, device):
-    """The U-Net and diffusion process described by a loaded checkpoint."""
+def load_model(ckpt, path, use_ema, device, make_model=UNet):
+    """The U-Net (or what `make_model` builds) and the diffusion process of a loaded checkpoint."""
     model_cfg = ModelConfig(**ckpt["model_config"])
-    model = UNet(model_cfg)
+    model = make_model(model_cfg)
     load_weights(model, ckpt["ema" if use_ema else "model"], path)
     return model.to(device).eval(), GaussianDiffusion(DiffusionConfig(**ckpt["diffusion_config"]), device)
 
@@ -81,9 +81,9 @@ def main(argv=None):
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     shape = (num, model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)
     noise = torch.randn(shape, generator=generator, device=device)
-    steps = cfg.steps or DEFAULT_STEPS[cfg.sampler]
+    steps, eta = settings(cfg.sampler, cfg.steps, cfg.eta)
     try:
-        timesteps = make_timesteps(cfg.sampler, diffusion.num_timesteps, steps)
+        timesteps = make_timesteps(cfg.sampler, diffusion, steps)
     except ValueError as err:
         raise UserError(f"--steps: {err}") from None
     shown = shown_timesteps(timesteps, cfg.figure_steps)
@@ -97,7 +97,7 @@ def main(argv=None):
     kept, frames = [], []
     start = time.perf_counter()
     with torch.inference_mode():
-        trajectory = SAMPLERS[cfg.sampler](denoise, diffusion, noise, timesteps, generator, cfg.eta)
+        trajectory = SAMPLERS[cfg.sampler](denoise, diffusion, noise, timesteps, generator, eta)
         for i, step in enumerate(tqdm(trajectory, total=len(timesteps) + 1, desc=cfg.sampler)):
             if step.t in shown or step.t < 0:
                 kept.append(step._replace(x=step.x[:cfg.figure_samples].cpu(),

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import generate
+from diffusion.samplers import DEFAULT_SAMPLER, generate
 from models.unet import UNet, count_parameters
 from utils import distributed
 from utils.checkpoint import FORMAT_VERSION, config_mismatch, load_checkpoint, load_weights, main_path, save_checkpoint
@@ -82,7 +82,8 @@ def check_writable(folder):
         raise UserError(f"cannot write to {folder}: {err.strerror}") from None
 
 
-def main(argv=None):
+def main(argv=None, make_model=UNet):
+    """Train; `make_model(model_config)` builds the network (the benchmarks swap in a peer model)."""
     train_cfg, model_cfg, diffusion_cfg, ckpt = resolve_configs(argv)
     stop = {"signal": None}
     for signum in EXIT_CODES:  # preemption or Ctrl-C: finish the step, save, exit
@@ -115,7 +116,7 @@ def main(argv=None):
     local_batch = train_cfg.batch_size // world_size
 
     # ---- model, EMA, optimizer, LR schedule ---------------------------------------------------
-    model = UNet(model_cfg).to(device)
+    model = make_model(model_cfg).to(device)
     diffusion = GaussianDiffusion(diffusion_cfg, device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = CosineLRScheduler(optimizer, t_initial=max(1, total_steps - train_cfg.warmup_steps),
@@ -265,10 +266,10 @@ def main(argv=None):
 
         # sample grid at the end of each epoch, from the EMA weights, on fixed noise
         if is_main and train_cfg.num_grid_samples and (step % steps_per_epoch == 0 or step == end_step):
-            # a quick look at progress: DDIM, 50 steps, fixed noise, digits 0-9 in turn if conditional
+            # a quick look at progress: the default sampler, fixed noise, digits 0-9 in turn if conditional
             n = train_cfg.num_grid_samples
             y = torch.arange(n, device=device) % model_cfg.num_classes if model_cfg.num_classes else None
-            grid = generate(ema.module, diffusion, n, "ddim", 50, seed=1234, batch_size=n, labels=y, autocast=amp)
+            grid = generate(ema.module, diffusion, n, DEFAULT_SAMPLER, seed=1234, batch_size=n, labels=y, autocast=amp)
             save_grid(grid, out_dir / f"samples_epoch{epoch + 1:03d}.png")
     progress.close()
     if world_size > 1:
@@ -286,7 +287,7 @@ def main(argv=None):
 
 
 def log_quick_fid(quick_fid, model, diffusion, autocast_fn, step, num, log_path):
-    """Append the FID of `num` DDIM-50 samples (and their confident share) to log_path."""
+    """Append the FID of `num` samples (and their confident share) to log_path."""
     fid, confident, seconds = quick_fid(model, diffusion, autocast_fn, num)
     new = not log_path.exists()
     with open(log_path, "a", newline="") as f:

@@ -36,7 +36,7 @@ def test_samplers_reach_the_only_data_point(sampler, prediction):
 def test_trajectory_runs_from_t_max_to_zero_then_final():
     d = GaussianDiffusion(DiffusionConfig(num_timesteps=100))
     x_star = torch.zeros(1, 1, 2, 2)
-    timesteps = make_timesteps("ddim", 100, 5)
+    timesteps = make_timesteps("ddim", d, 5)
     assert timesteps == [99, 74, 50, 25, 0]
     steps = list(SAMPLERS["ddim"](oracle(d, x_star), d, torch.randn(2, 1, 2, 2), timesteps))
     assert [s.t for s in steps] == timesteps + [-1]
@@ -44,11 +44,18 @@ def test_trajectory_runs_from_t_max_to_zero_then_final():
 
 
 def test_make_timesteps():
-    assert make_timesteps("ddpm", 1000, 20) == list(range(999, -1, -1))
-    ts = make_timesteps("dpm++", 1000, 20)
+    d = GaussianDiffusion(DiffusionConfig())
+    assert make_timesteps("ddpm", d, 20) == list(range(999, -1, -1))
+    assert make_timesteps("ddim", d, 4) == [999, 666, 333, 0]
+    ts = make_timesteps("dpm++", d, 20)
     assert len(ts) == 20 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
+    # dpm++ steps are evenly spaced in log-SNR: equal gaps in lambda up to the rounding to integer t
+    ab = d.alphas_cumprod.double()
+    gaps = (0.5 * torch.log(ab / (1 - ab)))[ts].diff()
+    assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=0.3)  # uniform in t: gaps from 0.1 to 3
+    assert len(make_timesteps("dpm++", d, 1000)) < 1000  # neighbours merged near t = 0, never repeated
     with pytest.raises(ValueError):
-        make_timesteps("ddim", 100, 101)
+        make_timesteps("ddim", GaussianDiffusion(DiffusionConfig(num_timesteps=100)), 101)
 
 
 def test_ddim_eta0_is_deterministic_and_eta1_is_not():
@@ -111,3 +118,53 @@ def test_ddim_step_matches_diffusers():
         ours = list(SAMPLERS["ddim"](lambda xx, tt: eps, d, x, [t, t_prev], clip=False))
         expected = ref.step(eps, t, x, eta=0.0).prev_sample
         assert torch.allclose(ours[1].x, expected, atol=1e-5)
+
+
+def test_dpm_sde_first_step_is_the_ddpm_posterior_step():
+    # At eta = 1 and first order (the first step, D = x0), SDE-DPM-Solver++ is the posterior
+    # q(x_s | x_t, x0) on the subsequence, which is DDIM with eta = 1; same noise, same result.
+    d = GaussianDiffusion(DiffusionConfig())
+    x, out = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    for t, s in ((999, 899), (400, 150), (30, 0)):
+        runs = [list(SAMPLERS[name](lambda xx, tt: out, d, x, [t, s], torch.Generator().manual_seed(3), eta=1.0,
+                                    clip=False))[1].x for name in ("dpm++", "ddim")]
+        assert torch.allclose(runs[0], runs[1], atol=1e-5)
+
+
+@pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpm++", 0.0), ("dpm++", 1.0)])
+def test_samplers_recover_a_gaussian_data_distribution(sampler, eta):
+    # Data ~ N(0, c^2) has an exact denoiser, E[x0 | x_t] = sqrt(ab) c^2 / (ab c^2 + 1 - ab) x_t, so with
+    # enough steps every sampler must return samples with standard deviation c. A wrong noise scale
+    # in a stochastic update (or a wrong ODE coefficient) shows up directly in the spread.
+    d, c = GaussianDiffusion(DiffusionConfig()), 0.5
+
+    def exact_eps(x, t):
+        ab = d.alphas_cumprod[t].view(-1, 1, 1, 1).float()
+        x0 = ab.sqrt() * c ** 2 / (ab * c ** 2 + 1 - ab) * x
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+    noise = torch.randn(20000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
+    final, _ = sample(sampler, exact_eps, d, noise, steps=250, eta=eta, generator=torch.Generator().manual_seed(1),
+                      clip=False)
+    assert abs(final.std().item() / c - 1) < 0.03
+    assert abs(final.mean().item()) < 0.02
+
+
+def test_dpm_solver_is_second_order_on_the_probability_flow_ode():
+    # For data ~ N(0, c^2) the ODE keeps x_t / sqrt(ab_t c^2 + 1 - ab_t) constant, so the exact end
+    # point is known. Doubling the steps must cut a second-order solver's error about 4x (2x for
+    # first order, e.g. without the multistep correction D).
+    d, c = GaussianDiffusion(DiffusionConfig()), 0.5
+    ab = d.alphas_cumprod.double()
+
+    def exact_eps(x, t):
+        a = d.alphas_cumprod[t].view(-1, 1, 1, 1).float()
+        x0 = a.sqrt() * c ** 2 / (a * c ** 2 + 1 - a) * x
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    x = torch.linspace(-2, 2, 9).view(-1, 1, 1, 1)
+    x_at_0 = x.double() * ((ab[0] * c ** 2 + 1 - ab[0]) / (ab[999] * c ** 2 + 1 - ab[999])).sqrt()
+    exact = ab[0].sqrt() * c ** 2 / (ab[0] * c ** 2 + 1 - ab[0]) * x_at_0  # the final step returns x0_hat at t = 0
+    errors = [(sample("dpm++", exact_eps, d, x, steps=n, eta=0.0, clip=False)[0] - exact).abs().max().item()
+              for n in (20, 40)]
+    assert errors[0] / errors[1] > 3 and errors[1] < 0.01

@@ -118,6 +118,7 @@ def test_bad_train_options(argv, message, capsys, tmp_path):
 @pytest.mark.parametrize("argv, message", [
     (["--num_samples", "0"], "--num_samples must be at least 1"),
     (["--digit", "12"], "--digit"),
+    (["--eta", "1.5"], "--eta must be in [0, 1]"),
     (["--checkpoint_path", "does/not/exist"], "no checkpoint at"),
 ])
 def test_bad_inference_options(argv, message, capsys):

@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 from dataclasses import dataclass, field
 
+from diffusion.samplers import DEFAULT_SAMPLER
 from utils.errors import UserError
 
 
@@ -101,7 +102,7 @@ class TrainConfig:
     log_every: int = option(50, "append step, loss and LR to the log every this many steps")
     num_grid_samples: int = option(64, "samples in the grid drawn after each epoch (0 = none)")
     max_bad_steps: int = option(5, "stop after this many non-finite losses in a row")
-    eval_every: int = option(0, "every this many steps, FID of --eval_samples DDIM-50 samples (EMA) -> <output_dir>/eval_log.csv (0 = off)")
+    eval_every: int = option(0, "every this many steps, FID of --eval_samples samples (EMA, default sampler) -> <output_dir>/eval_log.csv (0 = off)")
     eval_samples: int = option(1000, "samples for the FID of --eval_every")
 
     def __post_init__(self):
@@ -127,10 +128,11 @@ class TrainConfig:
 class SampleConfig:
     checkpoint_path: str = option("checkpoints/ddpm_checkpoint", "checkpoint file, a folder, or 'latest' (newest valid one)")
     num_samples: int = option(64, "digits in the final grid")
-    sampler: str = option("ddpm", "ddpm (ancestral, all T steps; best FID, see README), ddim (Song et al. 2021) "
-                          "or dpm++ (DPM-Solver++ 2M; 50x fewer steps)", choices=("ddpm", "ddim", "dpm++"))
-    steps: int = option(0, "network evaluations for ddim / dpm++ (0 = the sampler's default: ddim 50, dpm++ 20)")
-    eta: float = option(0.0, "DDIM noise: 0 = deterministic, 1 = DDPM-like")
+    sampler: str = option(DEFAULT_SAMPLER, "dpm++ (DPM-Solver++(2M), Lu et al. 2022; the SDE unless --eta 0), ddim "
+                          "(Song et al. 2021) or ddpm (ancestral, all T steps)", choices=("ddpm", "ddim", "dpm++"))
+    steps: int = option(0, "steps of ddim / dpm++ (0 = the sampler's default: 50; dpm++ 20 is 2.5x faster)")
+    eta: float = option(-1.0, "noise of the ddim / dpm++ steps: 0 = deterministic (ODE), 1 = stochastic (DDPM "
+                         "posterior / SDE); -1 = the sampler's default (ddim 0, dpm++ 1)")
     digit: str = option("", "class-conditional checkpoints: a digit 0-9, or 'all' for one row per digit")
     guidance: float = option(3.0, "classifier-free guidance scale w: eps = cond + w (cond - uncond); 0 = no guidance")
     seed: int = option(0, "seed of the starting noise (same seed, same noise)")
@@ -152,8 +154,8 @@ class SampleConfig:
         for name in ("steps", "gif_every"):
             if getattr(self, name) < 0:
                 raise UserError(f"--{name} must be >= 0")
-        if not 0.0 <= self.eta <= 1.0:
-            raise UserError("--eta must be in [0, 1]")
+        if not (0.0 <= self.eta <= 1.0 or self.eta == -1.0):
+            raise UserError("--eta must be in [0, 1] (or -1 for the sampler's default)")
         if self.guidance < 0:
             raise UserError("--guidance must be >= 0")
         if self.digit not in ("", "all") and self.digit not in [str(d) for d in range(10)]:
@@ -165,9 +167,10 @@ class EvalConfig:
     checkpoint_path: str = option("checkpoints/ddpm_checkpoint", "checkpoint to evaluate (file, folder or 'latest')")
     real: bool = option(False, "evaluate 10k real training images instead of a checkpoint (the 'real data' floor)")
     num_samples: int = option(10000, "samples to generate and compare with the 10k MNIST test images")
-    sampler: str = option("ddim", "ddpm, ddim or dpm++", choices=("ddpm", "ddim", "dpm++"))
-    steps: int = option(0, "network evaluations for ddim / dpm++ (0 = the sampler's default)")
-    eta: float = option(0.0, "DDIM noise: 0 = deterministic, 1 = DDPM-like")
+    sampler: str = option(DEFAULT_SAMPLER, "dpm++, ddim or ddpm (see inference.py --help)", choices=("ddpm", "ddim", "dpm++"))
+    steps: int = option(0, "steps of ddim / dpm++ (0 = the sampler's default)")
+    eta: float = option(-1.0, "noise of the ddim / dpm++ steps: 0 = deterministic (ODE), 1 = stochastic (DDPM "
+                         "posterior / SDE); -1 = the sampler's default (ddim 0, dpm++ 1)")
     guidance: float = option(3.0, "classifier-free guidance scale for class-conditional checkpoints")
     batch_size: int = option(0, "samples generated per batch (0 = 100 on the CPU, 1000 on a GPU)")
     seed: int = option(0, "seed of the starting noise")
@@ -179,8 +182,8 @@ class EvalConfig:
     def __post_init__(self):
         if self.num_samples < 1 or self.batch_size < 0:
             raise UserError("need --num_samples >= 1 and --batch_size >= 0")
-        if self.steps < 0 or self.guidance < 0 or not 0.0 <= self.eta <= 1.0:
-            raise UserError("need --steps >= 0, --guidance >= 0 and --eta in [0, 1]")
+        if self.steps < 0 or self.guidance < 0 or not (0.0 <= self.eta <= 1.0 or self.eta == -1.0):
+            raise UserError("need --steps >= 0, --guidance >= 0 and --eta in [0, 1] (or -1: the sampler's default)")
 
 
 # ---- flags from dataclasses -------------------------------------------------------------

@@ -17,7 +17,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
-from diffusion.samplers import generate
+from diffusion.samplers import DEFAULT_SAMPLER, generate
 from models.classifier import load_classifier
 from utils.data import load_mnist, to_model_range
 from utils.device import sampling_batch_size
@@ -120,8 +120,8 @@ def evaluate_samples(samples, classifier, test_images, train_images, device, req
 
 def make_quick_fid(device, data_dir):
     """A cheap check during training: quick_fid(model, diffusion, autocast_fn, num) returns the
-    (FID, confident share, seconds) of `num` DDIM-50 samples. The classifier and the test-set
-    features are loaded once, here, not at every call."""
+    (FID, confident share, seconds) of `num` samples from the default sampler. The classifier
+    and the test-set features are loaded once, here, not at every call."""
     classifier = load_classifier(device)
     test_images, _ = load_mnist(data_dir, train=False)
     real, _ = classify(classifier, to_model_range(test_images), device)
@@ -129,7 +129,7 @@ def make_quick_fid(device, data_dir):
     def quick_fid(model, diffusion, autocast_fn, num=1000):
         start = time.perf_counter()
         y = torch.arange(num, device=device) % model.config.num_classes if model.config.num_classes else None
-        samples = generate(model, diffusion, num, "ddim", 50, seed=4321, batch_size=sampling_batch_size(device),
+        samples = generate(model, diffusion, num, DEFAULT_SAMPLER, seed=4321, batch_size=sampling_batch_size(device),
                            labels=y, autocast=autocast_fn)
         fake, probs = classify(classifier, samples, device)
         return fid_kid(real, fake)[0], class_statistics(probs)["confident"], time.perf_counter() - start
