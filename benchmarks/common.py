@@ -16,11 +16,17 @@ PEER_CONFIG = dict(sample_size=28, in_channels=1, out_channels=1, layers_per_blo
 
 
 class Peer(torch.nn.Module):
-    """diffusers' UNet2DModel behind the project's f(x_t, t, y) interface."""
+    """diffusers' UNet2DModel behind the project's f(x_t, t, y) interface. `config` (the project's
+    ModelConfig) only tells the samplers the image shape; pass Peer as make_model to train.main,
+    evaluate.main or inference.load_model to train or sample it with the project's recipe."""
 
-    def __init__(self):
+    def __init__(self, config=None):
         super().__init__()
         from diffusers import UNet2DModel
+        from utils.config import ModelConfig
+        self.config = config or ModelConfig()
+        if self.config.num_classes or (self.config.image_size, self.config.in_channels) != (28, 1):
+            raise ValueError("the peer model is the unconditional 28x28 MNIST configuration")
         self.net = UNet2DModel(**PEER_CONFIG)
 
     def forward(self, x, t, y=None):

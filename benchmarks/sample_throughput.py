@@ -9,7 +9,7 @@ import torch
 
 from common import median, timed
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import DEFAULT_STEPS, generate
+from diffusion.samplers import DEFAULT_STEPS, generate, settings
 from inference import load_model
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint
@@ -37,17 +37,18 @@ def main():
         model, diffusion = UNet(ModelConfig()).to(device).eval(), GaussianDiffusion(DiffusionConfig(), device)
 
     def run(sampler):
-        generate(model, diffusion, args.num_samples, sampler, DEFAULT_STEPS[sampler], batch_size=args.batch_size,
+        generate(model, diffusion, args.num_samples, sampler, batch_size=args.batch_size,
                  autocast=lambda: autocast(device, dtype))
 
     print(f"device {device}, precision {dtype or 'fp32'}, {args.num_samples} digits, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'sampler':8s} {'steps':>6s} {'seconds':>9s} {'NFE/s':>10s}")
+    print(f"{'sampler':8s} {'steps':>6s} {'eta':>4s} {'seconds':>9s} {'NFE/s':>10s}")
     for sampler in args.samplers:
         repeats = 1 if sampler == "ddpm" else args.repeats
         seconds = median([timed(lambda: run(sampler), device) for _ in range(repeats)])
-        steps = DEFAULT_STEPS[sampler]
-        print(f"{sampler:8s} {steps:>6d} {seconds:>9.1f} {steps * args.num_samples / seconds:>10.0f}", flush=True)
+        steps, eta = settings(sampler)
+        print(f"{sampler:8s} {steps:>6d} {eta:>4g} {seconds:>9.1f} {steps * args.num_samples / seconds:>10.0f}",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """Time to quality: train with the defaults and measure the samples at wall-clock marks.
 
     python benchmarks/time_to_quality.py --marks 5 10 20
+    python benchmarks/time_to_quality.py --marks 5 10 20 --model peer     # diffusers' UNet2DModel, same recipe
 
-Runs train.py on its defaults in a fresh folder, keeping a step checkpoint every --save_every
-steps, and stops it with SIGTERM (which saves) at the last mark. Each checkpoint's training time
-comes from the log's wall_s column; for each mark the last checkpoint saved before it is
-evaluated with evaluate.py (--num_samples samples, --sampler at its default steps), next to the
-real-data floor at the same sample count.
+Runs train.py (or benchmarks/train_peer.py) on its defaults in a fresh folder, keeping a step
+checkpoint every --save_every steps, and stops it with SIGTERM (which saves) at the last mark.
+Each checkpoint's training time comes from the log's wall_s column; for each mark the last
+checkpoint saved before it is evaluated with evaluate.py (--num_samples samples, inference.py's
+default sampler unless --sampler is given), next to the real-data floor at the same sample count.
+A mark after the end of the default run gets the finished model (see its train_minutes).
 """
 import argparse
 import csv
@@ -22,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402  (after the path set-up above)
+from common import Peer  # noqa: E402
+from models.unet import UNet  # noqa: E402
+from utils.config import SampleConfig  # noqa: E402
 
 
 def read_log(path):
@@ -36,7 +41,11 @@ def main():
     parser.add_argument("--marks", type=float, nargs="+", default=[5, 10, 20], help="minutes of training")
     parser.add_argument("--save_every", type=int, default=50)
     parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--sampler", default="ddim")
+    parser.add_argument("--sampler", default=SampleConfig.sampler, help="default: inference.py's")
+    parser.add_argument("--steps", type=int, default=SampleConfig.steps, help="0 = the sampler's default")
+    parser.add_argument("--eta", type=float, default=None, help="default: inference.py's for that sampler")
+    parser.add_argument("--model", choices=("ours", "peer"), default="ours",
+                        help="the project's U-Net, or diffusers' UNet2DModel trained with the same recipe")
     parser.add_argument("--work_dir", default="", help="keep checkpoints and logs here (default: a temp folder)")
     parser.add_argument("train_args", nargs="*", help="extra train.py flags, after --")
     args = parser.parse_args()
@@ -44,21 +53,26 @@ def main():
     ckpt, out = work / "ck", work / "out"
 
     # ---- train, stopping at the last mark ---------------------------------------------------
-    cmd = [sys.executable, "train.py", "--checkpoint_path", str(ckpt), "--output_dir", str(out),
+    script = "train.py" if args.model == "ours" else "benchmarks/train_peer.py"
+    cmd = [sys.executable, script, "--checkpoint_path", str(ckpt), "--output_dir", str(out),
            "--save_every", str(args.save_every), "--log_every", str(args.save_every), "--keep_last", "100000",
            *args.train_args]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log = out / "train_log.csv"
     deadline = max(args.marks) * 60
-    while proc.poll() is None:
-        rows = read_log(log)
-        if rows and float(rows[-1]["wall_s"]) >= deadline:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait()
-        time.sleep(2)
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work / "train_stderr.log", "w") as errors:  # the progress bar and any error message
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
+        while proc.poll() is None:
+            rows = read_log(log)
+            if rows and float(rows[-1]["wall_s"]) >= deadline:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait()
+            time.sleep(2)
+    if proc.returncode not in (0, 143):
+        sys.exit(f"training failed (exit {proc.returncode}); see {work / 'train_stderr.log'}")
 
     # ---- evaluate the checkpoint at each mark ---------------------------------------------------
-    rows = [r for r in read_log(log) if int(r["step"]) % args.save_every == 0]
+    rows = [r for r in read_log(log) if Path(f"{ckpt}_step{int(r['step']):07d}").exists()]  # saved steps
     floor = evaluate.main(["--real", "--num_samples", str(args.num_samples), "--out", str(work / "real.json")])
     table = []
     for mark in args.marks:
@@ -66,13 +80,18 @@ def main():
         if not done:
             continue
         step = int(done[-1]["step"])
+        sampling = ["--sampler", args.sampler, "--steps", str(args.steps)]
+        sampling += ["--eta", str(args.eta)] if args.eta is not None else []
         result = evaluate.main(["--checkpoint_path", f"{ckpt}_step{step:07d}", "--num_samples", str(args.num_samples),
-                                "--sampler", args.sampler, "--out", str(work / f"eval_{mark:g}min.json")])
+                                *sampling, "--out", str(work / f"eval_{mark:g}min.json")],
+                               make_model=UNet if args.model == "ours" else Peer)
         table.append({"minutes": mark, "step": step, "train_seconds": float(done[-1]["wall_s"]), **result})
-    print(f"\n{'minutes':>8s} {'step':>6s} {'FID':>8s} {'FID/floor':>10s} {'confident':>10s}   "
-          f"({args.num_samples} samples, {args.sampler}; floor FID {floor['fid']:.4f})")
+    print(f"\n{'minutes':>8s} {'trained':>8s} {'step':>6s} {'FID':>8s} {'FID/floor':>10s} {'confident':>10s}   "
+          f"({args.model}, {args.num_samples} samples, {table[0]['name'] if table else args.sampler}; "
+          f"floor FID {floor['fid']:.4f})")
     for r in table:
-        print(f"{r['minutes']:>8g} {r['step']:>6d} {r['fid']:>8.4f} {r['fid'] / floor['fid']:>10.1f} {r['confident']:>10.3f}")
+        print(f"{r['minutes']:>8g} {r['train_seconds'] / 60:>8.1f} {r['step']:>6d} {r['fid']:>8.4f} "
+              f"{r['fid'] / floor['fid']:>10.1f} {r['confident']:>10.3f}")
     (work / "time_to_quality.json").write_text(json.dumps({"floor": floor, "marks": table}, indent=2))
     print(f"wrote {work / 'time_to_quality.json'}")
 

@@ -1,0 +1,15 @@
+"""train.py with diffusers' UNet2DModel (benchmarks/common.py) in place of the project's U-Net:
+the same data, loss, optimizer, LR and EMA schedules, precision and checkpoints.
+
+    python benchmarks/train_peer.py --checkpoint_path checkpoints/peer --output_dir outputs/peer
+
+Takes train.py's flags. Its checkpoints load with evaluate.main(argv, make_model=Peer).
+"""
+import sys
+
+from common import Peer
+import train  # noqa: E402  (common puts the project root on the path)
+from utils.errors import exit_on_user_error
+
+if __name__ == "__main__":
+    exit_on_user_error(lambda: train.main(sys.argv[1:], make_model=Peer))
