@@ -9,7 +9,7 @@ import torch
 
 from common import median, timed
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import DEFAULT_STEPS, generate, settings
+from diffusion.samplers import DEFAULT_STEPS, generate, make_timesteps, settings
 from inference import load_model
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint
@@ -24,7 +24,8 @@ def main():
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=0, help="0 = 100 on the CPU, 1000 on a GPU")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_STEPS))
+    parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_STEPS),
+                        help="sampler names, each at its default steps, or name:steps (e.g. dpm++:20)")
     args = parser.parse_args()
     device = select_device(args.device)
     set_cpu_threads()
@@ -36,18 +37,20 @@ def main():
     else:
         model, diffusion = UNet(ModelConfig()).to(device).eval(), GaussianDiffusion(DiffusionConfig(), device)
 
-    def run(sampler):
-        generate(model, diffusion, args.num_samples, sampler, batch_size=args.batch_size,
+    def run(sampler, steps):
+        generate(model, diffusion, args.num_samples, sampler, steps, batch_size=args.batch_size,
                  autocast=lambda: autocast(device, dtype))
 
     print(f"device {device}, precision {dtype or 'fp32'}, {args.num_samples} digits, batch {args.batch_size}, "
           f"{torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'sampler':8s} {'steps':>6s} {'eta':>4s} {'seconds':>9s} {'NFE/s':>10s}")
-    for sampler in args.samplers:
+    print(f"{'sampler':8s} {'steps':>6s} {'NFE':>5s} {'eta':>4s} {'seconds':>9s} {'NFE/s':>10s}")
+    for spec in args.samplers:
+        sampler, _, steps = spec.partition(":")
+        steps, eta = settings(sampler, int(steps or 0))
         repeats = 1 if sampler == "ddpm" else args.repeats
-        seconds = median([timed(lambda: run(sampler), device) for _ in range(repeats)])
-        steps, eta = settings(sampler)
-        print(f"{sampler:8s} {steps:>6d} {eta:>4g} {seconds:>9.1f} {steps * args.num_samples / seconds:>10.0f}",
+        seconds = median([timed(lambda: run(sampler, steps), device) for _ in range(repeats)])
+        nfe = len(make_timesteps(sampler, diffusion, steps))  # network evaluations per digit
+        print(f"{sampler:8s} {steps:>6d} {nfe:>5d} {eta:>4g} {seconds:>9.1f} {nfe * args.num_samples / seconds:>10.0f}",
               flush=True)
 
 
