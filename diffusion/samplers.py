@@ -25,6 +25,13 @@ class Step(NamedTuple):
     pred_x0: torch.Tensor  # the model's estimate of x_0 from x_t
 
 
+def log_snr(diffusion):
+    """lambda_t = log(alpha_t / sigma_t) = 0.5 log(ab_t / (1 - ab_t)) for every t, in float64 on the
+    CPU: the time variable of DPM-Solver (Lu et al. 2022), decreasing in t."""
+    ab = diffusion.alphas_cumprod.double().cpu()
+    return 0.5 * torch.log(ab / (1 - ab))
+
+
 def make_timesteps(sampler, diffusion, steps):
     """Descending timesteps for a sampler: all T for ddpm; for ddim `steps` evenly spaced in
     [T-1, 0] (Song et al. 2021); for dpm++ evenly spaced in log-SNR, lambda_t = log(alpha_t / sigma_t)
@@ -36,8 +43,7 @@ def make_timesteps(sampler, diffusion, steps):
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
     if sampler == "dpm++" and steps > 1:
-        ab = diffusion.alphas_cumprod.double().cpu()
-        lam = 0.5 * torch.log(ab / (1 - ab))  # decreasing in t
+        lam = log_snr(diffusion)
         targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
         nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1)
         return sorted({int(t) for t in nearest}, reverse=True)
@@ -101,9 +107,7 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
     sampling with a second-order correction. The step after t = 0 lands on clean data (sigma = 0,
     lambda = inf), where the update reduces to x = D; it is taken at first order (x = x0 at t = 0).
     """
-    def lam(t):
-        return torch.log(diffusion.sqrt_alphas_cumprod[t] / diffusion.sqrt_one_minus_alphas_cumprod[t])
-
+    lam = log_snr(diffusion).tolist()
     prev_x0, prev_h = None, None
     for i, t in enumerate(timesteps):
         x0, _ = _predict(denoise, diffusion, x, t, clip)
@@ -112,7 +116,7 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
             x = x0
             break
         s = timesteps[i + 1]
-        h = lam(s) - lam(t)
+        h = torch.tensor(lam[s] - lam[t])
         if prev_x0 is None:
             d = x0
         else:
@@ -153,7 +157,7 @@ def make_denoiser(model, labels=None, guidance=0.0, null_label=None, autocast=No
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp}
 # Defaults per sampler: steps, and eta (ddim: the ODE; dpm++: the SDE). The default sampler is the
 # fastest whose FID is within 10% of 1000-step DDPM (README, "Measuring samples"): the SDE solver
-# with 50 log-SNR steps (49 network evaluations; 20 steps cost 20% more FID than 50).
+# with 50 log-SNR steps (49 network evaluations; 20 steps give a 29% higher FID than 50).
 DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 50}
 DEFAULT_ETA = {"ddpm": 0.0, "ddim": 0.0, "dpm++": 1.0}
 DEFAULT_SAMPLER = "dpm++"

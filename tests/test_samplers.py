@@ -9,8 +9,17 @@ import pytest
 import torch
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import DEFAULT_STEPS, SAMPLERS, make_denoiser, make_timesteps, sample
+from diffusion.samplers import DEFAULT_STEPS, SAMPLERS, log_snr, make_denoiser, make_timesteps, sample
 from utils.config import DiffusionConfig
+
+
+def gaussian_oracle(diffusion, c):
+    """The exact eps-prediction for data ~ N(0, c^2): E[x0 | x_t] = sqrt(ab) c^2 / (ab c^2 + 1 - ab) x_t."""
+    def exact_eps(x, t):
+        ab = diffusion.alphas_cumprod[t].view(-1, 1, 1, 1).float()
+        x0 = ab.sqrt() * c ** 2 / (ab * c ** 2 + 1 - ab) * x
+        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
+    return exact_eps
 
 
 def oracle(diffusion, target_x0):
@@ -50,8 +59,7 @@ def test_make_timesteps():
     ts = make_timesteps("dpm++", d, 20)
     assert len(ts) == 20 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
     # dpm++ steps are evenly spaced in log-SNR: equal gaps in lambda up to the rounding to integer t
-    ab = d.alphas_cumprod.double()
-    gaps = (0.5 * torch.log(ab / (1 - ab)))[ts].diff()
+    gaps = log_snr(d)[ts].diff()
     assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=0.3)  # uniform in t: gaps from 0.1 to 3
     assert len(make_timesteps("dpm++", d, 1000)) < 1000  # neighbours merged near t = 0, never repeated
     with pytest.raises(ValueError):
@@ -133,18 +141,12 @@ def test_dpm_sde_first_step_is_the_ddpm_posterior_step():
 
 @pytest.mark.parametrize("sampler,eta", [("ddim", 0.0), ("ddim", 1.0), ("dpm++", 0.0), ("dpm++", 1.0)])
 def test_samplers_recover_a_gaussian_data_distribution(sampler, eta):
-    # Data ~ N(0, c^2) has an exact denoiser, E[x0 | x_t] = sqrt(ab) c^2 / (ab c^2 + 1 - ab) x_t, so with
-    # enough steps every sampler must return samples with standard deviation c. A wrong noise scale
-    # in a stochastic update (or a wrong ODE coefficient) shows up directly in the spread.
+    # Data ~ N(0, c^2) has an exact denoiser, so with enough steps every sampler must return samples
+    # with standard deviation c. A wrong noise scale in a stochastic update (or a wrong ODE
+    # coefficient) shows up directly in the spread.
     d, c = GaussianDiffusion(DiffusionConfig()), 0.5
-
-    def exact_eps(x, t):
-        ab = d.alphas_cumprod[t].view(-1, 1, 1, 1).float()
-        x0 = ab.sqrt() * c ** 2 / (ab * c ** 2 + 1 - ab) * x
-        return (x - ab.sqrt() * x0) / (1 - ab).sqrt()
-
     noise = torch.randn(20000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
-    final, _ = sample(sampler, exact_eps, d, noise, steps=250, eta=eta, generator=torch.Generator().manual_seed(1),
+    final, _ = sample(sampler, gaussian_oracle(d, c), d, noise, steps=250, eta=eta, generator=torch.Generator().manual_seed(1),
                       clip=False)
     assert abs(final.std().item() / c - 1) < 0.03
     assert abs(final.mean().item()) < 0.02
@@ -156,15 +158,9 @@ def test_dpm_solver_is_second_order_on_the_probability_flow_ode():
     # first order, e.g. without the multistep correction D).
     d, c = GaussianDiffusion(DiffusionConfig()), 0.5
     ab = d.alphas_cumprod.double()
-
-    def exact_eps(x, t):
-        a = d.alphas_cumprod[t].view(-1, 1, 1, 1).float()
-        x0 = a.sqrt() * c ** 2 / (a * c ** 2 + 1 - a) * x
-        return (x - a.sqrt() * x0) / (1 - a).sqrt()
-
     x = torch.linspace(-2, 2, 9).view(-1, 1, 1, 1)
     x_at_0 = x.double() * ((ab[0] * c ** 2 + 1 - ab[0]) / (ab[999] * c ** 2 + 1 - ab[999])).sqrt()
     exact = ab[0].sqrt() * c ** 2 / (ab[0] * c ** 2 + 1 - ab[0]) * x_at_0  # the final step returns x0_hat at t = 0
-    errors = [(sample("dpm++", exact_eps, d, x, steps=n, eta=0.0, clip=False)[0] - exact).abs().max().item()
+    errors = [(sample("dpm++", gaussian_oracle(d, c), d, x, steps=n, eta=0.0, clip=False)[0] - exact).abs().max().item()
               for n in (20, 40)]
     assert errors[0] / errors[1] > 3 and errors[1] < 0.01
