@@ -6,7 +6,6 @@ Deterministic given --seed on a given machine. Prints the test accuracy and the 
 in models/classifier.py.
 """
 import argparse
-import hashlib
 import math
 import sys
 
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.classifier import WEIGHTS, MnistClassifier
-from utils.data import load_mnist, to_model_range
+from utils.data import file_digest, load_mnist, to_model_range
 from utils.device import select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
 from utils.metrics import classify
@@ -76,7 +75,7 @@ def main():
     state = {k: v.cpu() for k, v in model.state_dict().items()}
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": state, "test_accuracy": acc, "seed": args.seed, "epochs": args.epochs}, args.out)
-    digest = hashlib.sha256(open(args.out, "rb").read()).hexdigest()
+    digest = file_digest(args.out, "sha256")
     print(f"test accuracy {acc:.4f}; wrote {args.out}; sha256 {digest}")
 
 

@@ -43,7 +43,7 @@ def main():
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--sampler", default=SampleConfig.sampler, help="default: inference.py's")
     parser.add_argument("--steps", type=int, default=SampleConfig.steps, help="0 = the sampler's default")
-    parser.add_argument("--eta", type=float, default=None, help="default: inference.py's for that sampler")
+    parser.add_argument("--eta", type=float, default=SampleConfig.eta, help="-1 = the sampler's default")
     parser.add_argument("--model", choices=("ours", "peer"), default="ours",
                         help="the project's U-Net, or diffusers' UNet2DModel trained with the same recipe")
     parser.add_argument("--work_dir", default="", help="keep checkpoints and logs here (default: a temp folder)")
@@ -80,8 +80,7 @@ def main():
         if not done:
             continue
         step = int(done[-1]["step"])
-        sampling = ["--sampler", args.sampler, "--steps", str(args.steps)]
-        sampling += ["--eta", str(args.eta)] if args.eta is not None else []
+        sampling = ["--sampler", args.sampler, "--steps", str(args.steps), "--eta", str(args.eta)]
         result = evaluate.main(["--checkpoint_path", f"{ckpt}_step{step:07d}", "--num_samples", str(args.num_samples),
                                 *sampling, "--out", str(work / f"eval_{mark:g}min.json")],
                                make_model=UNet if args.model == "ours" else Peer)
