@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.samplers import generate, settings
+from diffusion.samplers import every_digit, generate, settings
 from inference import load_model
 from models.classifier import load_classifier
 from models.unet import UNet
@@ -59,8 +59,7 @@ def main(argv=None, make_model=UNet):
         ckpt, path = load_checkpoint(cfg.checkpoint_path)
         model, diffusion = load_model(ckpt, path, True, device, make_model)
         steps, eta = settings(cfg.sampler, cfg.steps, cfg.eta)
-        if model.config.num_classes:
-            requested = torch.arange(cfg.num_samples, device=device) % model.config.num_classes
+        requested = every_digit(cfg.num_samples, model.config.num_classes, device)  # None if unconditional
         amp_dtype = resolve_precision(cfg.precision, device)
         batch_size = cfg.batch_size or sampling_batch_size(device)
         samples = generate(model, diffusion, cfg.num_samples, cfg.sampler, steps, eta, cfg.seed, batch_size,

@@ -2,7 +2,7 @@
 
     python inference.py --checkpoint_path checkpoints/ddpm_checkpoint
     python inference.py --sampler dpm++ --steps 20 --gif outputs/denoising.gif
-    python inference.py --digit all --guidance 3      # class-conditional checkpoints
+    python inference.py --digit all --guidance 1      # one row per digit, with classifier-free guidance
 
 Writes <output_dir>/samples.png (the final digits) and <output_dir>/denoising_steps.png
 (rows = samples, columns = timesteps from t = T-1 down to t = 0), and shows the figure when a
@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import SAMPLERS, make_denoiser, make_timesteps, settings
+from diffusion.samplers import SAMPLERS, every_digit, make_denoiser, make_timesteps, settings
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import DiffusionConfig, ModelConfig, SampleConfig, add_arguments, from_args
@@ -42,12 +42,17 @@ def load_model(ckpt, path, use_ema, device, make_model=UNet):
 
 
 def labels_for(cfg, model_cfg, device):
-    """(the requested digits as a label batch or None, images per row of the grids)."""
-    if not cfg.digit:
-        return None, 8
+    """(the requested digits as a label batch or None, images per row of the grids).
+
+    Unconditional checkpoints: None. Class-conditional ones: --digit, or by default every digit
+    in turn (0, 1, ..., 9, 0, ...), ten per row, so each column of the grid is one digit."""
     if model_cfg.num_classes == 0:
-        raise UserError("--digit needs a class-conditional checkpoint (train with --class_cond); "
-                        "this one is unconditional")
+        if cfg.digit:
+            raise UserError("--digit needs a class-conditional checkpoint (one trained without --no-class_cond); "
+                            "this one is unconditional")
+        return None, 8
+    if not cfg.digit:
+        return every_digit(cfg.num_samples, model_cfg.num_classes, device), model_cfg.num_classes
     if cfg.digit == "all":  # one row per digit
         per_row = max(1, cfg.num_samples // 10)
         return torch.arange(10, device=device).repeat_interleave(per_row), per_row

@@ -268,8 +268,7 @@ def main(argv=None, make_model=UNet):
         if is_main and train_cfg.num_grid_samples and (step % steps_per_epoch == 0 or step == end_step):
             # a quick look at progress: the default sampler, fixed noise, digits 0-9 in turn if conditional
             n = train_cfg.num_grid_samples
-            y = torch.arange(n, device=device) % model_cfg.num_classes if model_cfg.num_classes else None
-            grid = generate(ema.module, diffusion, n, DEFAULT_SAMPLER, seed=1234, batch_size=n, labels=y, autocast=amp)
+            grid = generate(ema.module, diffusion, n, DEFAULT_SAMPLER, seed=1234, batch_size=n, autocast=amp)
             save_grid(grid, out_dir / f"samples_epoch{epoch + 1:03d}.png")
     progress.close()
     if world_size > 1:

@@ -179,16 +179,25 @@ def sample(sampler, denoise, diffusion, noise, steps=0, eta=-1.0, generator=None
     return step.x, kept
 
 
+def every_digit(num, num_classes, device=None):
+    """Labels 0, 1, ..., num_classes - 1, 0, 1, ... for `num` samples: every class in turn, so a
+    class-conditional model's samples have balanced classes (None for unconditional models)."""
+    return torch.arange(num, device=device) % num_classes if num_classes else None
+
+
 @torch.inference_mode()
 def generate(model, diffusion, num, sampler, steps=0, eta=-1.0, seed=0, batch_size=1000, labels=None, guidance=0.0,
              autocast=None):
     """`num` finished samples (N, C, H, W) in [-1, 1], made in batches; same seed, same samples.
 
     `model` is the U-Net (its config gives the image shape and the null label), `labels` the
-    requested digits for class-conditional models, `autocast` a context factory for the network.
+    requested digits for class-conditional models (default: every digit in turn), `autocast` a
+    context factory for the network.
     """
     device = diffusion.betas.device
     cfg = model.config
+    if labels is None:
+        labels = every_digit(num, cfg.num_classes, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     batches = []
     for start in tqdm(range(0, num, batch_size), desc=f"sampling ({sampler})", leave=False):

@@ -13,6 +13,7 @@ import inference
 import train
 from conftest import ROOT, TINY_MODEL, run_script
 from utils.checkpoint import load_checkpoint
+from utils.config import ModelConfig, SampleConfig
 from utils.errors import exit_on_user_error
 
 
@@ -44,6 +45,7 @@ def test_train_resume_and_inference_smoke(tmp_path, mnist_dir):
     train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "5"))
     ckpt, _ = load_checkpoint(tmp_path / "ck")
     assert ckpt["step"] == 5
+    assert ckpt["model_config"]["num_classes"] == 10  # class-conditional by default
     out = tmp_path / "out_ck"
     assert (out / "loss_curve.png").exists() and list(out.glob("samples_epoch*.png"))
     assert [step for step, _ in logged_losses(tmp_path, "ck")] == [1, 2, 3, 4, 5]
@@ -84,6 +86,28 @@ def test_sigterm_saves_and_the_run_resumes_exactly(tmp_path, mnist_dir):
                                                     "--save_every", "1000"))
         assert result.returncode == 0, result.stderr[-2000:]
     assert_same_state(load_checkpoint(tmp_path / "pre")[0], load_checkpoint(tmp_path / "straight")[0])
+
+
+def test_no_class_cond_trains_the_unconditional_model(tmp_path, mnist_dir, capsys):
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "1", "--no-class_cond", "--num_grid_samples", "0"))
+    ckpt, _ = load_checkpoint(tmp_path / "ck")
+    assert ckpt["model_config"]["num_classes"] == 0 and "label_emb.weight" not in ckpt["model"]
+    inference.main(["--checkpoint_path", str(tmp_path / "ck"), "--num_samples", "2", "--steps", "2", "--no_show",
+                    "--output_dir", str(tmp_path / "inf")])
+    assert (tmp_path / "inf" / "samples.png").stat().st_size > 0
+    code, err = exit_code(inference.main, ["--checkpoint_path", str(tmp_path / "ck"), "--digit", "3"], capsys)
+    assert code == 2 and "--digit needs a class-conditional checkpoint" in err
+
+
+def test_class_conditional_sampling_draws_every_digit_in_turn():
+    conditional, unconditional = ModelConfig(num_classes=10), ModelConfig()
+    labels, per_row = inference.labels_for(SampleConfig(num_samples=23), conditional, torch.device("cpu"))
+    assert per_row == 10 and labels.tolist() == [i % 10 for i in range(23)]
+    labels, per_row = inference.labels_for(SampleConfig(num_samples=20, digit="all"), conditional, torch.device("cpu"))
+    assert per_row == 2 and labels.tolist() == [d for d in range(10) for _ in range(2)]
+    labels, _ = inference.labels_for(SampleConfig(num_samples=3, digit="7"), conditional, torch.device("cpu"))
+    assert labels.tolist() == [7, 7, 7]
+    assert inference.labels_for(SampleConfig(), unconditional, torch.device("cpu")) == (None, 8)
 
 
 def test_same_seed_same_samples_other_seed_other_samples(tmp_path, mnist_dir):
