@@ -17,7 +17,7 @@ PEER_CONFIG = dict(sample_size=28, in_channels=1, out_channels=1, layers_per_blo
 
 class Peer(torch.nn.Module):
     """diffusers' UNet2DModel behind the project's f(x_t, t, y) interface. `config` (the project's
-    ModelConfig) only tells the samplers the image shape; pass Peer as make_model to train.main,
+    ModelConfig) gives the image shape and the number of classes; pass Peer as make_model to train.main,
     evaluate.main or inference.load_model to train or sample it with the project's recipe."""
 
     def __init__(self, config=None):
@@ -25,12 +25,16 @@ class Peer(torch.nn.Module):
         from diffusers import UNet2DModel
         from utils.config import ModelConfig
         self.config = config or ModelConfig()
-        if self.config.num_classes or (self.config.image_size, self.config.in_channels) != (28, 1):
-            raise ValueError("the peer model is the unconditional 28x28 MNIST configuration")
-        self.net = UNet2DModel(**PEER_CONFIG)
+        if (self.config.image_size, self.config.in_channels) != (28, 1):
+            raise ValueError("the peer model is the 28x28 MNIST configuration")
+        # class-conditional like ours: a label embedding added to the time embedding, index num_classes = null
+        classes = self.config.num_classes + 1 if self.config.num_classes else None
+        self.net = UNet2DModel(**PEER_CONFIG, num_class_embeds=classes)
 
     def forward(self, x, t, y=None):
-        return self.net(x, t).sample
+        if self.config.num_classes and y is None:
+            y = torch.full_like(t, self.config.num_classes)  # the null label: unconditional
+        return self.net(x, t, class_labels=y).sample
 
 
 def synchronize(device):
