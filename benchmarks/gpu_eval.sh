@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Results table on a GPU: real-data floor and each sampler on a trained checkpoint, plus a
-# class-conditional model trained for 3 epochs. Logs under ${OUT:-gpu_out}/summary.txt.
+# class-conditional model trained for 3 epochs (guidance 3). Logs under ${OUT:-gpu_out}/summary.txt.
 #   CKPT: the checkpoint to evaluate (default checkpoints/ddpm_checkpoint); MNIST_GZ as in gpu_check.sh.
 set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
@@ -26,5 +26,5 @@ log "class-conditional, 3 epochs"
 python train.py --class_cond --epochs 3 --checkpoint_path /tmp/cond --output_dir /tmp/ocond 2>&1 | grep -E "done" | tee -a "$OUT/summary.txt"
 python inference.py --checkpoint_path /tmp/cond --digit all --num_samples 100 --no_show --output_dir "$OUT/cond" \
   --gif "$OUT/cond/digits.gif" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
-ev --checkpoint_path /tmp/cond --num_samples $N --sampler dpm++ --steps 20 --out /tmp/c.json
+ev --checkpoint_path /tmp/cond --num_samples $N --sampler dpm++ --steps 20 --guidance 3 --out /tmp/c.json
 log "end"
