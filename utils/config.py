@@ -134,8 +134,8 @@ class SampleConfig:
     steps: int = option(0, "steps of ddim / dpm++ (0 = the sampler's default: 50; dpm++ 20 is 2.6x faster)")
     eta: float = option(-1.0, "noise of the ddim / dpm++ steps: 0 = deterministic (ODE), 1 = stochastic (DDPM "
                          "posterior / SDE); -1 = the sampler's default (ddim 0, dpm++ 1)")
-    digit: str = option("", "class-conditional checkpoints: a digit 0-9, or 'all' for one row per digit "
-                        "(default: every digit, one per column)")
+    digit: str = option("", "class-conditional checkpoints: a digit 0-9, 'all' for one row per digit, or empty "
+                        "for every digit in turn, one per column")
     guidance: float = option(0.0, "classifier-free guidance scale w: eps = cond + w (cond - uncond); 0 = plain "
                              "conditional sampling (the best FID), 1-3 = crisper digits, less variety, twice the cost")
     seed: int = option(0, "seed of the starting noise (same seed, same noise)")
