@@ -63,10 +63,15 @@ def main(argv=None, make_model=UNet):
         amp_dtype = resolve_precision(cfg.precision, device)
         batch_size = cfg.batch_size or sampling_batch_size(device)
         samples = generate(model, diffusion, cfg.num_samples, cfg.sampler, steps, eta, cfg.seed, batch_size,
-                           requested, cfg.guidance, autocast=lambda: autocast(device, amp_dtype))
+                           requested, cfg.guidance, cfg.guidance_interval, lambda: autocast(device, amp_dtype))
         name = f"{cfg.sampler} {steps if cfg.sampler != 'ddpm' else diffusion.num_timesteps} steps"
         name += f" eta {eta:g}" if cfg.sampler != "ddpm" else ""
-        out = Path(cfg.out or f"{path}.eval_{cfg.sampler}{steps}_eta{eta:g}_n{cfg.num_samples}.json")
+        tag = f"{cfg.sampler}{steps}_eta{eta:g}"
+        if requested is not None:  # class-conditional: guidance applies
+            lo, hi = cfg.guidance_interval
+            name += f" guidance {cfg.guidance:g} for t/T in [{lo:g}, {hi:g}]"
+            tag += f"_g{cfg.guidance:g}_{lo:g}-{hi:g}"
+        out = Path(cfg.out or f"{path}.eval_{tag}_n{cfg.num_samples}.json")
     sample_seconds = time.perf_counter() - start
     results = evaluate_samples(samples.cpu(), classifier, test_images, train_images, device, requested)
     results.update(name=name, sample_seconds=round(sample_seconds, 1),

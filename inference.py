@@ -2,7 +2,7 @@
 
     python inference.py --checkpoint_path checkpoints/ddpm_checkpoint
     python inference.py --sampler dpm++ --steps 20 --gif outputs/denoising.gif
-    python inference.py --digit all --guidance 1      # one row per digit, with classifier-free guidance
+    python inference.py --digit all --guidance 1      # one row per digit, more classifier-free guidance
 
 Writes <output_dir>/samples.png (the final digits) and <output_dir>/denoising_steps.png
 (rows = samples, columns = timesteps from t = T-1 down to t = 0), and shows the figure when a
@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import SAMPLERS, every_digit, make_denoiser, make_timesteps, settings
+from diffusion.samplers import SAMPLERS, every_digit, guided_timesteps, make_denoiser, make_timesteps, settings
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import DiffusionConfig, ModelConfig, SampleConfig, add_arguments, from_args
@@ -93,12 +93,13 @@ def main(argv=None):
         raise UserError(f"--steps: {err}") from None
     shown = shown_timesteps(timesteps, cfg.figure_steps)
     gif_every = cfg.gif_every or max(1, len(timesteps) // 50)
-    denoise = make_denoiser(model, labels, cfg.guidance, model_cfg.num_classes,
-                            autocast=lambda: autocast(device, amp_dtype))
+    denoise = make_denoiser(model, labels, cfg.guidance, model_cfg.num_classes, lambda: autocast(device, amp_dtype),
+                            guided_timesteps(cfg.guidance_interval, diffusion))
 
     # ---- sample: predict, then step ------------------------------------------------------------
-    print(f"sampling {num} digits with {cfg.sampler}, {len(timesteps)} network evaluations, on {device}",
-          file=sys.stderr)
+    lo, hi = cfg.guidance_interval
+    guided = f", guidance {cfg.guidance:g} for t/T in [{lo:g}, {hi:g}]" if labels is not None and cfg.guidance else ""
+    print(f"sampling {num} digits with {cfg.sampler}, {len(timesteps)} steps{guided}, on {device}", file=sys.stderr)
     kept, frames = [], []
     start = time.perf_counter()
     with torch.inference_mode():

@@ -2,6 +2,9 @@
 
     python benchmarks/sample_throughput.py                        # random weights (speed only)
     python benchmarks/sample_throughput.py --checkpoint_path checkpoints/ddpm_checkpoint
+
+Class-conditional models (the default) are sampled with the default guidance, which doubles the
+batch on the guided steps; the NFE column counts the network evaluations per digit actually made.
 """
 import argparse
 
@@ -9,7 +12,7 @@ import torch
 
 from common import median, timed
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import DEFAULT_STEPS, generate, make_timesteps, settings
+from diffusion.samplers import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate, settings
 from inference import load_model
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint
@@ -24,6 +27,7 @@ def main():
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=0, help="0 = 100 on the CPU, 1000 on a GPU")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="class-conditional models; 0 = none")
     parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_STEPS),
                         help="sampler names, each at its default steps, or name:steps (e.g. dpm++:20)")
     args = parser.parse_args()
@@ -35,22 +39,28 @@ def main():
         ckpt, path = load_checkpoint(args.checkpoint_path)
         model, diffusion = load_model(ckpt, path, True, device)
     else:
-        model, diffusion = UNet(ModelConfig()).to(device).eval(), GaussianDiffusion(DiffusionConfig(), device)
+        model = UNet(ModelConfig(num_classes=10)).to(device).eval()  # the default network: class-conditional
+        diffusion = GaussianDiffusion(DiffusionConfig(), device)
+
+    images = [0]  # images through the network, counted by a forward hook
+    model.register_forward_hook(lambda module, inputs, output: images.__setitem__(0, images[0] + len(output)))
 
     def run(sampler, steps):
         generate(model, diffusion, args.num_samples, sampler, steps, batch_size=args.batch_size,
-                 autocast=lambda: autocast(device, dtype))
+                 guidance=args.guidance, autocast=lambda: autocast(device, dtype))
 
+    guided = f"guidance {args.guidance:g}" if model.config.num_classes else "unconditional"
     print(f"device {device}, precision {dtype or 'fp32'}, {args.num_samples} digits, batch {args.batch_size}, "
-          f"{torch.get_num_threads()} threads, median of {args.repeats}")
+          f"{guided}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'sampler':8s} {'steps':>6s} {'NFE':>5s} {'eta':>4s} {'seconds':>9s} {'NFE/s':>10s}")
     for spec in args.samplers:
         sampler, _, steps = spec.partition(":")
         steps, eta = settings(sampler, int(steps or 0))
         repeats = 1 if sampler == "ddpm" else args.repeats
+        images[0] = 0
         seconds = median([timed(lambda: run(sampler, steps), device) for _ in range(repeats)])
-        nfe = len(make_timesteps(sampler, diffusion, steps))  # network evaluations per digit
-        print(f"{sampler:8s} {steps:>6d} {nfe:>5d} {eta:>4g} {seconds:>9.1f} {nfe * args.num_samples / seconds:>10.0f}",
+        nfe = images[0] / (repeats * args.num_samples)  # network evaluations per digit
+        print(f"{sampler:8s} {steps:>6d} {nfe:>5g} {eta:>4g} {seconds:>9.1f} {nfe * args.num_samples / seconds:>10.0f}",
               flush=True)
 
 

@@ -46,6 +46,8 @@ def main():
     parser.add_argument("--eta", type=float, default=SampleConfig.eta, help="-1 = the sampler's default")
     parser.add_argument("--guidance", type=float, default=SampleConfig.guidance,
                         help="classifier-free guidance (class-conditional runs, the default); 0 = none")
+    parser.add_argument("--guidance_interval", type=float, nargs=2, default=SampleConfig.guidance_interval,
+                        metavar=("LO", "HI"), help="guided steps: t / T in [LO, HI]")
     parser.add_argument("--model", choices=("ours", "peer"), default="ours",
                         help="the project's U-Net, or diffusers' UNet2DModel trained with the same recipe")
     parser.add_argument("--work_dir", default="", help="keep checkpoints and logs here (default: a temp folder)")
@@ -83,7 +85,7 @@ def main():
             continue
         step = int(done[-1]["step"])
         sampling = ["--sampler", args.sampler, "--steps", str(args.steps), "--eta", str(args.eta),
-                    "--guidance", str(args.guidance)]
+                    "--guidance", str(args.guidance), "--guidance_interval", *map(str, args.guidance_interval)]
         result = evaluate.main(["--checkpoint_path", f"{ckpt}_step{step:07d}", "--num_samples", str(args.num_samples),
                                 *sampling, "--out", str(work / f"eval_{mark:g}min.json")],
                                make_model=UNet if args.model == "ours" else Peer)

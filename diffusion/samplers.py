@@ -132,19 +132,22 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
     yield Step(-1, x, x)
 
 
-def make_denoiser(model, labels=None, guidance=0.0, null_label=None, autocast=None):
+def make_denoiser(model, labels=None, guidance=0.0, null_label=None, autocast=None, interval=None):
     """denoise(x_t, t) for the samplers, with classifier-free guidance (Ho & Salimans 2022).
 
     Without labels the model is unconditional. With labels and guidance w > 0 the conditional and
     unconditional (null-label) outputs come from one batched forward pass and are combined as
         out = cond + w * (cond - uncond)        (w = 0: plain conditional sampling)
     which is the same in eps, x0 or v, since all three are affine in the output at fixed x_t.
+    `interval` = (lo, hi) limits guidance to timesteps lo <= t <= hi, the others are plain
+    conditional steps at half the cost (guidance in a limited interval, Kynkaanniemi et al. 2024).
     """
     autocast = autocast or nullcontext
+    lo, hi = interval or (-float("inf"), float("inf"))
 
     def denoise(x, t):
         with autocast():
-            if labels is None or guidance == 0:
+            if labels is None or guidance == 0 or not lo <= t[0].item() <= hi:
                 return model(x, t, labels).float()
             null = torch.full_like(labels, null_label)
             out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float()
@@ -154,13 +157,22 @@ def make_denoiser(model, labels=None, guidance=0.0, null_label=None, autocast=No
     return denoise
 
 
+def guided_timesteps(interval, diffusion):
+    """(lo, hi) in timesteps for an interval given as fractions of T, e.g. (0.25, 0.7) -> (250, 700)."""
+    return tuple(f * diffusion.num_timesteps for f in interval)
+
+
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp}
-# Defaults per sampler: steps, and eta (ddim: the ODE; dpm++: the SDE). The default sampler is the
-# fastest whose FID is within 10% of 1000-step DDPM (README, "Measuring samples"): the SDE solver
-# with 50 log-SNR steps (49 network evaluations; 20 steps give a 29% higher FID than 50).
-DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 50}
+# The default sampling, chosen by measurement on the default (class-conditional) model (README,
+# "Default sampler"): the SDE solver with 20 log-SNR steps, and guidance 0.1 only for t in
+# [0.25 T, 0.7 T] (5 of the 20 steps at T = 1000: 25 network evaluations). Its FID matched 1000-step
+# DDPM's and beat 50 steps without guidance, and it lifted the share of confidently recognised
+# digits from 95% to 97.5-98%.
+DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 20}
 DEFAULT_ETA = {"ddpm": 0.0, "ddim": 0.0, "dpm++": 1.0}
 DEFAULT_SAMPLER = "dpm++"
+DEFAULT_GUIDANCE = 0.1
+DEFAULT_GUIDANCE_INTERVAL = (0.25, 0.7)
 
 
 def settings(sampler, steps=0, eta=-1.0):
@@ -186,13 +198,14 @@ def every_digit(num, num_classes, device=None):
 
 
 @torch.inference_mode()
-def generate(model, diffusion, num, sampler, steps=0, eta=-1.0, seed=0, batch_size=1000, labels=None, guidance=0.0,
-             autocast=None):
+def generate(model, diffusion, num, sampler, steps=0, eta=-1.0, seed=0, batch_size=1000, labels=None,
+             guidance=DEFAULT_GUIDANCE, interval=DEFAULT_GUIDANCE_INTERVAL, autocast=None):
     """`num` finished samples (N, C, H, W) in [-1, 1], made in batches; same seed, same samples.
 
     `model` is the U-Net (its config gives the image shape and the null label), `labels` the
-    requested digits for class-conditional models (default: every digit in turn), `autocast` a
-    context factory for the network.
+    requested digits for class-conditional models (default: every digit in turn), `guidance` and
+    `interval` (fractions of T) the classifier-free guidance, `autocast` a context factory for the
+    network.
     """
     device = diffusion.betas.device
     cfg = model.config
@@ -204,7 +217,7 @@ def generate(model, diffusion, num, sampler, steps=0, eta=-1.0, seed=0, batch_si
         n = min(batch_size, num - start)
         y = labels[start:start + n] if labels is not None else None
         noise = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator, device=device)
-        denoise = make_denoiser(model, y, guidance, cfg.num_classes, autocast=autocast)
+        denoise = make_denoiser(model, y, guidance, cfg.num_classes, autocast, guided_timesteps(interval, diffusion))
         final, _ = sample(sampler, denoise, diffusion, noise, steps, eta, generator)
         batches.append(final)
     return torch.cat(batches)

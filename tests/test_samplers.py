@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import DEFAULT_STEPS, SAMPLERS, log_snr, make_denoiser, make_timesteps, sample
+from diffusion.samplers import (DEFAULT_GUIDANCE_INTERVAL, DEFAULT_STEPS, SAMPLERS, guided_timesteps, log_snr,
+                                make_denoiser, make_timesteps, sample)
 from utils.config import DiffusionConfig
 
 
@@ -89,6 +90,27 @@ def test_guidance_is_one_batched_pass_with_null_label():
     assert torch.allclose(out, torch.full_like(out, 3 + 2 * (3 - 1)))  # cond + w (cond - uncond)
     out0 = make_denoiser(model, labels, guidance=0.0, null_label=10)(torch.zeros(2, 1, 2, 2), torch.zeros(2))
     assert torch.allclose(out0, torch.full_like(out0, 3.0))
+
+
+def test_guidance_interval_guides_only_the_steps_inside_it():
+    batches = []
+
+    def model(x, t, y):
+        batches.append((int(t[0]), len(y)))
+        return torch.zeros_like(x)
+
+    d = GaussianDiffusion(DiffusionConfig())
+    interval = guided_timesteps((0.25, 0.7), d)
+    assert interval == (250, 700)
+    denoise = make_denoiser(model, torch.tensor([3, 4]), guidance=0.5, null_label=10, interval=interval)
+    sample("dpm++", denoise, d, torch.randn(2, 1, 2, 2), steps=20)
+    guided = [t for t, n in batches if n == 4]  # cond and uncond batched together
+    assert len(batches) == 20 and guided and all(250 <= t <= 700 for t in guided)
+    assert all(n == 2 for t, n in batches if not 250 <= t <= 700)
+    # the default interval guides a quarter of the default dpm++ steps: 25 evaluations for 20 steps
+    ts = make_timesteps("dpm++", d, DEFAULT_STEPS["dpm++"])
+    lo, hi = guided_timesteps(DEFAULT_GUIDANCE_INTERVAL, d)
+    assert sum(lo <= t <= hi for t in ts) == 5
 
 
 def test_default_steps_cover_every_sampler():

@@ -143,6 +143,8 @@ def test_bad_train_options(argv, message, capsys, tmp_path):
     (["--num_samples", "0"], "--num_samples must be at least 1"),
     (["--digit", "12"], "--digit"),
     (["--eta", "1.5"], "--eta must be in [0, 1]"),
+    (["--guidance_interval", "0.8", "0.2"], "--guidance_interval needs two fractions of T"),
+    (["--guidance_interval", "0.5"], "--guidance_interval needs two fractions of T"),
     (["--checkpoint_path", "does/not/exist"], "no checkpoint at"),
 ])
 def test_bad_inference_options(argv, message, capsys):
