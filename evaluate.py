@@ -69,8 +69,8 @@ def main(argv=None, make_model=UNet):
         tag = f"{cfg.sampler}{steps}_eta{eta:g}"
         if requested is not None:  # class-conditional: guidance applies
             lo, hi = cfg.guidance_interval
-            name += f" guidance {cfg.guidance:g} for t/T in [{lo:g}, {hi:g}]"
-            tag += f"_g{cfg.guidance:g}_{lo:g}-{hi:g}"
+            name += f" guidance {cfg.guidance:g}" + (f" for t/T in [{lo:g}, {hi:g}]" if cfg.guidance else "")
+            tag += f"_g{cfg.guidance:g}" + (f"_{lo:g}-{hi:g}" if cfg.guidance else "")
         out = Path(cfg.out or f"{path}.eval_{tag}_n{cfg.num_samples}.json")
     sample_seconds = time.perf_counter() - start
     results = evaluate_samples(samples.cpu(), classifier, test_images, train_images, device, requested)

@@ -131,7 +131,7 @@ class SampleConfig:
     num_samples: int = option(64, "digits in the final grid")
     sampler: str = option(DEFAULT_SAMPLER, "dpm++ (DPM-Solver++(2M), Lu et al. 2022; the SDE unless --eta 0), ddim "
                           "(Song et al. 2021) or ddpm (ancestral, all T steps)", choices=("ddpm", "ddim", "dpm++"))
-    steps: int = option(0, "steps of ddim / dpm++ (0 = the sampler's default: dpm++ 20, ddim 50)")
+    steps: int = option(0, "steps of ddim / dpm++ (0 = the sampler's default: dpm++ 15, ddim 50)")
     eta: float = option(-1.0, "noise of the ddim / dpm++ steps: 0 = deterministic (ODE), 1 = stochastic (DDPM "
                          "posterior / SDE); -1 = the sampler's default (ddim 0, dpm++ 1)")
     digit: str = option("", "class-conditional checkpoints: a digit 0-9, 'all' for one row per digit, or empty "
