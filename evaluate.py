@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.samplers import every_digit, generate, settings
+from diffusion.samplers import describe_guidance, every_digit, generate, settings
 from inference import load_model
 from models.classifier import load_classifier
 from models.unet import UNet
@@ -69,7 +69,7 @@ def main(argv=None, make_model=UNet):
         tag = f"{cfg.sampler}{steps}_eta{eta:g}"
         if requested is not None:  # class-conditional: guidance applies
             lo, hi = cfg.guidance_interval
-            name += f" guidance {cfg.guidance:g}" + (f" for t/T in [{lo:g}, {hi:g}]" if cfg.guidance else "")
+            name += " " + describe_guidance(cfg.guidance, cfg.guidance_interval)
             tag += f"_g{cfg.guidance:g}" + (f"_{lo:g}-{hi:g}" if cfg.guidance else "")
         out = Path(cfg.out or f"{path}.eval_{tag}_n{cfg.num_samples}.json")
     sample_seconds = time.perf_counter() - start

@@ -18,7 +18,8 @@ import torch
 from tqdm import tqdm
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import SAMPLERS, every_digit, guided_timesteps, make_denoiser, make_timesteps, settings
+from diffusion.samplers import (SAMPLERS, describe_guidance, every_digit, guided_timesteps, make_denoiser,
+                                make_timesteps, settings)
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import DiffusionConfig, ModelConfig, SampleConfig, add_arguments, from_args
@@ -97,8 +98,7 @@ def main(argv=None):
                             guided_timesteps(cfg.guidance_interval, diffusion))
 
     # ---- sample: predict, then step ------------------------------------------------------------
-    lo, hi = cfg.guidance_interval
-    guided = f", guidance {cfg.guidance:g} for t/T in [{lo:g}, {hi:g}]" if labels is not None and cfg.guidance else ""
+    guided = ", " + describe_guidance(cfg.guidance, cfg.guidance_interval) if labels is not None and cfg.guidance else ""
     print(f"sampling {num} digits with {cfg.sampler}, {len(timesteps)} steps{guided}, on {device}", file=sys.stderr)
     kept, frames = [], []
     start = time.perf_counter()

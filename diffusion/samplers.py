@@ -162,6 +162,11 @@ def guided_timesteps(interval, diffusion):
     return tuple(f * diffusion.num_timesteps for f in interval)
 
 
+def describe_guidance(guidance, interval):
+    """'guidance 0.1 for t/T in [0.25, 0.7]', or 'guidance 0' when there is none."""
+    return f"guidance {guidance:g}" + (f" for t/T in [{interval[0]:g}, {interval[1]:g}]" if guidance else "")
+
+
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp}
 # The default sampling, chosen by measurement on the default (class-conditional) model (README,
 # "Default sampler"): the SDE solver with 15 log-SNR steps, and guidance 0.1 only for t in

@@ -161,8 +161,7 @@ class SampleConfig:
                 raise UserError(f"--{name} must be >= 0")
         if not (0.0 <= self.eta <= 1.0 or self.eta == -1.0):
             raise UserError("--eta must be in [0, 1] (or -1 for the sampler's default)")
-        self.guidance_interval = tuple(self.guidance_interval)
-        check_guidance(self.guidance, self.guidance_interval)
+        self.guidance_interval = check_guidance(self.guidance, self.guidance_interval)
         if self.digit not in ("", "all") and self.digit not in [str(d) for d in range(10)]:
             raise UserError(f"--digit must be 0-9 or 'all', got {self.digit!r}")
 
@@ -190,16 +189,18 @@ class EvalConfig:
             raise UserError("need --num_samples >= 1 and --batch_size >= 0")
         if self.steps < 0 or not (0.0 <= self.eta <= 1.0 or self.eta == -1.0):
             raise UserError("need --steps >= 0 and --eta in [0, 1] (or -1: the sampler's default)")
-        self.guidance_interval = tuple(self.guidance_interval)
-        check_guidance(self.guidance, self.guidance_interval)
+        self.guidance_interval = check_guidance(self.guidance, self.guidance_interval)
 
 
 def check_guidance(guidance, interval):
+    """The interval as a tuple, after checking both flags."""
+    interval = tuple(interval)
     if guidance < 0:
         raise UserError("--guidance must be >= 0")
     if len(interval) != 2 or not 0.0 <= interval[0] <= interval[1] <= 1.0:
         raise UserError("--guidance_interval needs two fractions of T, 0 <= LO <= HI <= 1; got "
                         + " ".join(map(str, interval)))
+    return interval
 
 
 # ---- flags from dataclasses -------------------------------------------------------------
