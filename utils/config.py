@@ -103,7 +103,7 @@ class TrainConfig:
     log_every: int = option(50, "append step, loss and LR to the log every this many steps")
     num_grid_samples: int = option(64, "samples in the grid drawn after each epoch (0 = none)")
     max_bad_steps: int = option(5, "stop after this many non-finite losses in a row")
-    eval_every: int = option(0, "every this many steps, FID of --eval_samples samples (EMA, default sampler) -> <output_dir>/eval_log.csv (0 = off)")
+    eval_every: int = option(0, "every this many steps, FID of --eval_samples samples (EMA, default sampling) -> <output_dir>/eval_log.csv (0 = off)")
     eval_samples: int = option(1000, "samples for the FID of --eval_every")
 
     def __post_init__(self):
