@@ -1,22 +1,29 @@
 """Training throughput (images/s) of one full step: forward, backward, AdamW, EMA.
 
-Compares the project's default U-Net with diffusers' UNet2DModel (benchmarks/common.py), same
-batch, same machine, in fp32 and in each device's best autocast precision, interleaved in one run
-so that machine noise hits every variant alike. Prints medians and the ratio to the peer in fp32.
+Times the default U-Net next to a wider one (base 32, channel_mults 1 2 2: about 2.6x the FLOPs)
+and, optionally, diffusers' UNet2DModel (benchmarks/common.py), same batch, same machine, in fp32
+and in the device's best autocast precision, interleaved in one run so that machine noise hits
+every variant alike. Prints medians, the FLOPs of a step (counted by PyTorch's FlopCounterMode),
+the achieved GFLOP/s, and that as a share of the machine's measured matmul peak (large square
+fp32 or bf16 matrix products: the most this machine does for these convolutions).
 
     pip install -r benchmarks/requirements.txt
     python benchmarks/train_throughput.py --repeats 5
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/train_throughput.py   # an AVX2-only CPU
 """
 import argparse
 
 import torch
 from timm.utils import ModelEmaV3
+from torch.utils.flop_counter import FlopCounterMode
 
-from common import Peer, median, timed
+from common import Peer, matmul_peak, median, timed
 from diffusion.gaussian import GaussianDiffusion
 from models.unet import UNet, count_parameters
 from utils.config import DiffusionConfig, ModelConfig
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
+
+WIDE = dict(base_channels=32, channel_mults=(1, 2, 2))
 
 
 def make_step(model, diffusion, batch, device, dtype):
@@ -24,12 +31,13 @@ def make_step(model, diffusion, batch, device, dtype):
     plain = getattr(model, "_orig_mod", model)  # the EMA copies the uncompiled module
     ema = ModelEmaV3(plain, decay=0.999)
     x0 = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
+    y = torch.randint(0, 10, (batch,), device=device)
 
     def step():
         noise = torch.randn_like(x0)
         t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
         with autocast(device, dtype):
-            prediction = model(diffusion.q_sample(x0, t, noise), t)
+            prediction = model(diffusion.q_sample(x0, t, noise), t, y)
         loss = diffusion.loss(prediction, x0, noise, t)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -40,47 +48,65 @@ def make_step(model, diffusion, batch, device, dtype):
     return step
 
 
+def step_flops(model, device, batch):
+    """FLOPs of one forward and backward pass at this batch size."""
+    x = torch.zeros(batch, 1, 28, 28, device=device)
+    t = torch.zeros(batch, dtype=torch.long, device=device)
+    with FlopCounterMode(display=False) as counter:
+        model(x, t, torch.zeros_like(t)).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=5, help="training steps per timed repeat")
+    parser.add_argument("--steps", type=int, default=3, help="training steps per timed repeat")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--no_peer", action="store_true", help="skip diffusers' UNet2DModel")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile of our model")
+    parser.add_argument("--peer", action="store_true", help="also time diffusers' UNet2DModel")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the default model")
     args = parser.parse_args()
     device = select_device(args.device)
     set_cpu_threads()
     best = resolve_precision("auto", device)
     diffusion = GaussianDiffusion(DiffusionConfig(), device)
 
-    models = {"ours": UNet(ModelConfig()).to(device)}
+    models = {"default": UNet(ModelConfig(num_classes=10)).to(device),
+              "wide (32, 1 2 2)": UNet(ModelConfig(num_classes=10, **WIDE)).to(device)}
     if args.compile:
-        models["ours, compiled"] = torch.compile(UNet(ModelConfig()).to(device))
-    if not args.no_peer:
-        models["diffusers UNet2DModel"] = Peer().to(device)
+        models["default, compiled"] = torch.compile(UNet(ModelConfig(num_classes=10)).to(device))
+    if args.peer:
+        models["diffusers UNet2DModel"] = Peer(ModelConfig(num_classes=10)).to(device)
+    flops = {name: step_flops(getattr(m, "_orig_mod", m), device, args.batch_size) for name, m in models.items()}
     variants = {}
     for name, model in models.items():
         for dtype in dict.fromkeys([None, best]):
-            label = f"{name} [{'fp32' if dtype is None else str(dtype).split('.')[-1]}]"
-            variants[label] = (make_step(model, diffusion, args.batch_size, device, dtype), count_parameters(model))
-    for step, _ in variants.values():  # warm-up
+            precision = "fp32" if dtype is None else str(dtype).split(".")[-1]
+            variants[(name, precision)] = make_step(model, diffusion, args.batch_size, device, dtype)
+    for step in variants.values():  # warm-up
+        step()
         step()
 
-    speeds = {label: [] for label in variants}
+    speeds = {key: [] for key in variants}
     for _ in range(args.repeats):
-        for label, (step, _) in variants.items():
+        for key, step in variants.items():
             seconds = timed(lambda: [step() for _ in range(args.steps)], device)
-            speeds[label].append(args.steps * args.batch_size / seconds)
+            speeds[key].append(args.steps * args.batch_size / seconds)
+    peaks = {precision: matmul_peak(device, precision) for _, precision in variants}
 
-    print(f"device {device}, batch {args.batch_size}, {args.repeats} repeats of {args.steps} steps, "
-          f"{torch.get_num_threads()} threads")
-    peer_fp32 = next((median(v) for k, v in speeds.items() if k.startswith("diffusers") and "fp32" in k), None)
-    print(f"{'model':34s} {'params':>10s} {'img/s':>9s} {'s/epoch':>8s} {'vs peer fp32':>12s}")
-    for label, values in speeds.items():
+    print(f"device {device}, CPU capability {torch.backends.cpu.get_cpu_capability()}, batch {args.batch_size}, "
+          f"{args.repeats} repeats of {args.steps} steps, {torch.get_num_threads()} threads; matmul peak "
+          + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()))
+    print(f"{'model':24s} {'prec':>5s} {'params':>10s} {'GFLOP/img':>10s} {'img/s':>7s} {'s/epoch':>8s} "
+          f"{'GFLOP/s':>8s} {'of peak':>8s} {'vs default':>10s}")
+    for (name, precision), values in speeds.items():
         img_s = median(values)
-        ratio = f"{img_s / peer_fp32:.1f}x" if peer_fp32 else "-"
-        print(f"{label:34s} {variants[label][1]:>10,} {img_s:>9.0f} {60000 / img_s:>8.0f} {ratio:>12s}")
+        per_image = flops[name] / args.batch_size / 1e9
+        reference = median(speeds[("default", precision)])
+        print(f"{name:24s} {precision:>5s} {count_parameters(models[name]):>10,} {per_image:>10.3f} {img_s:>7.0f} "
+              f"{60000 / img_s:>8.0f} {img_s * per_image:>8.0f} {img_s * per_image / peaks[precision]:>8.0%} "
+              f"{img_s / reference:>9.2f}x")
 
 
 if __name__ == "__main__":

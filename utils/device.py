@@ -27,9 +27,11 @@ def select_device(name="auto"):
 
 
 def cpu_has_fast_bf16():
-    """True on CPUs with bf16 dot-product instructions (AVX512-BF16 or AMX)."""
+    """True on CPUs with bf16 dot-product instructions (AVX512-BF16 or AMX) that PyTorch uses: not
+    when its kernels are capped below AVX-512 (ATEN_CPU_CAPABILITY=avx2, as on an AVX2-only CPU)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    capability = torch.backends.cpu.get_cpu_capability()
+    return capability.startswith(("AVX512", "AMX")) and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_precision(precision, device):
