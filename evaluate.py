@@ -1,6 +1,6 @@
 """Measure sample quality: FID, KID, precision/recall, digit statistics and memorisation.
 
-    python evaluate.py --checkpoint_path checkpoints/ddpm_checkpoint --num_samples 10000     # default sampler
+    python evaluate.py --checkpoint_path checkpoints/ddpm_checkpoint --num_samples 10000     # default sampling
     python evaluate.py --sampler ddpm --num_samples 5000                                     # the 1000-step reference
     python evaluate.py --real            # the floor: 10k real training images against the test set
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import torch
 
-from diffusion.samplers import describe_guidance, every_digit, generate, settings
-from inference import load_model
+from diffusion.samplers import every_digit, generate
 from models.classifier import load_classifier
+from models.load import load_model
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint
-from utils.config import EvalConfig, add_arguments, from_args
+from utils.config import EvalConfig, SamplingConfig, add_arguments, from_args
 from utils.data import load_mnist, to_model_range
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
@@ -38,12 +38,21 @@ def print_table(name, results, file=sys.stdout):
 def build_parser():
     parser = argparse.ArgumentParser(description="Measure the sample quality of a checkpoint.", allow_abbrev=False)
     add_arguments(parser, EvalConfig)
+    add_arguments(parser, SamplingConfig)
     return parser
+
+
+def tag(sampling):
+    """A file-name tag for the sampling settings, e.g. dpm++15_eta1_g0.1_0.25-0.7."""
+    lo, hi = sampling.guidance_interval
+    return (f"{sampling.sampler}{sampling.steps}_eta{sampling.eta:g}_g{sampling.guidance:g}"
+            + (f"_{lo:g}-{hi:g}" if sampling.guidance else "") + (f"_seed{sampling.seed}" if sampling.seed else ""))
 
 
 def main(argv=None, make_model=UNet):
     """Evaluate; `make_model(model_config)` builds the network (the benchmarks swap in a peer model)."""
-    cfg = from_args(EvalConfig, build_parser().parse_args(argv))
+    args = build_parser().parse_args(argv)
+    cfg, sampling = from_args(EvalConfig, args), from_args(SamplingConfig, args)
     device = select_device(cfg.device)
     set_cpu_threads()
     train_images, _ = load_mnist(cfg.data_dir, train=True)
@@ -52,26 +61,19 @@ def main(argv=None, make_model=UNet):
     start = time.perf_counter()
     requested = None
     if cfg.real:
-        picks = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(cfg.seed))[:cfg.num_samples]
+        generator = torch.Generator().manual_seed(sampling.seed)
+        picks = torch.randperm(len(train_images), generator=generator)[:cfg.num_samples]
         samples, name = to_model_range(train_images[picks]), f"real train ({cfg.num_samples})"
         out = Path(cfg.out or f"outputs/eval_real_n{cfg.num_samples}.json")
     else:
         ckpt, path = load_checkpoint(cfg.checkpoint_path)
         model, diffusion = load_model(ckpt, path, True, device, make_model)
-        steps, eta = settings(cfg.sampler, cfg.steps, cfg.eta)
         requested = every_digit(cfg.num_samples, model.config.num_classes, device)  # None if unconditional
         amp_dtype = resolve_precision(cfg.precision, device)
-        batch_size = cfg.batch_size or sampling_batch_size(device)
-        samples = generate(model, diffusion, cfg.num_samples, cfg.sampler, steps, eta, cfg.seed, batch_size,
-                           requested, cfg.guidance, cfg.guidance_interval, lambda: autocast(device, amp_dtype))
-        name = f"{cfg.sampler} {steps if cfg.sampler != 'ddpm' else diffusion.num_timesteps} steps"
-        name += f" eta {eta:g}" if cfg.sampler != "ddpm" else ""
-        tag = f"{cfg.sampler}{steps}_eta{eta:g}"
-        if requested is not None:  # class-conditional: guidance applies
-            lo, hi = cfg.guidance_interval
-            name += " " + describe_guidance(cfg.guidance, cfg.guidance_interval)
-            tag += f"_g{cfg.guidance:g}" + (f"_{lo:g}-{hi:g}" if cfg.guidance else "")
-        out = Path(cfg.out or f"{path}.eval_{tag}_n{cfg.num_samples}.json")
+        samples = generate(model, diffusion, cfg.num_samples, sampling, requested,
+                           cfg.batch_size or sampling_batch_size(device), lambda: autocast(device, amp_dtype))
+        name = sampling.describe(requested is not None)
+        out = Path(cfg.out or f"{path}.eval_{tag(sampling)}_n{cfg.num_samples}.json")
     sample_seconds = time.perf_counter() - start
     results = evaluate_samples(samples.cpu(), classifier, test_images, train_images, device, requested)
     results.update(name=name, sample_seconds=round(sample_seconds, 1),

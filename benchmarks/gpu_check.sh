@@ -35,6 +35,6 @@ log "checkpoint round trip: the GPU checkpoint sampled on the CPU and on the GPU
 python inference.py --checkpoint_path $CK/default --device cpu --num_samples 16 --no_show --output_dir "$OUT/cpu_inf" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
 python inference.py --checkpoint_path $CK/default --num_samples 64 --no_show --output_dir "$OUT/gpu_inf" 2>&1 | tail -1 | tee -a "$OUT/summary.txt"
 log "benchmarks"
-python benchmarks/train_throughput.py --no_peer --repeats 5 --steps 20 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
+python benchmarks/train_throughput.py --repeats 5 --steps 20 2>&1 | tail -4 | tee -a "$OUT/summary.txt"
 python benchmarks/sample_throughput.py --checkpoint_path $CK/default 2>&1 | tail -5 | tee -a "$OUT/summary.txt"
 log "end"

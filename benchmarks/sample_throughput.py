@@ -1,10 +1,13 @@
 """Sampling speed: network evaluations per second and seconds for 1,000 digits, per sampler.
 
     python benchmarks/sample_throughput.py                        # random weights (speed only)
-    python benchmarks/sample_throughput.py --checkpoint_path checkpoints/ddpm_checkpoint
+    python benchmarks/sample_throughput.py --checkpoint_path checkpoints/ddpm_checkpoint --samplers dpm++ dpm++:20 ddim:50
 
-Class-conditional models (the default) are sampled with the default guidance, which doubles the
-batch on the guided steps; the NFE column counts the network evaluations per digit actually made.
+Each sampler runs with the default sampling's other settings (SamplingConfig: eta, guidance and
+its interval). Class-conditional models (the default) are guided on the steps inside the
+interval, which doubles the batch there; the NFE column counts the network evaluations per digit
+actually made. On the CPU the model is channels-last, as inference.py and evaluate.py run it
+(--contiguous times the plain layout instead).
 """
 import argparse
 
@@ -12,11 +15,11 @@ import torch
 
 from common import median, timed
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import DEFAULT_GUIDANCE, DEFAULT_STEPS, generate, settings
-from inference import load_model
+from diffusion.samplers import generate
+from models.load import load_model
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig, ModelConfig
+from utils.config import DiffusionConfig, ModelConfig, SamplingConfig
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 
 
@@ -27,9 +30,11 @@ def main():
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--batch_size", type=int, default=0, help="0 = 100 on the CPU, 1000 on a GPU")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="class-conditional models; 0 = none")
-    parser.add_argument("--samplers", nargs="+", default=list(DEFAULT_STEPS),
-                        help="sampler names, each at its default steps, or name:steps (e.g. dpm++:20)")
+    parser.add_argument("--guidance", type=float, default=SamplingConfig.guidance,
+                        help="class-conditional models; 0 = none")
+    parser.add_argument("--samplers", nargs="+", default=[SamplingConfig.sampler],
+                        help="sampler names, each at the default steps, or name:steps (e.g. dpm++:20)")
+    parser.add_argument("--contiguous", action="store_true", help="on the CPU: the plain NCHW layout")
     args = parser.parse_args()
     device = select_device(args.device)
     set_cpu_threads()
@@ -39,29 +44,35 @@ def main():
         ckpt, path = load_checkpoint(args.checkpoint_path)
         model, diffusion = load_model(ckpt, path, True, device)
     else:
-        model = UNet(ModelConfig(num_classes=10)).to(device).eval()  # the default network: class-conditional
+        model = UNet(ModelConfig()).to(device).eval()  # the default network
+        if device.type == "cpu":
+            model = model.to(memory_format=torch.channels_last)
         diffusion = GaussianDiffusion(DiffusionConfig(), device)
+    if args.contiguous:
+        model = model.to(memory_format=torch.contiguous_format)
 
     images = [0]  # images through the network, counted by a forward hook
     model.register_forward_hook(lambda module, inputs, output: images.__setitem__(0, images[0] + len(output)))
 
-    def run(sampler, steps):
-        generate(model, diffusion, args.num_samples, sampler, steps, batch_size=args.batch_size,
-                 guidance=args.guidance, autocast=lambda: autocast(device, dtype))
+    def run(sampling):
+        generate(model, diffusion, args.num_samples, sampling, batch_size=args.batch_size,
+                 autocast=lambda: autocast(device, dtype))
 
     guided = f"guidance {args.guidance:g}" if model.config.num_classes else "unconditional"
-    print(f"device {device}, precision {dtype or 'fp32'}, {args.num_samples} digits, batch {args.batch_size}, "
+    print(f"device {device}, CPU capability {torch.backends.cpu.get_cpu_capability()}, precision {dtype or 'fp32'}, "
+          f"{'contiguous' if args.contiguous else 'channels-last'}, {args.num_samples} digits, batch {args.batch_size}, "
           f"{guided}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'sampler':8s} {'steps':>6s} {'NFE':>5s} {'eta':>4s} {'seconds':>9s} {'NFE/s':>10s}")
     for spec in args.samplers:
         sampler, _, steps = spec.partition(":")
-        steps, eta = settings(sampler, int(steps or 0))
+        sampling = SamplingConfig(sampler=sampler, steps=int(steps or SamplingConfig.steps), guidance=args.guidance)
         repeats = 1 if sampler == "ddpm" else args.repeats
         images[0] = 0
-        seconds = median([timed(lambda: run(sampler, steps), device) for _ in range(repeats)])
+        seconds = median([timed(lambda: run(sampling), device) for _ in range(repeats)])
         nfe = images[0] / (repeats * args.num_samples)  # network evaluations per digit
-        print(f"{sampler:8s} {steps:>6d} {nfe:>5g} {eta:>4g} {seconds:>9.1f} {nfe * args.num_samples / seconds:>10.0f}",
-              flush=True)
+        steps = diffusion.num_timesteps if sampler == "ddpm" else sampling.steps
+        print(f"{sampler:8s} {steps:>6d} {nfe:>5g} {sampling.eta:>4g} {seconds:>9.1f} "
+              f"{nfe * args.num_samples / seconds:>10.0f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 import evaluate  # noqa: E402  (after the path set-up above)
 from common import Peer  # noqa: E402
 from models.unet import UNet  # noqa: E402
-from utils.config import SampleConfig  # noqa: E402
+from utils.config import SamplingConfig, add_arguments, from_args  # noqa: E402
 
 
 def read_log(path):
@@ -41,18 +41,13 @@ def main():
     parser.add_argument("--marks", type=float, nargs="+", default=[5, 10, 20], help="minutes of training")
     parser.add_argument("--save_every", type=int, default=50)
     parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--sampler", default=SampleConfig.sampler, help="default: inference.py's")
-    parser.add_argument("--steps", type=int, default=SampleConfig.steps, help="0 = the sampler's default")
-    parser.add_argument("--eta", type=float, default=SampleConfig.eta, help="-1 = the sampler's default")
-    parser.add_argument("--guidance", type=float, default=SampleConfig.guidance,
-                        help="classifier-free guidance (class-conditional runs, the default); 0 = none")
-    parser.add_argument("--guidance_interval", type=float, nargs=2, default=SampleConfig.guidance_interval,
-                        metavar=("LO", "HI"), help="guided steps: t / T in [LO, HI]")
     parser.add_argument("--model", choices=("ours", "peer"), default="ours",
                         help="the project's U-Net, or diffusers' UNet2DModel trained with the same recipe")
     parser.add_argument("--work_dir", default="", help="keep checkpoints and logs here (default: a temp folder)")
     parser.add_argument("train_args", nargs="*", help="extra train.py flags, after --")
+    add_arguments(parser, SamplingConfig)  # how each mark's samples are drawn: the default sampling unless given
     args = parser.parse_args()
+    sampling = from_args(SamplingConfig, args)
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="ttq_"))
     ckpt, out = work / "ck", work / "out"
 
@@ -84,14 +79,15 @@ def main():
         if not done:
             continue
         step = int(done[-1]["step"])
-        sampling = ["--sampler", args.sampler, "--steps", str(args.steps), "--eta", str(args.eta),
-                    "--guidance", str(args.guidance), "--guidance_interval", *map(str, args.guidance_interval)]
+        flags = ["--sampler", sampling.sampler, "--steps", str(sampling.steps), "--eta", str(sampling.eta),
+                 "--guidance", str(sampling.guidance), "--guidance_interval", *map(str, sampling.guidance_interval),
+                 "--seed", str(sampling.seed)]
         result = evaluate.main(["--checkpoint_path", f"{ckpt}_step{step:07d}", "--num_samples", str(args.num_samples),
-                                *sampling, "--out", str(work / f"eval_{mark:g}min.json")],
+                                *flags, "--out", str(work / f"eval_{mark:g}min.json")],
                                make_model=UNet if args.model == "ours" else Peer)
         table.append({"minutes": mark, "step": step, "train_seconds": float(done[-1]["wall_s"]), **result})
     print(f"\n{'minutes':>8s} {'trained':>8s} {'step':>6s} {'FID':>8s} {'FID/floor':>10s} {'confident':>10s}   "
-          f"({args.model}, {args.num_samples} samples, {table[0]['name'] if table else args.sampler}; "
+          f"({args.model}, {args.num_samples} samples, {sampling.describe()}; "
           f"floor FID {floor['fid']:.4f})")
     for r in table:
         print(f"{r['minutes']:>8g} {r['train_seconds'] / 60:>8.1f} {r['step']:>6d} {r['fid']:>8.4f} "

@@ -2,7 +2,7 @@
 posterior q(x_{t-1} | x_t, x_0), the prediction targets and the training loss.
 
 Conventions: t is an integer in [0, T); t = 0 is the last denoising step, x_{-1} is the clean
-image x_0 of the paper. Tensors are (B, C, H, W); t is (B,). Every coefficient is computed
+image x_0 of the paper. Tensors are (B, C, H, W); t is (B,), or one Python int for the whole batch. Every coefficient is computed
 once in float64 and stored in float32 on the device. The process never sees the network.
 """
 import numpy as np
@@ -42,6 +42,10 @@ class GaussianDiffusion:
         # signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), for min-SNR weighting
         self.snr = buffer(alphas_cumprod / (1.0 - alphas_cumprod))
 
+        # lambda_t = log(alpha_t / sigma_t) = 0.5 log(SNR_t), the time variable of DPM-Solver (Lu et
+        # al. 2022), decreasing in t; kept in float64 on the CPU, where the samplers do their step sizes
+        self.log_snr = torch.tensor(0.5 * np.log(alphas_cumprod / (1.0 - alphas_cumprod)), dtype=torch.float64)
+
         # posterior q(x_{t-1} | x_t, x_0) = N(coef1 x_0 + coef2 x_t, beta_tilde_t I)   (eqs. 6, 7)
         posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
         self.posterior_variance = buffer(posterior_variance)
@@ -54,6 +58,13 @@ class GaussianDiffusion:
         """Draw x_t ~ q(x_t | x_0) with the given noise."""
         return (extract(self.sqrt_alphas_cumprod, t, x0.shape) * x0
                 + extract(self.sqrt_one_minus_alphas_cumprod, t, x0.shape) * noise)
+
+    def alpha_sigma(self, t):
+        """(alpha_t, sigma_t) = (sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t)) at one integer timestep, so
+        that x_t = alpha_t x_0 + sigma_t eps; t = -1 stands for the clean data after the last step: (1, 0)."""
+        if t < 0:
+            return torch.ones_like(self.sqrt_alphas_cumprod[0]), torch.zeros_like(self.sqrt_alphas_cumprod[0])
+        return self.sqrt_alphas_cumprod[t], self.sqrt_one_minus_alphas_cumprod[t]
 
     # ---- posterior q(x_{t-1} | x_t, x_0) ------------------------------------------------------
 

@@ -5,8 +5,10 @@ One interface. A sampler is a generator function
 
     sampler(denoise, diffusion, x, timesteps, generator=None, eta=0.0) -> iterator of Step
 
-where denoise(x_t, t) returns the network's raw output for the batch x_t at integer timesteps t
-(shape (B,)), and `timesteps` is a descending sequence of training timesteps, e.g. [999, ..., 0].
+where denoise(x_t, t) returns the network's raw output for the batch x_t at the integer timestep
+t (a Python int, the same for the whole batch), and `timesteps` is a descending sequence of
+training timesteps, e.g. [999, ..., 0]. Coefficients come from the diffusion process
+(`alpha_sigma(t)`, `log_snr`, `q_posterior`), never from indexing its arrays here.
 At each timestep the sampler yields Step(t, x_t, pred_x0) and then moves on ("predict, then
 step"); after the last one it yields Step(-1, x_0, x_0) with the finished samples. Nothing needs
 priming and nothing is kept between calls.
@@ -18,18 +20,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from utils.config import SamplingConfig
+
 
 class Step(NamedTuple):
     t: int                 # timestep of x (-1 for the finished samples)
     x: torch.Tensor        # x_t, (B, C, H, W)
     pred_x0: torch.Tensor  # the model's estimate of x_0 from x_t
-
-
-def log_snr(diffusion):
-    """lambda_t = log(alpha_t / sigma_t) = 0.5 log(ab_t / (1 - ab_t)) for every t, in float64 on the
-    CPU: the time variable of DPM-Solver (Lu et al. 2022), decreasing in t."""
-    ab = diffusion.alphas_cumprod.double().cpu()
-    return 0.5 * torch.log(ab / (1 - ab))
 
 
 def make_timesteps(sampler, diffusion, steps):
@@ -43,7 +40,7 @@ def make_timesteps(sampler, diffusion, steps):
     if not 1 <= steps <= num_timesteps:
         raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
     if sampler == "dpm++" and steps > 1:
-        lam = log_snr(diffusion)
+        lam = diffusion.log_snr
         targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
         nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1)
         return sorted({int(t) for t in nearest}, reverse=True)
@@ -51,11 +48,11 @@ def make_timesteps(sampler, diffusion, steps):
 
 
 def _predict(denoise, diffusion, x, t, clip):
-    t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-    x0, eps = diffusion.predict_x0_eps(x, t_batch, denoise(x, t_batch).float())
+    x0, eps = diffusion.predict_x0_eps(x, t, denoise(x, t).float())
     if clip:  # data lives in [-1, 1]; recompute eps so the two stay consistent
         x0 = x0.clamp(-1, 1)
-        eps = (x - diffusion.sqrt_alphas_cumprod[t] * x0) / diffusion.sqrt_one_minus_alphas_cumprod[t]
+        alpha, sigma = diffusion.alpha_sigma(t)
+        eps = (x - alpha * x0) / sigma
     return x0, eps
 
 
@@ -65,8 +62,7 @@ def ddpm(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
     for t in timesteps:
         x0, _ = _predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)
-        t_batch = torch.full((x.shape[0],), t, device=x.device, dtype=torch.long)
-        mean, variance = diffusion.q_posterior(x0, x, t_batch)
+        mean, variance = diffusion.q_posterior(x0, x, t)
         noise = torch.randn(x.shape, generator=generator, device=x.device) if t > 0 else 0.0
         x = mean + variance.sqrt() * noise
     yield Step(-1, x, x)
@@ -83,11 +79,11 @@ def ddim(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
     for i, t in enumerate(timesteps):
         x0, eps = _predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)
-        ab = diffusion.alphas_cumprod[t]
-        ab_prev = diffusion.alphas_cumprod[timesteps[i + 1]] if i + 1 < len(timesteps) else torch.ones_like(ab)
+        s = timesteps[i + 1] if i + 1 < len(timesteps) else -1  # -1: the clean data, ab_prev = 1
+        ab, ab_prev = diffusion.alpha_sigma(t)[0] ** 2, diffusion.alpha_sigma(s)[0] ** 2
         sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
-        if eta > 0 and i + 1 < len(timesteps):
+        if eta > 0 and s >= 0:
             x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
     yield Step(-1, x, x)
 
@@ -107,7 +103,7 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
     sampling with a second-order correction. The step after t = 0 lands on clean data (sigma = 0,
     lambda = inf), where the update reduces to x = D; it is taken at first order (x = x0 at t = 0).
     """
-    lam = log_snr(diffusion).tolist()
+    lam = diffusion.log_snr.tolist()
     prev_x0, prev_h = None, None
     for i, t in enumerate(timesteps):
         x0, _ = _predict(denoise, diffusion, x, t, clip)
@@ -122,72 +118,46 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
         else:
             r = prev_h / h
             d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * prev_x0
-        sigma_ratio = diffusion.sqrt_one_minus_alphas_cumprod[s] / diffusion.sqrt_one_minus_alphas_cumprod[t]
-        x = (sigma_ratio * torch.exp(-eta * h) * x
-             - diffusion.sqrt_alphas_cumprod[s] * torch.expm1(-(1 + eta) * h) * d)
+        (alpha_s, sigma_s), (_, sigma_t) = diffusion.alpha_sigma(s), diffusion.alpha_sigma(t)
+        x = sigma_s / sigma_t * torch.exp(-eta * h) * x - alpha_s * torch.expm1(-(1 + eta) * h) * d
         if eta > 0:
             noise = torch.randn(x.shape, generator=generator, device=x.device)
-            x = x + diffusion.sqrt_one_minus_alphas_cumprod[s] * (-torch.expm1(-2 * eta * h)).sqrt() * noise
+            x = x + sigma_s * (-torch.expm1(-2 * eta * h)).sqrt() * noise
         prev_x0, prev_h = x0, h
     yield Step(-1, x, x)
 
 
-def make_denoiser(model, labels=None, guidance=0.0, null_label=None, autocast=None, interval=None):
+def make_denoiser(model, num_timesteps, labels=None, guidance=0.0, interval=(0.0, 1.0), autocast=None):
     """denoise(x_t, t) for the samplers, with classifier-free guidance (Ho & Salimans 2022).
 
     Without labels the model is unconditional. With labels and guidance w > 0 the conditional and
     unconditional (null-label) outputs come from one batched forward pass and are combined as
         out = cond + w * (cond - uncond)        (w = 0: plain conditional sampling)
     which is the same in eps, x0 or v, since all three are affine in the output at fixed x_t.
-    `interval` = (lo, hi) limits guidance to timesteps lo <= t <= hi, the others are plain
-    conditional steps at half the cost (guidance in a limited interval, Kynkaanniemi et al. 2024).
+    `interval` = (lo, hi), fractions of T, limits guidance to the steps with lo <= t / T <= hi; the
+    others are plain conditional steps at half the cost (Kynkaanniemi et al. 2024).
     """
     autocast = autocast or nullcontext
-    lo, hi = interval or (-float("inf"), float("inf"))
+    num_classes = model.config.num_classes
 
     def denoise(x, t):
+        t_batch = torch.full((len(x),), t, device=x.device, dtype=torch.long)
         with autocast():
-            if labels is None or guidance == 0 or not lo <= t[0].item() <= hi:
-                return model(x, t, labels).float()
-            null = torch.full_like(labels, null_label)
-            out = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).float()
+            if labels is None or guidance == 0 or not interval[0] <= t / num_timesteps <= interval[1]:
+                return model(x, t_batch, labels).float()
+            null = torch.full_like(labels, num_classes)  # the label index the U-Net reserves for "none"
+            out = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([labels, null])).float()
         cond, uncond = out.chunk(2)
         return cond + guidance * (cond - uncond)
 
     return denoise
 
 
-def guided_timesteps(interval, diffusion):
-    """(lo, hi) in timesteps for an interval given as fractions of T, e.g. (0.25, 0.7) -> (250, 700)."""
-    return tuple(f * diffusion.num_timesteps for f in interval)
-
-
-def describe_guidance(guidance, interval):
-    """'guidance 0.1 for t/T in [0.25, 0.7]', or 'guidance 0' when there is none."""
-    return f"guidance {guidance:g}" + (f" for t/T in [{interval[0]:g}, {interval[1]:g}]" if guidance else "")
-
-
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp}
-# The default sampling, chosen by measurement on the default (class-conditional) model (README,
-# "Default sampler"): the SDE solver with 15 log-SNR steps, and guidance 0.1 only for t in
-# [0.25 T, 0.7 T] (4 of the 15 steps at T = 1000: 19 network evaluations). Its FID is within the
-# seed-to-seed spread of 1000-step DDPM's and of 50 steps without guidance, and the guidance lifts
-# the share of confidently recognised digits from about 96.5% to 98%.
-DEFAULT_STEPS = {"ddpm": 1000, "ddim": 50, "dpm++": 15}
-DEFAULT_ETA = {"ddpm": 0.0, "ddim": 0.0, "dpm++": 1.0}
-DEFAULT_SAMPLER = "dpm++"
-DEFAULT_GUIDANCE = 0.1
-DEFAULT_GUIDANCE_INTERVAL = (0.25, 0.7)
 
 
-def settings(sampler, steps=0, eta=-1.0):
-    """(steps, eta) for a sampler, where steps 0 and a negative eta stand for its defaults."""
-    return steps or DEFAULT_STEPS[sampler], DEFAULT_ETA[sampler] if eta < 0 else eta
-
-
-def sample(sampler, denoise, diffusion, noise, steps=0, eta=-1.0, generator=None, clip=True, keep=()):
+def sample(sampler, denoise, diffusion, noise, steps, eta=0.0, generator=None, clip=True, keep=()):
     """Run a sampler to the end; return (final samples, the Steps whose t is in `keep`)."""
-    steps, eta = settings(sampler, steps, eta)
     timesteps = make_timesteps(sampler, diffusion, steps)
     kept = []
     for step in SAMPLERS[sampler](denoise, diffusion, noise, timesteps, generator, eta, clip):
@@ -203,26 +173,30 @@ def every_digit(num, num_classes, device=None):
 
 
 @torch.inference_mode()
-def generate(model, diffusion, num, sampler, steps=0, eta=-1.0, seed=0, batch_size=1000, labels=None,
-             guidance=DEFAULT_GUIDANCE, interval=DEFAULT_GUIDANCE_INTERVAL, autocast=None):
+def generate(model, diffusion, num, sampling=None, labels=None, batch_size=1000, autocast=None, keep=()):
     """`num` finished samples (N, C, H, W) in [-1, 1], made in batches; same seed, same samples.
 
-    `model` is the U-Net (its config gives the image shape and the null label), `labels` the
-    requested digits for class-conditional models (default: every digit in turn), `guidance` and
-    `interval` (fractions of T) the classifier-free guidance, `autocast` a context factory for the
-    network.
+    `model` is the U-Net (its config gives the image shape and the null label), `sampling` a
+    SamplingConfig (sampler, steps, eta, guidance, interval, seed; default: the default sampling),
+    `labels` the requested digits for class-conditional models (default: every digit in turn),
+    `autocast` a context factory for the network. With `keep`, also returns the Steps of those
+    timesteps (one batch only: num <= batch_size), for figures of the denoising.
     """
+    sampling = sampling or SamplingConfig()
     device = diffusion.betas.device
     cfg = model.config
     if labels is None:
         labels = every_digit(num, cfg.num_classes, device)
-    generator = torch.Generator(device=device).manual_seed(seed)
-    batches = []
-    for start in tqdm(range(0, num, batch_size), desc=f"sampling ({sampler})", leave=False):
+    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    batches, kept = [], []
+    for start in tqdm(range(0, num, batch_size), desc=f"sampling ({sampling.sampler})", leave=False):
         n = min(batch_size, num - start)
         y = labels[start:start + n] if labels is not None else None
         noise = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator, device=device)
-        denoise = make_denoiser(model, y, guidance, cfg.num_classes, autocast, guided_timesteps(interval, diffusion))
-        final, _ = sample(sampler, denoise, diffusion, noise, steps, eta, generator)
+        denoise = make_denoiser(model, diffusion.num_timesteps, y, sampling.guidance, sampling.guidance_interval,
+                                autocast)
+        final, kept = sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, sampling.eta, generator,
+                             keep=keep)
         batches.append(final)
-    return torch.cat(batches)
+    samples = torch.cat(batches)
+    return (samples, kept) if keep else samples

@@ -81,3 +81,27 @@ def test_min_snr_weighting_downweights_small_t_only():
         out = torch.zeros_like(x0)
         a, b = plain.loss(out, x0, noise, tt), weighted.loss(out, x0, noise, tt)
         assert (a.item() == pytest.approx(b.item())) == same
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
+@pytest.mark.parametrize("gamma", [0.0, 5.0])
+def test_min_snr_weight_is_the_same_x0_weight_for_every_target(prediction, gamma):
+    """Min-SNR-gamma (Hang et al. 2023) weights the x0 error by min(SNR_t, gamma). For a prediction
+    that implies the same wrong x0_hat, every parameterisation must give that same weighted loss
+    (gamma = 0: the plain MSE of the target itself, which differs between targets)."""
+    d = GaussianDiffusion(DiffusionConfig(prediction=prediction, min_snr_gamma=gamma))
+    torch.manual_seed(0)
+    t = torch.tensor([5, 100, 400, 900])
+    x0, noise = torch.rand(4, 1, 3, 3) * 2 - 1, torch.randn(4, 1, 3, 3)
+    x_t = d.q_sample(x0, t, noise)
+    x0_hat = x0 + 0.1 * torch.randn_like(x0)
+    ab = d.alphas_cumprod[t].view(-1, 1, 1, 1)
+    eps_hat = (x_t - ab.sqrt() * x0_hat) / (1 - ab).sqrt()
+    output = d.target(x0_hat, eps_hat, t)  # what a network of this target outputs for x0_hat
+    snr = (ab / (1 - ab)).view(-1).double()
+    x0_error = (x0_hat - x0).double().pow(2).mean(dim=(1, 2, 3))
+    if gamma:
+        expected = (snr.clamp(max=gamma) * x0_error).mean()
+    else:
+        expected = (output - d.target(x0, noise, t)).double().pow(2).mean()
+    assert d.loss(output, x0, noise, t).item() == pytest.approx(expected.item(), rel=1e-3)

@@ -9,9 +9,8 @@ import pytest
 import torch
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import (DEFAULT_GUIDANCE_INTERVAL, DEFAULT_STEPS, SAMPLERS, guided_timesteps, log_snr,
-                                make_denoiser, make_timesteps, sample)
-from utils.config import DiffusionConfig
+from diffusion.samplers import SAMPLERS, make_denoiser, make_timesteps, sample
+from utils.config import DiffusionConfig, SamplingConfig
 
 
 def gaussian_oracle(diffusion, c):
@@ -60,7 +59,7 @@ def test_make_timesteps():
     ts = make_timesteps("dpm++", d, 20)
     assert len(ts) == 20 and ts[0] == 999 and ts[-1] == 0 and ts == sorted(ts, reverse=True)
     # dpm++ steps are evenly spaced in log-SNR: equal gaps in lambda up to the rounding to integer t
-    gaps = log_snr(d)[ts].diff()
+    gaps = d.log_snr[ts].diff()
     assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=0.3)  # uniform in t: gaps from 0.1 to 3
     assert len(make_timesteps("dpm++", d, 1000)) < 1000  # neighbours merged near t = 0, never repeated
     with pytest.raises(ValueError):
@@ -77,44 +76,46 @@ def test_ddim_eta0_is_deterministic_and_eta1_is_not():
     assert not torch.equal(run(1.0, 1), run(1.0, 2))
 
 
+class FakeModel:
+    """Stands in for the U-Net: records what it is given; outputs 1 for the null label, 3 otherwise."""
+
+    def __init__(self, num_classes=10):
+        self.config = type("Config", (), {"num_classes": num_classes})()
+        self.calls = []
+
+    def __call__(self, x, t, y):
+        self.calls.append((int(t[0]), y.clone()))
+        return torch.where(y.view(-1, 1, 1, 1) == self.config.num_classes, torch.ones_like(x), 3 * torch.ones_like(x))
+
+
 def test_guidance_is_one_batched_pass_with_null_label():
-    calls = []
-
-    def model(x, t, y):
-        calls.append(y.clone())
-        return torch.where(y.view(-1, 1, 1, 1) == 10, torch.ones_like(x), 3 * torch.ones_like(x))
-
-    labels = torch.tensor([1, 2])
-    out = make_denoiser(model, labels, guidance=2.0, null_label=10)(torch.zeros(2, 1, 2, 2), torch.zeros(2))
-    assert len(calls) == 1 and calls[0].tolist() == [1, 2, 10, 10]
+    model, labels = FakeModel(), torch.tensor([1, 2])
+    out = make_denoiser(model, 1000, labels, guidance=2.0)(torch.zeros(2, 1, 2, 2), 500)
+    assert len(model.calls) == 1 and model.calls[0][1].tolist() == [1, 2, 10, 10]
     assert torch.allclose(out, torch.full_like(out, 3 + 2 * (3 - 1)))  # cond + w (cond - uncond)
-    out0 = make_denoiser(model, labels, guidance=0.0, null_label=10)(torch.zeros(2, 1, 2, 2), torch.zeros(2))
+    out0 = make_denoiser(model, 1000, labels, guidance=0.0)(torch.zeros(2, 1, 2, 2), 500)
     assert torch.allclose(out0, torch.full_like(out0, 3.0))
 
 
 def test_guidance_interval_guides_only_the_steps_inside_it():
-    batches = []
-
-    def model(x, t, y):
-        batches.append((int(t[0]), len(y)))
-        return torch.zeros_like(x)
-
-    d = GaussianDiffusion(DiffusionConfig())
-    interval = guided_timesteps((0.25, 0.7), d)
-    assert interval == (250, 700)
-    denoise = make_denoiser(model, torch.tensor([3, 4]), guidance=0.5, null_label=10, interval=interval)
+    model, d = FakeModel(), GaussianDiffusion(DiffusionConfig())
+    denoise = make_denoiser(model, d.num_timesteps, torch.tensor([3, 4]), guidance=0.5, interval=(0.25, 0.7))
     sample("dpm++", denoise, d, torch.randn(2, 1, 2, 2), steps=20)
+    batches = [(t, len(y)) for t, y in model.calls]
     guided = [t for t, n in batches if n == 4]  # cond and uncond batched together
     assert len(batches) == 20 and guided and all(250 <= t <= 700 for t in guided)
     assert all(n == 2 for t, n in batches if not 250 <= t <= 700)
     # the default interval guides 4 of the 15 default dpm++ steps: 19 network evaluations per digit
-    ts = make_timesteps("dpm++", d, DEFAULT_STEPS["dpm++"])
-    lo, hi = guided_timesteps(DEFAULT_GUIDANCE_INTERVAL, d)
-    assert len(ts) == 15 and sum(lo <= t <= hi for t in ts) == 4
+    default = SamplingConfig()
+    ts = make_timesteps(default.sampler, d, default.steps)
+    lo, hi = default.guidance_interval
+    assert len(ts) == 15 and sum(lo <= t / 1000 <= hi for t in ts) == 4
 
 
-def test_default_steps_cover_every_sampler():
-    assert set(DEFAULT_STEPS) == set(SAMPLERS)
+def test_every_sampler_can_be_chosen():
+    import dataclasses
+    choices = next(f for f in dataclasses.fields(SamplingConfig) if f.name == "sampler").metadata["choices"]
+    assert set(choices) == set(SAMPLERS)
 
 
 diffusers_missing = importlib.util.find_spec("diffusers") is None
@@ -148,6 +149,27 @@ def test_ddim_step_matches_diffusers():
         ours = list(SAMPLERS["ddim"](lambda xx, tt: eps, d, x, [t, t_prev], clip=False))
         expected = ref.step(eps, t, x, eta=0.0).prev_sample
         assert torch.allclose(ours[1].x, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(diffusers_missing, reason="diffusers is not installed (see requirements-dev.txt)")
+@pytest.mark.parametrize("eta, algorithm", [(0.0, "dpmsolver++"), (1.0, "sde-dpmsolver++")])
+def test_dpm_solver_pp_matches_diffusers(eta, algorithm):
+    """DPM-Solver++(2M), ODE and SDE, against diffusers' DPMSolverMultistepScheduler on the same
+    timesteps, the same network outputs and the same noise, over a whole trajectory."""
+    from diffusers import DPMSolverMultistepScheduler
+    d = GaussianDiffusion(DiffusionConfig())
+    timesteps = make_timesteps("dpm++", d, 8)
+    outputs = {t: torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(t)) for t in timesteps}
+    x = torch.randn(2, 1, 4, 4)
+    ref = DPMSolverMultistepScheduler(num_train_timesteps=1000, beta_schedule="linear", solver_order=2,
+                                      algorithm_type=algorithm, lower_order_final=True)
+    ref.set_timesteps(timesteps=timesteps)
+    generator, expected = torch.Generator().manual_seed(5), x
+    for t in ref.timesteps:
+        expected = ref.step(outputs[int(t)], t, expected, generator=generator).prev_sample
+    ours, _ = sample("dpm++", lambda xx, tt: outputs[tt], d, x, steps=8, eta=eta,
+                     generator=torch.Generator().manual_seed(5), clip=False)
+    assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-4)  # float32 rounding; values reach ~400
 
 
 def test_dpm_sde_first_step_is_the_ddpm_posterior_step():

@@ -13,12 +13,13 @@ import inference
 import train
 from conftest import ROOT, TINY_MODEL, run_script
 from utils.checkpoint import load_checkpoint
-from utils.config import ModelConfig, SampleConfig
+from models.load import load_model
+from utils.config import InferenceConfig, ModelConfig
 from utils.errors import exit_on_user_error
 
 
 def train_args(tmp_path, mnist_dir, name="ck", *extra):
-    return [*TINY_MODEL, "--data_dir", mnist_dir, "--batch_size", "16", "--log_every", "1", "--save_every", "2",
+    return [*TINY_MODEL, "--data_dir", mnist_dir, "--epochs", "1", "--batch_size", "16", "--log_every", "1", "--save_every", "2",
             "--num_grid_samples", "4", "--checkpoint_path", str(tmp_path / name),
             "--output_dir", str(tmp_path / f"out_{name}"), *extra]
 
@@ -88,8 +89,8 @@ def test_sigterm_saves_and_the_run_resumes_exactly(tmp_path, mnist_dir):
     assert_same_state(load_checkpoint(tmp_path / "pre")[0], load_checkpoint(tmp_path / "straight")[0])
 
 
-def test_no_class_cond_trains_the_unconditional_model(tmp_path, mnist_dir, capsys):
-    train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "1", "--no-class_cond", "--num_grid_samples", "0"))
+def test_num_classes_0_trains_the_unconditional_model(tmp_path, mnist_dir, capsys):
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--max_steps", "1", "--num_classes", "0", "--num_grid_samples", "0"))
     ckpt, _ = load_checkpoint(tmp_path / "ck")
     assert ckpt["model_config"]["num_classes"] == 0 and "label_emb.weight" not in ckpt["model"]
     inference.main(["--checkpoint_path", str(tmp_path / "ck"), "--num_samples", "2", "--steps", "2", "--no_show",
@@ -100,14 +101,14 @@ def test_no_class_cond_trains_the_unconditional_model(tmp_path, mnist_dir, capsy
 
 
 def test_class_conditional_sampling_draws_every_digit_in_turn():
-    conditional, unconditional = ModelConfig(num_classes=10), ModelConfig()
-    labels, per_row = inference.labels_for(SampleConfig(num_samples=23), conditional, torch.device("cpu"))
+    conditional, unconditional = ModelConfig(), ModelConfig(num_classes=0)
+    labels, per_row = inference.labels_for(InferenceConfig(num_samples=23), conditional, torch.device("cpu"))
     assert per_row == 10 and labels.tolist() == [i % 10 for i in range(23)]
-    labels, per_row = inference.labels_for(SampleConfig(num_samples=20, digit="all"), conditional, torch.device("cpu"))
+    labels, per_row = inference.labels_for(InferenceConfig(num_samples=20, digit="all"), conditional, torch.device("cpu"))
     assert per_row == 2 and labels.tolist() == [d for d in range(10) for _ in range(2)]
-    labels, _ = inference.labels_for(SampleConfig(num_samples=3, digit="7"), conditional, torch.device("cpu"))
+    labels, _ = inference.labels_for(InferenceConfig(num_samples=3, digit="7"), conditional, torch.device("cpu"))
     assert labels.tolist() == [7, 7, 7]
-    assert inference.labels_for(SampleConfig(), unconditional, torch.device("cpu")) == (None, 8)
+    assert inference.labels_for(InferenceConfig(), unconditional, torch.device("cpu")) == (None, 8)
 
 
 def test_same_seed_same_samples_other_seed_other_samples(tmp_path, mnist_dir):
@@ -132,6 +133,11 @@ def exit_code(main, argv, capsys):
     (["--batch_size", "0"], "--batch_size must be at least 1"),
     (["--base_channels", "12"], "norm_groups 8 must divide"),
     (["--attention_resolutions", "5"], "attention resolution 5"),
+    (["--lr", "inf"], "--lr must be a finite number"),
+    (["--grad_clip", "nan"], "--grad_clip must be a finite number"),
+    (["--weight_decay", "nan"], "--weight_decay must be a finite number"),
+    (["--min_snr_gamma", "nan"], "--min_snr_gamma must be a finite number"),
+    (["--minutes", "0"], "give a positive --minutes, --epochs or --total_steps"),
     (["--device", "cuda:7"] if not torch.cuda.is_available() else ["--device", "nonsense"], "--device"),
 ])
 def test_bad_train_options(argv, message, capsys, tmp_path):
@@ -145,6 +151,10 @@ def test_bad_train_options(argv, message, capsys, tmp_path):
     (["--eta", "1.5"], "--eta must be in [0, 1]"),
     (["--guidance_interval", "0.8", "0.2"], "--guidance_interval needs two fractions of T"),
     (["--guidance_interval", "0.5"], "--guidance_interval needs two fractions of T"),
+    (["--guidance", "nan"], "--guidance must be a finite number"),
+    (["--guidance", "inf"], "--guidance must be a finite number"),
+    (["--guidance", "-1"], "--guidance must be >= 0"),
+    (["--steps", "0"], "--steps must be at least 1"),
     (["--checkpoint_path", "does/not/exist"], "no checkpoint at"),
 ])
 def test_bad_inference_options(argv, message, capsys):
@@ -234,3 +244,53 @@ def test_full_disk_during_save_exits_with_one_line_and_keeps_the_old_checkpoint(
     assert code == 2 and "could not save the checkpoint" in err and "No space left" in err
     assert (tmp_path / "ck").read_bytes() == before
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_budget_fixes_the_steps_at_the_start_and_the_printed_count_repeats_the_run(tmp_path, mnist_dir, capsys):
+    """--minutes times a few steps, fixes total_steps before step 0 (the timing leaves no trace),
+    saves it, resumes with it, and a fresh run with the printed --total_steps is the same run."""
+    budget = train_args(tmp_path, mnist_dir, "budget")
+    i = budget.index("--epochs")
+    del budget[i:i + 2]  # no --epochs: the budget sets the length
+    train.main([*budget, "--minutes", "0.3", "--warmup_steps", "2", "--max_steps", "3", "--num_grid_samples", "0"])
+    err = capsys.readouterr().err
+    printed = int(err.split("--total_steps ")[1].split(")")[0])
+    first = load_checkpoint(tmp_path / "budget")[0]
+    assert first["train_config"]["total_steps"] == printed > 6 and first["step"] == 3
+    assert first["lr_scheduler"]["t_initial"] == printed - first["train_config"]["warmup_steps"]
+    train.main([*budget, "--max_steps", "6", "--num_grid_samples", "0"])  # resumes: no new timing
+    assert "s/step measured" not in capsys.readouterr().err
+    train.main(train_args(tmp_path, mnist_dir, "fixed", "--total_steps", str(printed), "--warmup_steps", "2",
+                          "--max_steps", "6", "--num_grid_samples", "0"))
+    assert_same_state(load_checkpoint(tmp_path / "budget")[0], load_checkpoint(tmp_path / "fixed")[0])
+    assert logged_losses(tmp_path, "budget") == logged_losses(tmp_path, "fixed")
+
+
+def test_a_new_length_typed_on_resume_replaces_the_saved_one(tmp_path, mnist_dir):
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--total_steps", "40", "--max_steps", "1", "--num_grid_samples", "0"))
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--epochs", "2", "--max_steps", "2", "--num_grid_samples", "0"))
+    ckpt = load_checkpoint(tmp_path / "ck")[0]
+    steps_per_epoch = 60000 // 16
+    assert ckpt["train_config"]["total_steps"] == 2 * steps_per_epoch and ckpt["step"] == 2
+
+
+def test_checkpoint_from_before_the_budget_loads_and_resumes_with_its_own_architecture(tmp_path, mnist_dir):
+    """A checkpoint of the earlier default network (base 32, channel_mults 1 2 2), whose training
+    config has no minutes or total_steps, samples and resumes on its own 6-epoch schedule."""
+    old_net = ["--base_channels", "32", "--channel_mults", "1", "2", "2", "--attention_resolutions", "7"]
+    args = [*old_net, "--data_dir", mnist_dir, "--batch_size", "16", "--num_grid_samples", "0", "--save_every", "1",
+            "--checkpoint_path", str(tmp_path / "old"), "--output_dir", str(tmp_path / "out")]
+    train.main([*args, "--epochs", "6", "--max_steps", "1"])
+    ckpt = load_checkpoint(tmp_path / "old")[0]
+    for field in ("minutes", "total_steps", "seed_scheme"):
+        del ckpt["train_config"][field]
+    ckpt["train_config"]["class_cond"] = True  # a field that checkpoints of that time had
+    torch.save(ckpt, tmp_path / "old")
+    model, _ = load_model(*load_checkpoint(tmp_path / "old"), True, torch.device("cpu"))
+    assert (model.config.base_channels, model.config.channel_mults) == (32, (1, 2, 2))
+    train.main(["--checkpoint_path", str(tmp_path / "old"), "--data_dir", mnist_dir, "--max_steps", "2",
+                "--num_grid_samples", "0", "--output_dir", str(tmp_path / "out")])
+    resumed = load_checkpoint(tmp_path / "old")[0]
+    assert resumed["step"] == 2 and resumed["model_config"]["base_channels"] == 32
+    assert resumed["train_config"]["total_steps"] == 6 * (60000 // 16)
+    assert resumed["train_config"]["seed_scheme"] == 1  # its data order and noise as before

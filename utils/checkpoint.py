@@ -1,13 +1,14 @@
 """Checkpoints: one self-describing dict, written atomically, loaded without running code.
 
-Layout (FORMAT_VERSION 1):
+Layout (FORMAT_VERSION 1), written by training_state() and read back by restore_training():
     format_version, model_config, diffusion_config, train_config   plain dicts
     model, ema            state dicts of the unwrapped, uncompiled U-Net (no module./_orig_mod.)
-    optimizer, lr_scheduler, step, epoch, rng, bad_steps
+    optimizer, lr_scheduler, grad_scaler, step, epoch, rng, bad_steps    the training state
 Every script loads through load_checkpoint(); it uses torch.load(weights_only=True) with no
 fallback, then checks the tensors (dense, float32, finite) and the configs before any
 load_state_dict(strict=True).
 """
+import dataclasses
 import os
 import pickle
 import re
@@ -22,7 +23,49 @@ from utils.config import DiffusionConfig, ModelConfig
 from utils.errors import UserError
 
 FORMAT_VERSION = 1
+TRAINING_STATE = ("train_config", "optimizer", "lr_scheduler", "grad_scaler", "bad_steps", "rng")
 STEP_SUFFIX = re.compile(r"^(?P<base>.+)_step(?P<step>\d+)$")
+
+
+# ---- contents ------------------------------------------------------------------------------
+
+def training_state(configs, model, ema_model, optimizer, scheduler, scaler, step, epoch, bad_steps, device):
+    """Everything a run needs to continue exactly: `configs` holds the model, diffusion and train
+    config dataclasses; `model` and `ema_model` are the plain modules (not compiled, not DDP)."""
+    model_cfg, diffusion_cfg, train_cfg = configs
+    return {
+        "format_version": FORMAT_VERSION,
+        "model_config": dataclasses.asdict(model_cfg),
+        "diffusion_config": dataclasses.asdict(diffusion_cfg),
+        "train_config": dataclasses.asdict(train_cfg),
+        "model": model.state_dict(),
+        "ema": ema_model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "lr_scheduler": scheduler.state_dict(),
+        "grad_scaler": scaler.state_dict(),  # empty unless the run used fp16
+        "step": step,
+        "epoch": epoch,
+        "bad_steps": bad_steps,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
+    }
+
+
+def restore_training(ckpt, path, model, ema_model, optimizer, scaler, device):
+    """Load a checkpoint's training state into a fresh run; returns (step, bad_steps). The LR
+    schedule is rebuilt from the step (see train.py)."""
+    missing = [key for key in TRAINING_STATE if key not in ckpt]
+    if missing:
+        raise UserError(f"{path} cannot be resumed: it lacks the training state {', '.join(missing)}")
+    load_weights(model, ckpt["model"], path)
+    load_weights(ema_model, ckpt["ema"], path)
+    optimizer.load_state_dict(ckpt["optimizer"])
+    if ckpt["grad_scaler"]:
+        scaler.load_state_dict(ckpt["grad_scaler"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
+        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+    return ckpt["step"], ckpt["bad_steps"]
 
 
 # ---- writing -------------------------------------------------------------------------------

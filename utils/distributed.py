@@ -33,6 +33,15 @@ def any_rank(flag, device):
     return bool(value.item())
 
 
+def from_rank0(number, device):
+    """Rank 0's value of an integer on every rank (e.g. a step count that rank 0 decided)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return number
+    value = torch.tensor([number], dtype=torch.long, device=device)
+    dist.broadcast(value, src=0)
+    return int(value.item())
+
+
 def ranks_agree(model):
     """True if every rank holds exactly rank 0's weights (checked once at the end of training)."""
     if not (dist.is_available() and dist.is_initialized()):

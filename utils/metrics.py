@@ -9,18 +9,14 @@
 
 Images are (N, 1, 28, 28) float in [-1, 1] throughout.
 """
-import time
-
 import torch
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
-from diffusion.samplers import DEFAULT_SAMPLER, generate
-from models.classifier import load_classifier
-from utils.data import load_mnist, to_model_range
-from utils.device import sampling_batch_size
+from utils.data import to_model_range
+
 
 
 class Precomputed(nn.Module):
@@ -116,21 +112,3 @@ def evaluate_samples(samples, classifier, test_images, train_images, device, req
     return {"num_samples": len(samples), "fid": fid, "kid": kid, "kid_std": kid_std,
             "precision": precision, "recall": recall, **class_statistics(probs, requested),
             "memorisation": memorisation(samples, to_model_range(train_images))}
-
-
-def make_quick_fid(device, data_dir):
-    """A cheap check during training: quick_fid(model, diffusion, autocast_fn, num) returns the
-    (FID, confident share, seconds) of `num` samples from the default sampler. The classifier
-    and the test-set features are loaded once, here, not at every call."""
-    classifier = load_classifier(device)
-    test_images, _ = load_mnist(data_dir, train=False)
-    real, _ = classify(classifier, to_model_range(test_images), device)
-
-    def quick_fid(model, diffusion, autocast_fn, num=1000):
-        start = time.perf_counter()
-        samples = generate(model, diffusion, num, DEFAULT_SAMPLER, seed=4321, batch_size=sampling_batch_size(device),
-                           autocast=autocast_fn)  # conditional models: every digit in turn
-        fake, probs = classify(classifier, samples, device)
-        return fid_kid(real, fake)[0], class_statistics(probs)["confident"], time.perf_counter() - start
-
-    return quick_fid

@@ -1,0 +1,62 @@
+"""The U-Net on its own: shapes, the zero-initialised output, and the label conditioning that
+classifier-free guidance relies on."""
+import pytest
+import torch
+
+import train
+from diffusion.samplers import make_denoiser
+from models.unet import UNet
+from utils.config import ModelConfig
+
+SMALL = dict(base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,), norm_groups=4, num_heads=2)
+
+
+def perturbed(model, scale=0.05):
+    """The model with every parameter nudged, so that zero-initialised layers pass signal."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("config", [ModelConfig(), ModelConfig(num_classes=0), ModelConfig(**SMALL),
+                                    ModelConfig(base_channels=32, channel_mults=(1, 2, 2))])
+def test_output_has_the_input_shape_and_is_zero_at_initialisation(config):
+    torch.manual_seed(0)
+    model = UNet(config)
+    x, t = torch.randn(3, 1, 28, 28), torch.tensor([0, 500, 999])
+    out = model(x, t, torch.tensor([1, 2, 3]) if config.num_classes else None)
+    assert out.shape == x.shape
+    assert torch.count_nonzero(out) == 0  # the output conv starts at zero: the first loss is E[target^2]
+
+
+def test_the_default_network_is_the_documented_one():
+    config = ModelConfig()
+    assert (config.num_classes, config.base_channels, config.channel_mults, config.attention_resolutions) == (10, 16, (1, 2, 4), (7,))
+    assert sum(p.numel() for p in UNet(config).parameters()) == 717_633
+
+
+def test_the_label_changes_the_output_and_the_null_label_is_the_unconditional_one():
+    torch.manual_seed(0)
+    model = perturbed(UNet(ModelConfig(**SMALL))).eval()
+    x, t = torch.randn(4, 1, 28, 28), torch.full((4,), 300)
+    threes, sevens = model(x, t, torch.full((4,), 3)), model(x, t, torch.full((4,), 7))
+    assert not torch.allclose(threes, sevens, atol=1e-4)
+    null = torch.full((4,), model.config.num_classes)
+    assert torch.equal(model(x, t, None), model(x, t, null))
+    # what the samplers pass for "unconditional" in classifier-free guidance is this same null label
+    seen = []
+    model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[2]))
+    make_denoiser(model, 1000, torch.full((4,), 3), guidance=1.0)(x, 300)
+    assert seen[0][4:].tolist() == null.tolist()
+
+
+def test_label_dropout_in_training_uses_the_null_label(mnist_dir):
+    from utils.config import TrainConfig
+    from utils.data import load_mnist
+    images, labels = load_mnist(mnist_dir, train=True)
+    cfg = TrainConfig(batch_size=256, p_uncond=0.5, epochs=1)
+    batches = train.Batches(images, labels, cfg, rank=0, world_size=1, num_timesteps=1000, num_classes=10)
+    _, y, _, _ = batches.get(0)
+    dropped = y == 10
+    assert 0.3 < dropped.float().mean() < 0.7 and y[~dropped].max() <= 9
