@@ -134,19 +134,18 @@ def main(argv=None, make_model=UNet):
     end_step = min(train_cfg.total_steps, train_cfg.max_steps or train_cfg.total_steps)
     scheduler = lr_schedule(optimizer, train_cfg, ckpt, step)
 
-    def save():
+    def save(step, bad_steps):
         if is_main:
-            state = training_state((model_cfg, diffusion_cfg, train_cfg), model, ema.module, optimizer, scheduler,
-                                   scaler, step, step // batches.steps_per_epoch, bad_steps, device)
-            try:
-                save_checkpoint(state, train_cfg.checkpoint_path, train_cfg.keep_last)
-            except OSError as err:
-                raise UserError(f"could not save the checkpoint to {train_cfg.checkpoint_path}: {err}") from None
+            write(training_state((model_cfg, diffusion_cfg, train_cfg), model, ema.module, optimizer, scheduler,
+                                 scaler, step, step // batches.steps_per_epoch, bad_steps, device), train_cfg)
 
     if is_main:
         print(f"device {device} | precision {amp_dtype or torch.float32} | processes {world_size} | "
               f"{count_parameters(model):,} parameters | {batches.steps_per_epoch} steps/epoch | "
               f"{'resuming at' if ckpt else 'starting at'} step {step} of {end_step}", file=sys.stderr)
+        if step >= end_step:
+            print(f"{train_cfg.checkpoint_path} is at step {step} already; raise --total_steps or --max_steps "
+                  "to train further", file=sys.stderr)
     log = Log(out_dir / "train_log.csv", train_cfg, end_step, step, fresh=ckpt is None, start=start, enabled=is_main)
     quick_fid = QuickFid(device, train_cfg.data_dir) if is_main and train_cfg.eval_every else None
 
@@ -158,20 +157,15 @@ def main(argv=None, make_model=UNet):
         step += 1
         scheduler.step_update(step)
         log.step(step, epoch, loss, optimizer.param_groups[0]["lr"], grad_norm, finite, bad_steps)
+        stopping = distributed.any_rank(stop["signal"] is not None, device)
+        if step % train_cfg.save_every == 0 or step == end_step or stopping or bad_steps >= train_cfg.max_bad_steps:
+            save(step, bad_steps)
         if bad_steps >= train_cfg.max_bad_steps:
-            save()
             raise UserError(f"stopped at step {step}: {bad_steps} non-finite losses or gradients in a row "
                             f"(last finite weights saved to {train_cfg.checkpoint_path}); try a lower --lr")
-        stopping = distributed.any_rank(stop["signal"] is not None, device)
-        if step % train_cfg.save_every == 0 or step == end_step or stopping:
-            save()
         if stopping:
             log.close()
-            signum = stop["signal"] or signal.SIGTERM
-            print(f"received {signal.Signals(signum).name}: saved step {step} to {train_cfg.checkpoint_path}",
-                  file=sys.stderr)
-            distributed.cleanup()
-            sys.exit(EXIT_CODES[signum])
+            exit_on_signal(stop["signal"] or signal.SIGTERM, step, train_cfg.checkpoint_path)
         if quick_fid and step % train_cfg.eval_every == 0:
             quick_fid.log(ema.module, diffusion, amp, step, train_cfg.eval_samples, out_dir / "eval_log.csv")
         if is_main and train_cfg.num_grid_samples and (step % batches.steps_per_epoch == 0 or step == end_step):
@@ -189,6 +183,19 @@ def main(argv=None, make_model=UNet):
         print(f"done: step {step} in {time.perf_counter() - start:.1f} s, checkpoint {train_cfg.checkpoint_path}, "
               f"images in {out_dir}/", file=sys.stderr)
     distributed.cleanup()
+
+
+def write(state, cfg):
+    try:
+        save_checkpoint(state, cfg.checkpoint_path, cfg.keep_last)
+    except OSError as err:
+        raise UserError(f"could not save the checkpoint to {cfg.checkpoint_path}: {err}") from None
+
+
+def exit_on_signal(signum, step, path):
+    print(f"received {signal.Signals(signum).name}: saved step {step} to {path}", file=sys.stderr)
+    distributed.cleanup()
+    sys.exit(EXIT_CODES[signum])
 
 
 def check_writable(*folders):

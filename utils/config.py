@@ -154,7 +154,7 @@ class SamplingConfig:
     """How samples are drawn; shared by inference.py, evaluate.py, training's grids and the benchmarks."""
     sampler: str = option("dpm++", "dpm++ (DPM-Solver++(2M), Lu et al. 2022), ddim (Song et al. 2021) or ddpm "
                           "(ancestral, Ho et al. 2020; always all T steps)", choices=("ddpm", "ddim", "dpm++"))
-    steps: int = option(15, "steps of ddim and dpm++", bounds="[1, inf)")
+    steps: int = option(8, "steps of ddim and dpm++ (dpm++: evenly spaced in log-SNR, ddim: in t)", bounds="[1, inf)")
     eta: float = option(1.0, "noise of the ddim and dpm++ steps: 0 = deterministic (the probability-flow ODE), "
                         "1 = stochastic (the DDPM posterior / the reverse SDE)", bounds="[0, 1]")
     guidance: float = option(0.1, "classifier-free guidance w for class-conditional models: out = cond + w (cond - "
@@ -173,7 +173,7 @@ class SamplingConfig:
                             + " ".join(map(str, self.guidance_interval)))
 
     def describe(self, conditional=True):
-        """e.g. 'dpm++ 15 steps eta 1, guidance 0.1 for t/T in [0.25, 0.7]'."""
+        """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t/T in [0.25, 0.7]'."""
         text = f"{self.sampler} " + ("all steps" if self.sampler == "ddpm" else f"{self.steps} steps eta {self.eta:g}")
         if conditional:
             lo, hi = self.guidance_interval
