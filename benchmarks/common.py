@@ -18,7 +18,7 @@ PEER_CONFIG = dict(sample_size=28, in_channels=1, out_channels=1, layers_per_blo
 class Peer(torch.nn.Module):
     """diffusers' UNet2DModel behind the project's f(x_t, t, y) interface. `config` (the project's
     ModelConfig) gives the image shape and the number of classes; pass Peer as make_model to train.main,
-    evaluate.main or inference.load_model to train or sample it with the project's recipe."""
+    evaluate.main or models.load.load_model to train or sample it with the project's recipe."""
 
     def __init__(self, config=None):
         super().__init__()

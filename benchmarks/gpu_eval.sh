@@ -14,9 +14,9 @@ nvidia-smi -L | tee -a "$OUT/summary.txt"
 ev() { python evaluate.py --batch_size $N "$@" 2>&1 | grep -E -A1 "^ +fid|sampling .* s" | grep -v "^ \+fid" | tee -a "$OUT/summary.txt"; }
 log "evaluate, $N samples each"
 ev --real --num_samples $N --out /tmp/real.json
-# The default sampling (dpm++ 15 steps, guidance 0.1 on t/T in [0.25, 0.7]) on two seeds against the
+# The default sampling (dpm++ 8 steps, guidance 0.1 on t/T in [0.25, 0.7]) on two seeds against the
 # 1000-step reference, with the same guidance and without: the default must stay within 10% of
-# DDPM's FID (README, "Default sampler"); then the variants of the README's sampler table.
+# DDPM's FID (docs/RESULTS.md); then variants of the sampler table there.
 for flags in "--seed 0" "--seed 1" "--sampler ddpm" "--sampler ddpm --guidance 0" \
              "--guidance 0" "--steps 20" "--steps 50 --guidance 0" "--sampler ddim"; do
   log "$flags"; ev --checkpoint_path "$CKPT" --num_samples $N $flags --out /tmp/e.json

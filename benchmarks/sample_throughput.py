@@ -6,8 +6,7 @@
 Each sampler runs with the default sampling's other settings (SamplingConfig: eta, guidance and
 its interval). Class-conditional models (the default) are guided on the steps inside the
 interval, which doubles the batch there; the NFE column counts the network evaluations per digit
-actually made. On the CPU the model is channels-last, as inference.py and evaluate.py run it
-(--contiguous times the plain layout instead).
+actually made. --channels_last times the channels-last memory layout instead of the plain one.
 """
 import argparse
 
@@ -34,7 +33,7 @@ def main():
                         help="class-conditional models; 0 = none")
     parser.add_argument("--samplers", nargs="+", default=[SamplingConfig.sampler],
                         help="sampler names, each at the default steps, or name:steps (e.g. dpm++:20)")
-    parser.add_argument("--contiguous", action="store_true", help="on the CPU: the plain NCHW layout")
+    parser.add_argument("--channels_last", action="store_true", help="the channels-last memory layout")
     args = parser.parse_args()
     device = select_device(args.device)
     set_cpu_threads()
@@ -45,11 +44,9 @@ def main():
         model, diffusion = load_model(ckpt, path, True, device)
     else:
         model = UNet(ModelConfig()).to(device).eval()  # the default network
-        if device.type == "cpu":
-            model = model.to(memory_format=torch.channels_last)
         diffusion = GaussianDiffusion(DiffusionConfig(), device)
-    if args.contiguous:
-        model = model.to(memory_format=torch.contiguous_format)
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
 
     images = [0]  # images through the network, counted by a forward hook
     model.register_forward_hook(lambda module, inputs, output: images.__setitem__(0, images[0] + len(output)))
@@ -60,7 +57,7 @@ def main():
 
     guided = f"guidance {args.guidance:g}" if model.config.num_classes else "unconditional"
     print(f"device {device}, CPU capability {torch.backends.cpu.get_cpu_capability()}, precision {dtype or 'fp32'}, "
-          f"{'contiguous' if args.contiguous else 'channels-last'}, {args.num_samples} digits, batch {args.batch_size}, "
+          f"{'channels-last' if args.channels_last else 'contiguous'}, {args.num_samples} digits, batch {args.batch_size}, "
           f"{guided}, {torch.get_num_threads()} threads, median of {args.repeats}")
     print(f"{'sampler':8s} {'steps':>6s} {'NFE':>5s} {'eta':>4s} {'seconds':>9s} {'NFE/s':>10s}")
     for spec in args.samplers:

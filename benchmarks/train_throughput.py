@@ -82,7 +82,7 @@ def main():
     variants = {}
     for name, model in models.items():
         for dtype in dict.fromkeys([None, best]):
-            precision = "fp32" if dtype is None else str(dtype).split(".")[-1]
+            precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
             variants[(name, precision)] = make_step(model, diffusion, args.batch_size, device, dtype)
     for step in variants.values():  # warm-up
         step()

@@ -13,7 +13,4 @@ def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
     device = torch.device(device)
     model = make_model(ModelConfig(**ckpt["model_config"]))
     load_weights(model, ckpt["ema" if use_ema else "model"], path)
-    model = model.to(device).eval()
-    if device.type == "cpu":  # CPU convolutions run faster channels-last (1.5-1.8x in fp32 at batch 100)
-        model = model.to(memory_format=torch.channels_last)
-    return model, GaussianDiffusion(DiffusionConfig(**ckpt["diffusion_config"]), device)
+    return model.to(device).eval(), GaussianDiffusion(DiffusionConfig(**ckpt["diffusion_config"]), device)
