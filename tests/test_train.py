@@ -294,3 +294,15 @@ def test_checkpoint_from_before_the_budget_loads_and_resumes_with_its_own_archit
     assert resumed["step"] == 2 and resumed["model_config"]["base_channels"] == 32
     assert resumed["train_config"]["total_steps"] == 6 * (60000 // 16)
     assert resumed["train_config"]["seed_scheme"] == 1  # its data order and noise as before
+
+
+@pytest.mark.slow
+def test_a_short_default_run_draws_the_requested_digits(tmp_path, mnist_dir):
+    """The default network and recipe, 600 steps (about 7 minutes on 2 CPU cores): most of its
+    digits are the ones asked for, by the shipped classifier. Run with: python -m pytest -m slow"""
+    import evaluate
+    train.main(["--data_dir", mnist_dir, "--total_steps", "600", "--num_grid_samples", "0",
+                "--checkpoint_path", str(tmp_path / "ck"), "--output_dir", str(tmp_path / "out")])
+    results = evaluate.main(["--checkpoint_path", str(tmp_path / "ck"), "--num_samples", "200",
+                             "--data_dir", mnist_dir, "--out", str(tmp_path / "eval.json")])
+    assert results["digit_accuracy"] > 0.8 and results["fid"] < 3
