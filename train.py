@@ -357,8 +357,8 @@ class QuickFid:
         samples = generate(model, diffusion, num, SamplingConfig(seed=QUICK_FID_SEED),
                            batch_size=sampling_batch_size(self.device), autocast=amp)
         fake, probs = classify(self.classifier, samples, self.device)
-        fid, confident, seconds = fid_kid(self.real, fake)[0], class_statistics(probs)["confident"], \
-            time.perf_counter() - begin
+        fid, confident = fid_kid(self.real, fake)[0], class_statistics(probs)["confident"]
+        seconds = time.perf_counter() - begin
         new = not path.exists()
         with open(path, "a", newline="") as f:
             writer = csv.writer(f)

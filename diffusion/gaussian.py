@@ -2,8 +2,8 @@
 posterior q(x_{t-1} | x_t, x_0), the prediction targets and the training loss.
 
 Conventions: t is an integer in [0, T); t = 0 is the last denoising step, x_{-1} is the clean
-image x_0 of the paper. Tensors are (B, C, H, W); t is (B,), or one Python int for the whole batch. Every coefficient is computed
-once in float64 and stored in float32 on the device. The process never sees the network.
+image x_0 of the paper. Tensors are (B, C, H, W); t is (B,), or one Python int for the whole
+batch. Every coefficient is computed once in float64 and stored in float32 on the device. The process never sees the network.
 """
 import numpy as np
 import torch

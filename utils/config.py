@@ -22,13 +22,13 @@ def option(default, help, choices=None, bounds=None):
 
 def check_fields(config):
     """Raise a one-line UserError for the first field outside its range; NaN and +-inf are
-    refused everywhere, except inf where a range's upper end is 'inf]'."""
+    refused everywhere."""
     for f in dataclasses.fields(config):
         value, bounds = getattr(config, f.name), f.metadata["bounds"]
         for number in value if isinstance(value, tuple) else (value,):
             if isinstance(number, bool) or not isinstance(number, (int, float)):
                 continue
-            if math.isnan(number) or (math.isinf(number) and not (bounds or "").endswith("inf]")):
+            if not math.isfinite(number):
                 raise UserError(f"--{f.name} must be a finite number, got {number}")
             if bounds and not in_bounds(number, bounds):
                 raise UserError(f"--{f.name} must be {describe(bounds)}, got {number:g}")

@@ -18,7 +18,6 @@ from tqdm import tqdm
 from utils.data import to_model_range
 
 
-
 class Precomputed(nn.Module):
     """Identity 'feature network': lets torchmetrics take features computed once."""
     num_features = 128
