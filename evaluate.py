@@ -76,7 +76,7 @@ def main(argv=None, make_model=UNet):
         out = Path(cfg.out or f"{path}.eval_{tag(sampling)}_n{cfg.num_samples}.json")
     sample_seconds = time.perf_counter() - start
     results = evaluate_samples(samples.cpu(), classifier, test_images, train_images, device, requested)
-    results.update(name=name, sample_seconds=round(sample_seconds, 1),
+    results.update(name=name, sample_seconds=round(sample_seconds, 2),
                    total_seconds=round(time.perf_counter() - start, 1), device=str(device))
     print_table(name, results)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -10,10 +10,8 @@ optimizer, LR, EMA, RNG, length) and keeps writing there; model and diffusion se
 come from the checkpoint.
 """
 import argparse
-import copy
 import csv
 import dataclasses
-import math
 import signal
 import sys
 import time
@@ -32,12 +30,14 @@ from models.unet import UNet, count_parameters
 from utils import distributed
 from utils.checkpoint import (config_mismatch, load_checkpoint, main_path, restore_training, save_checkpoint,
                               training_state)
-from utils.config import DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig, add_arguments, from_args, typed_flags
+from utils.config import (GPU_PRESET, DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig, add_arguments, from_args,
+                          typed_flags)
 from utils.data import load_mnist, to_model_range
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
 from utils.metrics import class_statistics, classify, fid_kid
 from utils.plotting import loss_curve, save_grid
+from utils.train_step import GraphedStep, make_optimizer, nan_batch, one_step
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "bad_steps", "wall_s"]
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -74,7 +74,7 @@ def resolve_configs(argv):
     typed = typed_flags(parser, sys.argv[1:] if argv is None else list(map(str, argv)))
     train_cfg, model_cfg, diffusion_cfg = (from_args(cls, args) for cls in (TrainConfig, ModelConfig, DiffusionConfig))
     if not (Path(train_cfg.checkpoint_path).exists() or train_cfg.checkpoint_path == "latest"):
-        return train_cfg, model_cfg, diffusion_cfg, None
+        return train_cfg, model_cfg, diffusion_cfg, None, typed
 
     ckpt, source = load_checkpoint(train_cfg.checkpoint_path)
     requested = {**dataclasses.asdict(model_cfg), **dataclasses.asdict(diffusion_cfg)}
@@ -88,13 +88,24 @@ def resolve_configs(argv):
     if typed & {"epochs", "minutes"} and "total_steps" not in typed:
         changes["total_steps"] = 0  # a new length for the run: from the typed --epochs or --minutes
     train_cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
-    return train_cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**ckpt["diffusion_config"]), ckpt
+    return train_cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**ckpt["diffusion_config"]), ckpt, typed
+
+
+def with_gpu_preset(cfg, typed, is_main):
+    """cfg with GPU_PRESET's value for each of its settings not typed, said in one line."""
+    preset = {k: v for k, v in GPU_PRESET.items() if k not in typed}
+    if typed & {"epochs", "total_steps"}:
+        preset.pop("minutes", None)
+    if is_main and preset:
+        print("GPU preset: " + " ".join(f"--{k} {v:g}" for k, v in preset.items())
+              + " (type a flag to change it; --no-gpu_preset for the defaults)", file=sys.stderr)
+    return dataclasses.replace(cfg, **preset)
 
 
 def main(argv=None, make_model=UNet):
     """Train; `make_model(model_config)` builds the network (the benchmarks swap in a peer model)."""
     start = time.perf_counter()
-    train_cfg, model_cfg, diffusion_cfg, ckpt = resolve_configs(argv)
+    train_cfg, model_cfg, diffusion_cfg, ckpt, typed = resolve_configs(argv)
     stop = {"signal": None}
     for signum in EXIT_CODES:  # preemption or Ctrl-C: finish the step, save, exit
         signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
@@ -102,9 +113,12 @@ def main(argv=None, make_model=UNet):
     # ---- devices, data, model, optimizer ----------------------------------------------------------
     rank, world_size, device_name = distributed.setup(train_cfg.device)
     is_main, device = rank == 0, select_device(device_name)
+    if ckpt is None and device.type == "cuda" and train_cfg.gpu_preset:
+        train_cfg = with_gpu_preset(train_cfg, typed, is_main)
     set_cpu_threads()
     amp_dtype = resolve_precision(train_cfg.precision, device)
-    amp = lambda: autocast(device, amp_dtype)  # noqa: E731  (the autocast context of this run)
+    graphed = train_cfg.cuda_graph and device.type == "cuda" and world_size == 1 and amp_dtype != torch.float16
+    amp = lambda: autocast(device, amp_dtype, cache=not graphed)  # noqa: E731  (the autocast context of this run)
     if train_cfg.batch_size % world_size:
         raise UserError(f"--batch_size {train_cfg.batch_size} must be divisible by the {world_size} processes")
     torch.manual_seed(train_cfg.seed)
@@ -116,7 +130,7 @@ def main(argv=None, make_model=UNet):
 
     model = make_model(model_cfg).to(device)
     diffusion = GaussianDiffusion(diffusion_cfg, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
+    optimizer = make_optimizer(model, train_cfg, device, capturable=graphed)
     ema = ModelEmaV3(model, decay=train_cfg.ema_decay, use_warmup=True)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     step, bad_steps = 0, 0
@@ -126,11 +140,17 @@ def main(argv=None, make_model=UNet):
     if world_size > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def train_step(step):
-        return one_step(net, model, ema, optimizer, scaler, diffusion, batches.get(step), amp, train_cfg.grad_clip, step)
+    def step_on(batch, ema_rate):
+        return one_step(net, model, ema.module, optimizer, scaler, diffusion, batch, amp, train_cfg.grad_clip, ema_rate)
 
-    fix_length(train_cfg, batches.steps_per_epoch, step, start, train_step, (model, ema.module, optimizer, scaler),
-               device, is_main)
+    ema_rate = torch.zeros((), device=device)
+    run_step = (GraphedStep(step_on, optimizer, batches.get(step)) if graphed
+                else lambda batch, rate: step_on(batch, ema_rate.fill_(rate)))
+
+    def train_step(step, batch=None):  # the EMA rate 1 - decay follows timm's EMA warmup
+        return run_step(batches.get(step) if batch is None else batch, 1 - ema.get_decay(step + 1))
+
+    fix_length(train_cfg, batches, step, start, train_step, scaler, device, is_main)
     end_step = min(train_cfg.total_steps, train_cfg.max_steps or train_cfg.total_steps)
     scheduler = lr_schedule(optimizer, train_cfg, ckpt, step)
 
@@ -141,6 +161,7 @@ def main(argv=None, make_model=UNet):
 
     if is_main:
         print(f"device {device} | precision {amp_dtype or torch.float32} | processes {world_size} | "
+              f"{'CUDA graph | ' if graphed else ''}"
               f"{count_parameters(model):,} parameters | {batches.steps_per_epoch} steps/epoch | "
               f"{'resuming at' if ckpt else 'starting at'} step {step} of {end_step}", file=sys.stderr)
         if step >= end_step:
@@ -150,22 +171,33 @@ def main(argv=None, make_model=UNet):
     quick_fid = QuickFid(device, train_cfg.data_dir) if is_main and train_cfg.eval_every else None
 
     # ---- training loop ---------------------------------------------------------------------------
+    # The step's results stay on the device (no sync per step); they are read back every --log_every
+    # steps, and at saves and the end. bad_run counts the non-finite steps in a row (fp16: the grad
+    # scaler's skipped steps are normal and not counted), worst_run its maximum since the last read.
+    bad_run = torch.tensor(bad_steps, device=device)
+    worst_run = bad_run.clone()
     while step < end_step:
         epoch = step // batches.steps_per_epoch
         loss, grad_norm, finite = train_step(step)
-        bad_steps = 0 if finite or scaler.is_enabled() else bad_steps + 1
+        if not scaler.is_enabled():
+            bad_run = (bad_run + 1) * ~finite
+            worst_run = torch.maximum(worst_run, bad_run)
         step += 1
         scheduler.step_update(step)
-        log.step(step, epoch, loss, optimizer.param_groups[0]["lr"], grad_norm, finite, bad_steps)
         stopping = distributed.any_rank(stop["signal"] is not None, device)
-        if step % train_cfg.save_every == 0 or step == end_step or stopping or bad_steps >= train_cfg.max_bad_steps:
-            save(step, bad_steps)
-        if bad_steps >= train_cfg.max_bad_steps:
-            raise UserError(f"stopped at step {step}: {bad_steps} non-finite losses or gradients in a row "
-                            f"(last finite weights saved to {train_cfg.checkpoint_path}); try a lower --lr")
-        if stopping:
-            log.close()
-            exit_on_signal(stop["signal"] or signal.SIGTERM, step, train_cfg.checkpoint_path)
+        log.tick()
+        if step % train_cfg.log_every == 0 or step % train_cfg.save_every == 0 or step == end_step or stopping:
+            bad_steps, too_many = int(bad_run), int(worst_run) >= train_cfg.max_bad_steps
+            worst_run.copy_(bad_run)
+            log.step(step, epoch, loss.item(), optimizer.param_groups[0]["lr"], grad_norm.item(), bad_steps)
+            if step % train_cfg.save_every == 0 or step == end_step or stopping or too_many:
+                save(step, bad_steps)
+            if too_many:
+                raise UserError(f"stopped at step {step}: {train_cfg.max_bad_steps} non-finite losses or gradients "
+                                f"in a row (last finite weights saved to {train_cfg.checkpoint_path}); try a lower --lr")
+            if stopping:
+                log.close()
+                exit_on_signal(stop["signal"] or signal.SIGTERM, step, train_cfg.checkpoint_path)
         if quick_fid and step % train_cfg.eval_every == 0:
             quick_fid.log(ema.module, diffusion, amp, step, train_cfg.eval_samples, out_dir / "eval_log.csv")
         if is_main and train_cfg.num_grid_samples and (step % batches.steps_per_epoch == 0 or step == end_step):
@@ -241,38 +273,17 @@ class Batches:
         return x0, y, noise, t
 
 
-def one_step(net, model, ema, optimizer, scaler, diffusion, batch, amp, grad_clip, step):
-    """Forward, backward and update on one batch; an update whose loss or gradient is not finite is
-    skipped (weights and EMA untouched). Returns (loss, gradient norm, finite)."""
-    x0, y, noise, t = batch
-    x_t = diffusion.q_sample(x0, t, noise)
-    with amp():
-        prediction = net(x_t, t, y)
-    loss = diffusion.loss(prediction, x0, noise, t)
-    optimizer.zero_grad(set_to_none=True)
-    scaler.scale(loss).backward()
-    scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
-    loss_value = loss.item()
-    finite = math.isfinite(loss_value) and bool(torch.isfinite(grad_norm))
-    if finite:
-        scaler.step(optimizer)
-        ema.update(model, step=step + 1)
-    scaler.update()
-    return loss_value, grad_norm.item(), finite
-
-
 # ---- the length of a run ---------------------------------------------------------------------------
 
-def fix_length(cfg, steps_per_epoch, step, start, train_step, state, device, is_main):
+def fix_length(cfg, batches, step, start, train_step, scaler, device, is_main):
     """Set cfg.total_steps once, before the first step: --total_steps, else --epochs, else as many
     steps as the rest of the --minutes budget allows at the speed of a few timed steps."""
     if cfg.total_steps:
         return
     if cfg.epochs:
-        cfg.total_steps = cfg.epochs * steps_per_epoch
+        cfg.total_steps = cfg.epochs * batches.steps_per_epoch
         return
-    seconds_per_step = time_steps(train_step, step, state)
+    seconds_per_step = time_steps(train_step, batches, step, scaler, device)
     seconds_left = cfg.minutes * 60 - (time.perf_counter() - start)
     planned = step + max(1, int(BUDGET_SHARE * seconds_left / seconds_per_step))
     cfg.total_steps = distributed.from_rank0(planned, device)
@@ -281,21 +292,26 @@ def fix_length(cfg, steps_per_epoch, step, start, train_step, state, device, is_
               f"(to repeat this run: --total_steps {cfg.total_steps})", file=sys.stderr)
 
 
-def time_steps(train_step, step, state, warmup=2, min_steps=5, min_seconds=2.0):
-    """Seconds per training step, timed on the run's own next batches after `warmup` untimed steps;
-    `state` (model, EMA model, optimizer, scaler) and the RNG are then put back as they were, so
-    the run itself starts untouched."""
-    saved = [copy.deepcopy(part.state_dict()) for part in state], torch.get_rng_state()
+def time_steps(train_step, batches, step, scaler, device, warmup=2, min_steps=5, min_seconds=2.0):
+    """Seconds per training step, timed on the run's own next batches after `warmup` untimed steps.
+    The batches get NaN noise, so the guard skips every update (weights, EMA and AdamW untouched);
+    the grad scaler and the RNG are put back as they were, so the run itself starts untouched."""
+    saved = scaler.state_dict(), torch.get_rng_state(), torch.cuda.get_rng_state_all() if device.type == "cuda" else None
+    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
     for i in range(warmup):
-        train_step(step + i)
+        train_step(step + i, nan_batch(batches.get(step + i)))
+    sync()
     timed, begin = 0, time.perf_counter()
     while timed < min_steps or time.perf_counter() - begin < min_seconds:
-        train_step(step + warmup + timed)
+        train_step(step + warmup + timed, nan_batch(batches.get(step + warmup + timed)))
         timed += 1
+        sync()
     seconds = (time.perf_counter() - begin) / timed
-    for part, part_state in zip(state, saved[0]):
-        part.load_state_dict(part_state)
+    if scaler.is_enabled():
+        scaler.load_state_dict(saved[0])
     torch.set_rng_state(saved[1])
+    if saved[2] is not None:
+        torch.cuda.set_rng_state_all(saved[2])
     return seconds
 
 
@@ -313,8 +329,8 @@ def lr_schedule(optimizer, cfg, ckpt, step):
 # ---- logging -------------------------------------------------------------------------------------
 
 class Log:
-    """The progress bar and <output_dir>/train_log.csv: every --log_every steps, and every
-    non-finite step, one row; wall_s counts from the start of the process."""
+    """The progress bar and <output_dir>/train_log.csv: one row every --log_every steps (and at saves
+    and the end, when the step's results are read back); wall_s counts from the start of the process."""
 
     def __init__(self, path, cfg, end_step, step, fresh, start, enabled):
         self.path, self.cfg, self.end_step, self.start, self.enabled = path, cfg, end_step, start, enabled
@@ -324,12 +340,12 @@ class Log:
             with open(path, "w", newline="") as f:
                 csv.writer(f).writerow(LOG_FIELDS)
 
-    def step(self, step, epoch, loss, lr, grad_norm, finite, bad_steps):
-        if finite:
-            self.smoothed = loss if self.smoothed is None else 0.98 * self.smoothed + 0.02 * loss
+    def tick(self):
         self.bar.update(1)
-        if step % self.cfg.log_every and step != self.end_step and finite:
-            return
+
+    def step(self, step, epoch, loss, lr, grad_norm, bad_steps):
+        if bad_steps == 0:
+            self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss
         now = time.perf_counter()
         speed = (step - self.tic_step) * self.cfg.batch_size / max(now - self.tic, 1e-9)
         self.tic, self.tic_step = now, step

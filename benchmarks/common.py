@@ -51,12 +51,12 @@ def timed(fn, device):
     return time.perf_counter() - start
 
 
-def matmul_peak(device, precision="fp32", sizes=(1024, 2048), repeats=3):
+def matmul_peak(device, precision="fp32", sizes=None, repeats=3):
     """GFLOP/s of the fastest large square matrix product in this precision: the most this machine
     does per second, against which a network's achieved GFLOP/s is compared."""
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
     best = 0.0
-    for n in sizes:
+    for n in sizes or ((1024, 2048) if device.type == "cpu" else (4096, 8192)):
         a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
         a @ b
         seconds = min(timed(lambda: a @ b, device) for _ in range(repeats))

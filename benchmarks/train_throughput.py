@@ -12,40 +12,42 @@ fp32 or bf16 matrix products: the most this machine does for these convolutions)
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/train_throughput.py   # an AVX2-only CPU
 """
 import argparse
+import copy
 
 import torch
-from timm.utils import ModelEmaV3
 from torch.utils.flop_counter import FlopCounterMode
 
 from common import Peer, matmul_peak, median, timed
 from diffusion.gaussian import GaussianDiffusion
 from models.unet import UNet, count_parameters
-from utils.config import DiffusionConfig, ModelConfig
+from utils.config import DiffusionConfig, ModelConfig, TrainConfig
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
+from utils.train_step import GraphedStep, make_optimizer, one_step
 
 WIDE = dict(base_channels=32, channel_mults=(1, 2, 2))
 
 
-def make_step(model, diffusion, batch, device, dtype):
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def make_step(model, diffusion, batch, device, dtype, graph=False):
+    """train.py's step (utils/train_step.py) on random images: eager, or replayed as a CUDA graph."""
     plain = getattr(model, "_orig_mod", model)  # the EMA copies the uncompiled module
-    ema = ModelEmaV3(plain, decay=0.999)
+    optimizer = make_optimizer(plain, TrainConfig(), device, capturable=graph)
+    ema = copy.deepcopy(plain).requires_grad_(False)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
     x0 = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
     y = torch.randint(0, 10, (batch,), device=device)
+    rate = torch.full((), 1e-3, device=device)
 
-    def step():
-        noise = torch.randn_like(x0)
-        t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
-        with autocast(device, dtype):
-            prediction = model(diffusion.q_sample(x0, t, noise), t, y)
-        loss = diffusion.loss(prediction, x0, noise, t)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        ema.update(plain)
+    def draw():
+        return x0, y, torch.randn_like(x0), torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
 
-    return step
+    def step_on(batch, ema_rate):
+        return one_step(model, plain, ema, optimizer, scaler, diffusion, batch,
+                        lambda: autocast(device, dtype, cache=not graph), 1.0, ema_rate)
+
+    if graph:
+        graphed = GraphedStep(step_on, optimizer, draw())
+        return lambda: graphed(draw(), 1e-3)
+    return lambda: step_on(draw(), rate)
 
 
 def step_flops(model, device, batch):
@@ -66,14 +68,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--peer", action="store_true", help="also time diffusers' UNet2DModel")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile of the default model")
+    parser.add_argument("--models", nargs="+", default=["default", "wide"], choices=["default", "wide"])
+    parser.add_argument("--no_fp32", action="store_true", help="time only the device's best autocast precision")
     args = parser.parse_args()
     device = select_device(args.device)
     set_cpu_threads()
     best = resolve_precision("auto", device)
     diffusion = GaussianDiffusion(DiffusionConfig(), device)
 
-    models = {"default": UNet(ModelConfig(num_classes=10)).to(device),
-              "wide (32, 1 2 2)": UNet(ModelConfig(num_classes=10, **WIDE)).to(device)}
+    shapes = {"default": {}, "wide": WIDE}
+    models = {name: UNet(ModelConfig(num_classes=10, **shapes[name])).to(device) for name in args.models}
     if args.compile:
         models["default, compiled"] = torch.compile(UNet(ModelConfig(num_classes=10)).to(device))
     if args.peer:
@@ -81,9 +85,11 @@ def main():
     flops = {name: step_flops(getattr(m, "_orig_mod", m), device, args.batch_size) for name, m in models.items()}
     variants = {}
     for name, model in models.items():
-        for dtype in dict.fromkeys([None, best]):
+        for dtype in dict.fromkeys([best] if args.no_fp32 else [None, best]):
             precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-            variants[(name, precision)] = make_step(model, diffusion, args.batch_size, device, dtype)
+            variants[(name, precision, "eager")] = make_step(model, diffusion, args.batch_size, device, dtype)
+            if device.type == "cuda" and dtype != torch.float16:  # the step as one CUDA graph (train.py's default)
+                variants[(name, precision, "graph")] = make_step(model, diffusion, args.batch_size, device, dtype, True)
     for step in variants.values():  # warm-up
         step()
         step()
@@ -93,18 +99,18 @@ def main():
         for key, step in variants.items():
             seconds = timed(lambda: [step() for _ in range(args.steps)], device)
             speeds[key].append(args.steps * args.batch_size / seconds)
-    peaks = {precision: matmul_peak(device, precision) for _, precision in variants}
+    peaks = {precision: matmul_peak(device, precision) for _, precision, _ in variants}
 
     print(f"device {device}, CPU capability {torch.backends.cpu.get_cpu_capability()}, batch {args.batch_size}, "
           f"{args.repeats} repeats of {args.steps} steps, {torch.get_num_threads()} threads; matmul peak "
           + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in peaks.items()))
-    print(f"{'model':24s} {'prec':>5s} {'params':>10s} {'GFLOP/img':>10s} {'img/s':>7s} {'s/epoch':>8s} "
-          f"{'GFLOP/s':>8s} {'of peak':>8s} {'vs default':>10s}")
-    for (name, precision), values in speeds.items():
+    print(f"{'model':18s} {'prec':>5s} {'step':>6s} {'params':>10s} {'GFLOP/img':>10s} {'img/s':>7s} {'s/epoch':>8s} "
+          f"{'GFLOP/s':>8s} {'of peak':>8s} {'vs first':>10s}")
+    for (name, precision, mode), values in speeds.items():
         img_s = median(values)
         per_image = flops[name] / args.batch_size / 1e9
-        reference = median(speeds[("default", precision)])
-        print(f"{name:24s} {precision:>5s} {count_parameters(models[name]):>10,} {per_image:>10.3f} {img_s:>7.0f} "
+        reference = median(speeds[(args.models[0], precision, "eager")])
+        print(f"{name:18s} {precision:>5s} {mode:>6s} {count_parameters(models[name]):>10,} {per_image:>10.3f} {img_s:>7.0f} "
               f"{60000 / img_s:>8.0f} {img_s * per_image:>8.0f} {img_s * per_image / peaks[precision]:>8.0%} "
               f"{img_s / reference:>9.2f}x")
 

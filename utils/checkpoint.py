@@ -59,7 +59,10 @@ def restore_training(ckpt, path, model, ema_model, optimizer, scaler, device):
         raise UserError(f"{path} cannot be resumed: it lacks the training state {', '.join(missing)}")
     load_weights(model, ckpt["model"], path)
     load_weights(ema_model, ckpt["ema"], path)
+    kernel = {key: optimizer.param_groups[0][key] for key in ("fused", "foreach", "capturable")}
     optimizer.load_state_dict(ckpt["optimizer"])
+    for group in optimizer.param_groups:  # this run's AdamW kernel, not the one saved (CPU or GPU, older runs)
+        group.update(kernel)
     if ckpt["grad_scaler"]:
         scaler.load_state_dict(ckpt["grad_scaler"])
     torch.set_rng_state(ckpt["rng"]["torch"])

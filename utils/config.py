@@ -104,6 +104,12 @@ class DiffusionConfig:
             raise UserError("need beta_start <= beta_end")
 
 
+# A fresh training run on a CUDA device takes these for each setting not typed: the batch that keeps
+# a GPU busy, its LR, and a budget in which it reaches the quality of the CPU default run and more
+# (measured on one H100: docs/RESULTS.md, "The GPU preset").
+GPU_PRESET = {"batch_size": 1024, "lr": 4e-3, "minutes": 1.0}
+
+
 @dataclass
 class TrainConfig:
     data_dir: str = option("data", "where MNIST is stored (downloaded there if missing)")
@@ -134,6 +140,9 @@ class TrainConfig:
     precision: str = option("auto", "autocast precision: auto picks bf16 where supported, else fp32 (fp16 on old GPUs)",
                             choices=("auto", "fp32", "bf16", "fp16"))
     compile: bool = option(False, "torch.compile the model")
+    cuda_graph: bool = option(True, "on one CUDA device (bf16 or fp32), replay the whole training step as one CUDA graph")
+    gpu_preset: bool = option(True, "on a CUDA device, a fresh run takes " + " ".join(f"--{k} {v:g}" for k, v in
+                              GPU_PRESET.items()) + " for each of these not typed (--no-gpu_preset: the defaults above)")
     save_every: int = option(500, "write a checkpoint every this many steps (and at the end)", bounds="[1, inf)")
     keep_last: int = option(2, "step-numbered checkpoints kept next to the main one", bounds="[0, inf)")
     log_every: int = option(50, "append step, loss and LR to the log every this many steps", bounds="[1, inf)")

@@ -56,9 +56,10 @@ def sampling_batch_size(device):
     return 100 if device.type == "cpu" else 1000
 
 
-def autocast(device, dtype):
-    """Autocast to dtype on device, or a no-op context for fp32."""
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+def autocast(device, dtype, cache=True):
+    """Autocast to dtype on device, or a no-op context for fp32. cache=False inside a CUDA graph
+    capture (the cast weights must not be cached across replays)."""
+    return torch.autocast(device.type, dtype=dtype, cache_enabled=cache) if dtype is not None else nullcontext()
 
 
 def set_cpu_threads():

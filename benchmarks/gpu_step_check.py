@@ -1,0 +1,91 @@
+"""Check the training step on a CUDA device: the CUDA graph against the eager step, the guard
+inside the graph, and run-to-run determinism. Prints one JSON object.
+
+    python benchmarks/gpu_step_check.py --steps 30 --batch_size 1024
+"""
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from diffusion.gaussian import GaussianDiffusion  # noqa: E402
+from models.unet import UNet  # noqa: E402
+from utils.config import DiffusionConfig, ModelConfig, TrainConfig  # noqa: E402
+from utils.device import autocast  # noqa: E402
+from utils.train_step import GraphedStep, make_optimizer, nan_batch, one_step  # noqa: E402
+
+
+def batches(n, size, device):
+    generator = torch.Generator(device=device).manual_seed(0)
+    return [(torch.rand(size, 1, 28, 28, device=device, generator=generator) * 2 - 1,
+             torch.randint(0, 11, (size,), device=device, generator=generator),
+             torch.randn(size, 1, 28, 28, device=device, generator=generator),
+             torch.randint(0, 1000, (size,), device=device, generator=generator)) for _ in range(n)]
+
+
+def train(data, graph, device, dtype=torch.bfloat16):
+    """Run the steps from one fixed initialisation; returns (model, EMA, optimizer, step)."""
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(num_classes=10)).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = make_optimizer(model, TrainConfig(), device, capturable=graph)
+    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    diffusion = GaussianDiffusion(DiffusionConfig(), device)
+    rate = torch.zeros((), device=device)
+
+    def step_on(batch, ema_rate):
+        return one_step(model, model, ema, optimizer, scaler, diffusion, batch,
+                        lambda: autocast(device, dtype, cache=not graph), 1.0, ema_rate)
+
+    step = GraphedStep(step_on, optimizer, data[0]) if graph else lambda b, r: step_on(b, rate.fill_(r))
+    for batch in data:
+        step(batch, 0.01)
+    torch.cuda.synchronize()
+    return model, ema, optimizer, step
+
+
+def flat(module):
+    return torch.cat([p.detach().float().flatten() for p in module.parameters()])
+
+
+def optimizer_state(optimizer):
+    return torch.cat([t.float().flatten() for s in optimizer.state.values() for t in s.values()])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--batch_size", type=int, default=1024)
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    data = batches(args.steps, args.batch_size, device)
+    eager, eager_again, graph, graph_again = (train(data, g, device) for g in (False, False, True, True))
+    result = {
+        "steps": args.steps, "batch_size": args.batch_size, "gpu": torch.cuda.get_device_name(),
+        "eager_vs_graph_max_abs_weight_diff": (flat(eager[0]) - flat(graph[0])).abs().max().item(),
+        "eager_vs_graph_max_abs_ema_diff": (flat(eager[1]) - flat(graph[1])).abs().max().item(),
+        "weight_scale": flat(eager[0]).abs().max().item(),
+        "eager_bitwise_repeatable": torch.equal(flat(eager[0]), flat(eager_again[0])),
+        "graph_bitwise_repeatable": torch.equal(flat(graph[0]), flat(graph_again[0])),
+    }
+    model, ema, optimizer, step = graph  # the guard inside the graph: NaN steps change nothing
+    before = flat(model), flat(ema), optimizer_state(optimizer)
+    for batch in data[:3]:
+        loss, grad_norm, finite = step(nan_batch(batch), 0.01)
+    torch.cuda.synchronize()
+    after = flat(model), flat(ema), optimizer_state(optimizer)
+    result["nan_steps_reported_finite"] = bool(finite)
+    result["nan_steps_leave_state_untouched"] = all(torch.equal(a, b) for a, b in zip(before, after))
+    step(data[0], 0.01)
+    torch.cuda.synchronize()
+    result["real_step_after_nan_changes_weights"] = not torch.equal(before[0], flat(model))
+    print(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The training step without host syncs: the guard skips a non-finite update entirely (weights,
+EMA, AdamW moments and step count), and the EMA follows its equation."""
+import copy
+from contextlib import nullcontext
+
+import pytest
+import torch
+
+from diffusion.gaussian import GaussianDiffusion
+from models.unet import UNet
+from utils.config import DiffusionConfig, ModelConfig, TrainConfig
+from utils.train_step import make_optimizer, nan_batch, one_step, update_ema
+
+
+def setup():
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,), norm_groups=4,
+                             num_heads=2))
+    ema = copy.deepcopy(model).requires_grad_(False)
+    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=50))
+    batch = (torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 10]), torch.randn(4, 1, 28, 28),
+             torch.tensor([0, 10, 25, 49]))
+
+    def step(batch):
+        return one_step(model, model, ema, optimizer, scaler, diffusion, batch, nullcontext, 1.0, torch.tensor(0.5))
+
+    return model, ema, optimizer, step, batch
+
+
+def snapshot(model, ema, optimizer):
+    return ([p.clone() for p in model.parameters()], [p.clone() for p in ema.parameters()],
+            [t.clone() for s in optimizer.state.values() for t in s.values()])
+
+
+def same(a, b):
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_non_finite_step_changes_nothing_and_a_finite_one_does():
+    model, ema, optimizer, step, batch = setup()
+    step(batch)  # a real step first, so that AdamW has moments to protect
+    before = snapshot(model, ema, optimizer)
+    loss, grad_norm, finite = step(nan_batch(batch))
+    assert not bool(finite) and torch.isnan(loss)
+    after = snapshot(model, ema, optimizer)
+    for part_before, part_after in zip(before, after):
+        assert same(part_before, part_after)
+    assert optimizer.state[next(model.parameters())]["step"].item() == 1
+    loss, grad_norm, finite = step(batch)
+    assert bool(finite) and torch.isfinite(loss)
+    moved = snapshot(model, ema, optimizer)
+    for part_before, part_after in zip(before, moved):
+        assert not same(part_before, part_after)
+    assert optimizer.state[next(model.parameters())]["step"].item() == 2
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.25, 1.0])
+def test_ema_update_follows_its_equation(rate):
+    torch.manual_seed(1)
+    model, ema = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    expected = [e + rate * (m - e) for e, m in zip(ema.parameters(), model.parameters())]
+    update_ema(ema, model, torch.tensor(rate))
+    for got, want in zip(ema.parameters(), expected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-7)

@@ -1,0 +1,94 @@
+"""One training step, with no host synchronisation, and the same step captured as a CUDA graph.
+
+The step never reads a number back to the host: the loss, gradient norm and finiteness stay on
+the device until the caller asks for them (train.py does every --log_every steps). The guard
+against non-finite steps is still exact: a step whose loss or gradient is not finite sets the
+`found_inf` flag of the fused AdamW, which then skips its whole update (weights, moments and step
+count; the protocol torch.amp.GradScaler uses), and its EMA rate is multiplied by 0.
+"""
+import torch
+
+from utils.device import autocast
+
+
+def make_optimizer(model, cfg, device, capturable=False):
+    """Fused AdamW: one kernel for all parameters, and the only AdamW that honours `found_inf`."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True,
+                             capturable=capturable and device.type == "cuda")
+
+
+def one_step(net, model, ema_model, optimizer, scaler, diffusion, batch, amp, grad_clip, ema_rate):
+    """Forward, backward, AdamW and EMA on one batch. `ema_rate` is a 0-d device tensor holding
+    1 - decay of this step. Returns (loss, gradient norm, finite) as device tensors."""
+    x0, y, noise, t = batch
+    x_t = diffusion.q_sample(x0, t, noise)
+    with amp():
+        prediction = net(x_t, t, y)
+    loss = diffusion.loss(prediction, x0, noise, t)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
+    if scaler.is_enabled():
+        scaler.step(optimizer)  # fp16: the scaler sets found_inf itself and skips on inf gradients
+    else:
+        optimizer.found_inf = (~finite).float()
+        optimizer.step()
+        del optimizer.found_inf
+    scaler.update()
+    update_ema(ema_model, model, ema_rate * finite)
+    return loss.detach(), grad_norm, finite
+
+
+@torch.no_grad()
+def update_ema(ema_model, model, rate):
+    """ema <- ema + rate * (model - ema), for every parameter at once; `rate` may be a device tensor."""
+    ema_params, params = list(ema_model.parameters()), list(model.parameters())
+    difference = torch._foreach_sub(params, ema_params)
+    torch._foreach_mul_(difference, rate)
+    torch._foreach_add_(ema_params, difference)
+
+
+def nan_batch(batch):
+    """The batch with NaN noise: a step on it computes everything and, by the guard, changes nothing.
+    Used to warm up a CUDA graph and to time steps without touching the run's state."""
+    x0, y, noise, t = batch
+    return x0, y, torch.full_like(noise, float("nan")), t
+
+
+class GraphedStep:
+    """The whole step (forward, backward, clipping, AdamW, EMA) captured once as a CUDA graph and
+    replayed every step ("whole-network capture" in PyTorch's CUDA graph notes). Each call copies
+    the batch, the LR and the EMA rate into the graph's static tensors and launches one graph instead
+    of several hundred kernels; the optimizer must be capturable and the step free of host syncs,
+    which `one_step` is. Not for fp16 (the grad scaler syncs) or DistributedDataParallel."""
+
+    def __init__(self, step_fn, optimizer, example_batch, warmup=3):
+        device = example_batch[0].device
+        self.optimizer = optimizer
+        self.lr = torch.tensor(float(optimizer.param_groups[0]["lr"]), device=device)
+        self.ema_rate = torch.zeros((), device=device)
+        self.batch = [None if part is None else part.clone() for part in nan_batch(example_batch)]
+        for group in optimizer.param_groups:
+            group["lr"] = self.lr  # the graph reads the LR from this tensor
+        side = torch.cuda.Stream()  # warm-up (lazy optimizer state, cuBLAS) on a side stream, as capture needs
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                step_fn(self.batch, self.ema_rate)  # NaN noise: every update is skipped
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.outputs = step_fn(self.batch, self.ema_rate)
+        for group in optimizer.param_groups:
+            group["lr"] = float(self.lr)  # a plain number again for the LR scheduler and checkpoints
+
+    def __call__(self, batch, ema_rate):
+        for static, part in zip(self.batch, batch):
+            if static is not None:
+                static.copy_(part)
+        self.lr.fill_(self.optimizer.param_groups[0]["lr"])  # the float the LR scheduler just wrote
+        self.ema_rate.fill_(ema_rate)
+        self.graph.replay()
+        return self.outputs
