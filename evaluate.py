@@ -1,11 +1,13 @@
-"""Measure sample quality: FID, KID, precision/recall, digit statistics and memorisation.
+"""Measure sample quality: FID, KID, precision/recall, class statistics and memorisation.
 
     python evaluate.py --checkpoint_path checkpoints/ddpm_checkpoint --num_samples 10000     # default sampling
     python evaluate.py --sampler ddpm --num_samples 5000                                     # the 1000-step reference
     python evaluate.py --real            # the floor: 10k real training images against the test set
 
-Features come from the MNIST classifier shipped in models/weights/ (see models/classifier.py).
-Prints a small table and writes it as JSON next to the checkpoint.
+Features come from a classifier of the same data set: MNIST's ships in models/weights/; for another
+data set `python train_classifier.py --dataset X` makes one, and without it only the metrics that
+need no features are reported (see models/classifier.py). Prints a small table and writes it as
+JSON next to the checkpoint.
 """
 import argparse
 import json
@@ -17,11 +19,11 @@ import torch
 
 from diffusion.samplers import every_digit, generate
 from models.classifier import load_classifier
-from models.load import load_model
+from models.load import checkpoint_or_shipped, load_model, results_path
 from models.unet import UNet
-from utils.checkpoint import load_checkpoint
 from utils.config import EvalConfig, SamplingConfig, add_arguments, from_args
-from utils.data import load_mnist, to_model_range
+from utils.data import to_model_range
+from utils.datasets import load_dataset
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
 from utils.metrics import evaluate_samples
@@ -55,28 +57,37 @@ def main(argv=None, make_model=UNet):
     cfg, sampling = from_args(EvalConfig, args), from_args(SamplingConfig, args)
     device = select_device(cfg.device)
     set_cpu_threads()
-    train_images, _ = load_mnist(cfg.data_dir, train=True)
-    test_images, _ = load_mnist(cfg.data_dir, train=False)
-    classifier = load_classifier(device)
+    ckpt, path = (None, None) if cfg.real else checkpoint_or_shipped(cfg.checkpoint_path)
+    trained_on = ckpt.get("train_config", {}) if ckpt else {}
+    dataset = cfg.dataset or trained_on.get("dataset", "mnist")
+    data_dir = cfg.data_dir or trained_on.get("data_dir", "data")
+    shape = ckpt["model_config"] if ckpt else {}
+    size, channels = (shape["image_size"], shape["in_channels"]) if dataset == "folder" and ckpt else (0, 0)
+    train_images = load_dataset(dataset, data_dir, True, size, channels).images
+    test_images = load_dataset(dataset, data_dir, False, size, channels).images
+    classifier = load_classifier(device, dataset, cfg.classifier)
+    if classifier is None:
+        print(f"no classifier of {dataset}: FID, KID, precision/recall and the class statistics need one "
+              f"(python train_classifier.py --dataset {dataset}, or --classifier PATH); reporting memorisation only",
+              file=sys.stderr)
     start = time.perf_counter()
     requested = None
     if cfg.real:
         generator = torch.Generator().manual_seed(sampling.seed)
         picks = torch.randperm(len(train_images), generator=generator)[:cfg.num_samples]
         samples, name = to_model_range(train_images[picks]), f"real train ({cfg.num_samples})"
-        out = Path(cfg.out or f"outputs/eval_real_n{cfg.num_samples}.json")
+        out = Path(cfg.out or f"outputs/eval_real{'' if dataset == 'mnist' else '_' + dataset}_n{cfg.num_samples}.json")
     else:
-        ckpt, path = load_checkpoint(cfg.checkpoint_path)
         model, diffusion = load_model(ckpt, path, True, device, make_model)
         requested = every_digit(cfg.num_samples, model.config.num_classes, device)  # None if unconditional
         amp_dtype = resolve_precision(cfg.precision, device)
         samples = generate(model, diffusion, cfg.num_samples, sampling, requested,
                            cfg.batch_size or sampling_batch_size(device), lambda: autocast(device, amp_dtype))
         name = sampling.describe(requested is not None)
-        out = Path(cfg.out or f"{path}.eval_{tag(sampling)}_n{cfg.num_samples}.json")
+        out = Path(cfg.out or results_path(path, f".eval_{tag(sampling)}_n{cfg.num_samples}.json"))
     sample_seconds = time.perf_counter() - start
     results = evaluate_samples(samples.cpu(), classifier, test_images, train_images, device, requested)
-    results.update(name=name, sample_seconds=round(sample_seconds, 2),
+    results.update(name=name, dataset=dataset, sample_seconds=round(sample_seconds, 2),
                    total_seconds=round(time.perf_counter() - start, 1), device=str(device))
     print_table(name, results)
     out.parent.mkdir(parents=True, exist_ok=True)

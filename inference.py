@@ -3,6 +3,8 @@
     python inference.py --checkpoint_path checkpoints/ddpm_checkpoint
     python inference.py --sampler ddpm --gif outputs/denoising.gif
     python inference.py --digit all --guidance 1      # one row per digit, more classifier-free guidance
+    python inference.py --inpaint right --digit 3     # complete test digits' left halves as threes
+    python inference.py --interpolate 8 --between 3 8 # a 3 turning into an 8 (diffusion/interpolation.py)
 
 Writes <output_dir>/samples.png (the final digits) and <output_dir>/denoising_steps.png
 (rows = samples, columns = timesteps from t = T-1 down to t = 0), and shows the figure when a
@@ -16,10 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffusion.samplers import every_digit, generate, make_timesteps
-from models.load import load_model
-from utils.checkpoint import load_checkpoint
+from diffusion.inpainting import MASKS, inpaint, named_mask
+from diffusion.interpolation import slerp, soft_labels
+from diffusion.samplers import every_digit, generate, make_denoiser, make_timesteps, sample
+from models.load import checkpoint_or_shipped, class_names, load_model
 from utils.config import InferenceConfig, SamplingConfig, add_arguments, from_args
+from utils.data import to_model_range
+from utils.datasets import load_dataset, read_image
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
 from utils.plotting import can_show, save_gif, save_grid, step_figure
@@ -32,21 +37,26 @@ def build_parser():
     return parser
 
 
-def labels_for(cfg, model_cfg, device):
-    """(the requested digits as a label batch or None, images per row of the grids).
+def labels_for(cfg, model_cfg, device, classes):
+    """(the requested classes as a label batch or None, images per row of the grids).
 
-    Unconditional checkpoints: None. Class-conditional ones: --digit, or by default every digit
-    in turn (0, 1, ..., 9, 0, ...), ten per row, so each column of the grid is one digit."""
-    if model_cfg.num_classes == 0:
+    Unconditional checkpoints: None. Class-conditional ones: --digit (a class index or name), or by
+    default every class in turn (0, 1, ..., 9, 0, ...), one class per column of the grid."""
+    n = model_cfg.num_classes
+    if n == 0:
         if cfg.digit:
             raise UserError("--digit needs a class-conditional checkpoint (trained with --num_classes 10, the "
                             "default); this one is unconditional")
         return None, 8
     if not cfg.digit:
-        return every_digit(cfg.num_samples, model_cfg.num_classes, device), model_cfg.num_classes
-    if cfg.digit == "all":  # one row per digit
-        per_row = max(1, cfg.num_samples // 10)
-        return torch.arange(10, device=device).repeat_interleave(per_row), per_row
+        return every_digit(cfg.num_samples, n, device), n
+    if cfg.digit == "all":  # one row per class
+        per_row = max(1, cfg.num_samples // n)
+        return torch.arange(n, device=device).repeat_interleave(per_row), per_row
+    if cfg.digit in classes:
+        return torch.full((cfg.num_samples,), classes.index(cfg.digit), device=device), 8
+    if not cfg.digit.isdigit() or int(cfg.digit) >= n:
+        raise UserError(f"--digit {cfg.digit!r}: give 'all', a class index 0-{n - 1} or one of {', '.join(classes)}")
     return torch.full((cfg.num_samples,), int(cfg.digit), device=device), 8
 
 
@@ -70,10 +80,15 @@ def main(argv=None):
     device = select_device(cfg.device)
     set_cpu_threads()
     amp_dtype = resolve_precision(cfg.precision, device)
-    model, diffusion = load_model(*load_checkpoint(cfg.checkpoint_path), cfg.use_ema, device)
-    labels, nrow = labels_for(cfg, model.config, device)
+    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
+    model, diffusion = load_model(ckpt, path, cfg.use_ema, device)
+    classes = class_names(ckpt)
+    labels, nrow = labels_for(cfg, model.config, device, classes)
+    amp = lambda: autocast(device, amp_dtype)  # noqa: E731
     num = len(labels) if labels is not None else cfg.num_samples
     make_folders(cfg.output_dir, Path(cfg.gif).parent if cfg.gif else cfg.output_dir)
+    if cfg.interpolate:
+        return interpolation(cfg, sampling, model, diffusion, labels, amp)
 
     # the steps to keep: columns of the figure, and frames of the GIF
     try:
@@ -83,10 +98,15 @@ def main(argv=None):
     shown = spread(timesteps, cfg.figure_steps) | {-1}
     frames = set(timesteps[::cfg.gif_every or max(1, len(timesteps) // 50)]) | {-1} if cfg.gif else set()
 
-    print(f"sampling {num} digits with {sampling.describe(labels is not None)}, on {device}", file=sys.stderr)
+    print(f"{'completing' if cfg.inpaint else 'sampling'} {num} images with {sampling.describe(labels is not None)}, "
+          f"on {device}", file=sys.stderr)
     start = time.perf_counter()
-    final, kept = generate(model, diffusion, num, sampling, labels, batch_size=num,
-                           autocast=lambda: autocast(device, amp_dtype), keep=shown | frames)
+    if cfg.inpaint:
+        final, kept = inpainting(cfg, sampling, ckpt, model, diffusion, labels if cfg.digit else None, num, amp,
+                                 shown | frames)
+    else:
+        final, kept = generate(model, diffusion, num, sampling, labels, batch_size=num, autocast=amp,
+                               keep=shown | frames)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -94,12 +114,74 @@ def main(argv=None):
     save_grid(final, Path(cfg.output_dir) / "samples.png", nrow=nrow)
     figure = [s._replace(x=s.x[:cfg.figure_samples].cpu(), pred_x0=s.pred_x0[:cfg.figure_samples].cpu())
               for s in kept if s.t in shown]
+    names = [classes[i] for i in labels[:cfg.figure_samples].tolist()] if labels is not None else None
     step_figure(figure, Path(cfg.output_dir) / "denoising_steps.png", show=can_show() and not cfg.no_show,
-                with_x0=cfg.show_x0)
+                with_x0=cfg.show_x0, row_names=names)
     if cfg.gif:
         save_gif([s.x.cpu() for s in kept if s.t in frames], cfg.gif, nrow=nrow)
-    print(f"{num} digits in {seconds:.1f} s; wrote {Path(cfg.output_dir) / 'samples.png'} and "
+    print(f"{num} images in {seconds:.1f} s; wrote {Path(cfg.output_dir) / 'samples.png'} and "
           f"{Path(cfg.output_dir) / 'denoising_steps.png'}" + (f" and {cfg.gif}" if cfg.gif else ""), file=sys.stderr)
+    return final
+
+
+def inpainting(cfg, sampling, ckpt, model, diffusion, labels, num, amp, keep):
+    """Complete `num` images (test images, or --image) outside the --inpaint mask; writes
+    inpainting.png: the originals, the masked inputs (the unknown region grey), the completions."""
+    size, channels, device = model.config.image_size, model.config.in_channels, diffusion.betas.device
+    if cfg.image:
+        images = read_image(cfg.image, size, channels)[None].repeat(num, 1, 1, 1)
+    else:
+        trained_on = ckpt.get("train_config", {})
+        folder = trained_on.get("dataset") == "folder"
+        test = load_dataset(trained_on.get("dataset", "mnist"), cfg.data_dir or trained_on.get("data_dir", "data"),
+                            False, size if folder else 0, channels if folder else 0).images
+        images = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(sampling.seed))[:num]]
+    known = to_model_range(images).to(device)
+    if cfg.inpaint in MASKS:
+        mask = named_mask(cfg.inpaint, size)
+    elif Path(cfg.inpaint).is_file():
+        mask = (read_image(cfg.inpaint, size, 1)[None] > 127).float()
+    else:
+        raise UserError(f"--inpaint {cfg.inpaint!r}: give one of {', '.join(MASKS)}, or a PNG mask file")
+    mask = mask.to(device)
+    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    noise = torch.randn(known.shape, generator=generator, device=device)
+    denoise = make_denoiser(model, diffusion.num_timesteps, labels, sampling.guidance, sampling.guidance_interval, amp)
+    final, kept = inpaint(denoise, diffusion, known, mask, noise, sampling, generator, cfg.resample, keep)
+    save_grid(torch.cat([known, known * mask, final]), Path(cfg.output_dir) / "inpainting.png", nrow=len(known))
+    return final, kept
+
+
+def interpolation(cfg, sampling, model, diffusion, labels, amp, rows=4):
+    """--interpolate N: `rows` rows of N frames, decoded at eta 0 with the same noise and labels
+    per frame: between two noises (spherically), or with --between A B between two classes at one
+    noise. Writes interpolation.png and interpolation.gif."""
+    n, device, cfg_model = cfg.interpolate, diffusion.betas.device, model.config
+    weights = torch.linspace(0, 1, n, dtype=torch.float64)
+    generator = torch.Generator(device=device).manual_seed(sampling.seed)
+    shape = (rows, cfg_model.in_channels, cfg_model.image_size, cfg_model.image_size)
+    start, end = torch.randn(shape, generator=generator, device=device), torch.randn(shape, generator=generator,
+                                                                                       device=device)
+    if cfg.between:
+        if not cfg_model.num_classes or max(cfg.between) >= cfg_model.num_classes:
+            raise UserError(f"--between {' '.join(map(str, cfg.between))}: the checkpoint has "
+                            f"{cfg_model.num_classes} classes")
+        noise = start.repeat_interleave(n, dim=0)
+        mixed = soft_labels(*cfg.between, weights.float(), cfg_model.num_classes).to(device)
+        labels = mixed.repeat(rows, 1)
+    else:
+        noise = torch.cat([slerp(start[r].double(), end[r].double(), weights).float() for r in range(rows)])
+        labels = (labels[:rows] if labels is not None and len(labels) >= rows else every_digit(rows,
+                  cfg_model.num_classes, device))
+        labels = labels.repeat_interleave(n) if labels is not None else None
+    denoise = make_denoiser(model, diffusion.num_timesteps, labels, sampling.guidance, sampling.guidance_interval, amp)
+    final, _ = sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, 0.0)
+    out = Path(cfg.output_dir)
+    save_grid(final, out / "interpolation.png", nrow=n)
+    save_gif([final[i::n].cpu() for i in range(n)], out / "interpolation.gif", nrow=rows)
+    print(f"wrote {out / 'interpolation.png'} and {out / 'interpolation.gif'} ({rows} rows of {n} frames, eta 0)",
+          file=sys.stderr)
+    return final
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Train a DDPM on MNIST.
+"""Train a DDPM on MNIST (or Fashion-MNIST, KMNIST, CIFAR-10, or a folder of your own images).
 
     python train.py                                              # defaults; writes checkpoints/ddpm_checkpoint
+    python train.py --dataset folder --data_dir my_images --checkpoint_path checkpoints/mine
     python train.py --checkpoint_path checkpoints/ddpm_checkpoint  # resumes that run exactly
     torchrun --nproc_per_node=4 train.py                         # DistributedDataParallel
 
@@ -26,13 +27,15 @@ from tqdm import tqdm
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.samplers import generate
 from models.classifier import load_classifier
+from models.load import SHIPPED_MODEL
 from models.unet import UNet, count_parameters
 from utils import distributed
 from utils.checkpoint import (config_mismatch, load_checkpoint, main_path, restore_training, save_checkpoint,
                               training_state)
-from utils.config import (GPU_PRESET, DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig, add_arguments, from_args,
-                          typed_flags)
-from utils.data import load_mnist, to_model_range
+from utils.config import (DATASET_MODEL, GPU_PRESET, DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig,
+                          add_arguments, from_args, typed_flags)
+from utils.data import to_model_range
+from utils.datasets import load_dataset
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
 from utils.metrics import class_statistics, classify, fid_kid
@@ -72,7 +75,12 @@ def resolve_configs(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     typed = typed_flags(parser, sys.argv[1:] if argv is None else list(map(str, argv)))
-    train_cfg, model_cfg, diffusion_cfg = (from_args(cls, args) for cls in (TrainConfig, ModelConfig, DiffusionConfig))
+    train_cfg, diffusion_cfg = from_args(TrainConfig, args), from_args(DiffusionConfig, args)
+    smallest = (args.image_size // 2 ** (len(args.channel_mults) - 1),)  # attention there unless typed
+    model_cfg = from_args(ModelConfig, args, **({} if "attention_resolutions" in typed else
+                                                {"attention_resolutions": smallest}))
+    if Path(train_cfg.checkpoint_path).resolve() == SHIPPED_MODEL.resolve():
+        raise UserError(f"{SHIPPED_MODEL} is the shipped model; train into another --checkpoint_path")
     if not (Path(train_cfg.checkpoint_path).exists() or train_cfg.checkpoint_path == "latest"):
         return train_cfg, model_cfg, diffusion_cfg, None, typed
 
@@ -89,6 +97,27 @@ def resolve_configs(argv):
         changes["total_steps"] = 0  # a new length for the run: from the typed --epochs or --minutes
     train_cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
     return train_cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**ckpt["diffusion_config"]), ckpt, typed
+
+
+def shaped_for(data, cfg, dataset, typed):
+    """The U-Net of a fresh run shaped by its data: the images' size and channels, one label per
+    class (0 = unconditional, for unlabelled images), attention at the smallest feature map, and
+    the data set's own defaults (DATASET_MODEL), each unless typed."""
+    _, channels, size, _ = data.images.shape
+    for name, value in (("image_size", size), ("in_channels", channels)):
+        if name in typed and getattr(cfg, name) != value:  # only a folder is resized or converted
+            raise UserError(f"--{name} {getattr(cfg, name)}: the {dataset} images have {value}")
+    fields = {**DATASET_MODEL.get(dataset, {}), "num_classes": len(data.classes)}
+    fields = {k: v for k, v in fields.items() if k not in typed}
+    if data.labels is None and "num_classes" in typed and cfg.num_classes:
+        raise UserError(f"--num_classes {cfg.num_classes}: the images in {dataset} have no labels (put each class "
+                        "in a sub-folder named after it)")
+    if data.labels is not None and 0 < cfg.num_classes < len(data.classes) and "num_classes" in typed:
+        raise UserError(f"--num_classes {cfg.num_classes} is fewer than the {len(data.classes)} classes of the data")
+    levels = len(fields.get("channel_mults", cfg.channel_mults))
+    if "attention_resolutions" not in typed:
+        fields["attention_resolutions"] = (size // 2 ** (levels - 1),)
+    return dataclasses.replace(cfg, image_size=size, in_channels=channels, **fields)
 
 
 def with_gpu_preset(cfg, typed, is_main):
@@ -125,8 +154,17 @@ def main(argv=None, make_model=UNet):
     out_dir = Path(train_cfg.output_dir)
     if is_main:
         check_writable(out_dir, Path(train_cfg.checkpoint_path).parent)
-    images, labels = (tensor.to(device) for tensor in load_mnist(train_cfg.data_dir, train=True))
-    batches = Batches(images, labels, train_cfg, rank, world_size, diffusion_cfg.num_timesteps, model_cfg.num_classes)
+    given = typed if ckpt is None else {"image_size", "in_channels"}  # else taken from the images
+    data = load_dataset(train_cfg.dataset, train_cfg.data_dir, train=True,
+                        image_size=model_cfg.image_size if "image_size" in given else 0,
+                        channels=model_cfg.in_channels if "in_channels" in given else 0)
+    model_cfg = shaped_for(data, model_cfg, train_cfg.dataset, typed) if ckpt is None else model_cfg
+    if tuple(data.images.shape[1:]) != (model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size):
+        raise UserError(f"the {train_cfg.dataset} images are {tuple(data.images.shape[1:])} (C, H, W); the "
+                        f"checkpoint's U-Net takes {(model_cfg.in_channels, model_cfg.image_size, model_cfg.image_size)}")
+    labels = data.labels.to(device) if data.labels is not None else None
+    batches = Batches(data.images.to(device), labels, train_cfg, rank, world_size, diffusion_cfg.num_timesteps,
+                      model_cfg.num_classes)
 
     model = make_model(model_cfg).to(device)
     diffusion = GaussianDiffusion(diffusion_cfg, device)
@@ -157,7 +195,8 @@ def main(argv=None, make_model=UNet):
     def save(step, bad_steps):
         if is_main:
             write(training_state((model_cfg, diffusion_cfg, train_cfg), model, ema.module, optimizer, scheduler,
-                                 scaler, step, step // batches.steps_per_epoch, bad_steps, device), train_cfg)
+                                 scaler, step, step // batches.steps_per_epoch, bad_steps, device, data.classes),
+                  train_cfg)
 
     if is_main:
         print(f"device {device} | precision {amp_dtype or torch.float32} | processes {world_size} | "
@@ -168,7 +207,7 @@ def main(argv=None, make_model=UNet):
             print(f"{train_cfg.checkpoint_path} is at step {step} already; raise --total_steps or --max_steps "
                   "to train further", file=sys.stderr)
     log = Log(out_dir / "train_log.csv", train_cfg, end_step, step, fresh=ckpt is None, start=start, enabled=is_main)
-    quick_fid = QuickFid(device, train_cfg.data_dir) if is_main and train_cfg.eval_every else None
+    quick_fid = QuickFid(device, train_cfg, model_cfg) if is_main and train_cfg.eval_every else None
 
     # ---- training loop ---------------------------------------------------------------------------
     # The step's results stay on the device (no sync per step); they are read back every --log_every
@@ -262,7 +301,8 @@ class Batches:
             generator = torch.Generator().manual_seed(data_order_seed(cfg.seed, epoch, cfg.seed_scheme))
             self.epoch, self.order = epoch, torch.randperm(len(self.images), generator=generator).to(device)
         batch = self.order[index * cfg.batch_size:][:cfg.batch_size][self.part]
-        x0, y = to_model_range(self.images[batch]), self.labels[batch]
+        x0 = to_model_range(self.images[batch])
+        y = self.labels[batch] if self.labels is not None else None
 
         # noise, timesteps and label dropout for the whole global batch; keep this rank's part
         self.noise_gen.manual_seed(step_noise_seed(cfg.seed, step, cfg.seed_scheme))
@@ -363,10 +403,14 @@ class QuickFid:
     """--eval_every: the FID and confident share of a few samples (default sampling, fixed noise),
     appended to eval_log.csv. The classifier and the test-set features are loaded once."""
 
-    def __init__(self, device, data_dir):
-        self.device, self.classifier = device, load_classifier(device)
-        test_images, _ = load_mnist(data_dir, train=False)
-        self.real, _ = classify(self.classifier, to_model_range(test_images), device)
+    def __init__(self, device, cfg, model_cfg):
+        self.device, self.classifier = device, load_classifier(device, cfg.dataset)
+        if self.classifier is None:
+            raise UserError(f"--eval_every needs a classifier of {cfg.dataset}: run python train_classifier.py "
+                            f"--dataset {cfg.dataset}")
+        test = load_dataset(cfg.dataset, cfg.data_dir, train=False, image_size=model_cfg.image_size,
+                            channels=model_cfg.in_channels)
+        self.real, _ = classify(self.classifier, to_model_range(test.images), device)
 
     def log(self, model, diffusion, amp, step, num, path):
         begin = time.perf_counter()

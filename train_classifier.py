@@ -1,22 +1,27 @@
-"""Train the MNIST classifier whose features the quality metrics use (models/classifier.py).
+"""Train the classifier whose features the quality metrics use (models/classifier.py).
 
-    python train_classifier.py            # about 5 minutes on a 2-core CPU; writes models/weights/
+    python train_classifier.py                          # MNIST: about 5 minutes on a 2-core CPU; models/weights/
+    python train_classifier.py --dataset fashion_mnist  # writes checkpoints/classifier_fashion_mnist.pt
+    python train_classifier.py --dataset folder --data_dir my_images   # labels from the sub-folders
 
-Deterministic given --seed on a given machine. Prints the test accuracy and the SHA-256 to record
-in models/classifier.py.
+Deterministic given --seed on a given machine. Prints the test accuracy (a folder: on a held-out
+tenth of its images) and the file's SHA-256 (MNIST's is recorded in models/classifier.py).
 """
 import argparse
 import math
 import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from models.classifier import WEIGHTS, MnistClassifier
-from utils.data import file_digest, load_mnist, to_model_range
+from models.classifier import Classifier, classifier_path
+from utils.data import file_digest, to_model_range
+from utils.config import DATASETS
+from utils.datasets import load_dataset
 from utils.device import select_device, set_cpu_threads
-from utils.errors import exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
 from utils.metrics import classify
 
 
@@ -37,24 +42,37 @@ def accuracy(model, images, labels, device):
     return (probs.argmax(dim=1) == labels).double().mean().item()
 
 
-def main():
+def splits(dataset, data_dir):
+    """(train images, labels, test images, labels, the training Data); a folder holds out every tenth image."""
+    data = load_dataset(dataset, data_dir, train=True)
+    if data.labels is None:
+        raise UserError(f"{data_dir} has no labels: put each class's images in a sub-folder named after it")
+    if dataset == "folder":
+        test = torch.arange(len(data.images)) % 10 == 9
+        return data.images[~test], data.labels[~test], data.images[test], data.labels[test], data
+    test_data = load_dataset(dataset, data_dir, train=False)
+    return data.images, data.labels, test_data.images, test_data.labels, data
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", default="mnist", choices=DATASETS)
     parser.add_argument("--data_dir", default="data")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--batch_size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default=str(WEIGHTS))
-    args = parser.parse_args()
+    parser.add_argument("--out", default="", help="default: models/weights/ for MNIST, else "
+                        "checkpoints/classifier_<dataset>.pt, where evaluate.py looks")
+    args = parser.parse_args(argv)
     device = select_device(args.device)
     set_cpu_threads()
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
-    train_x, train_y = load_mnist(args.data_dir, train=True)
-    test_x, test_y = load_mnist(args.data_dir, train=False)
+    train_x, train_y, test_x, test_y, data = splits(args.dataset, args.data_dir)
 
-    model = MnistClassifier().to(device)
+    model = Classifier(data.images.shape[1], len(data.classes)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch)
@@ -73,8 +91,12 @@ def main():
 
     acc = accuracy(model, test_x, test_y, device)
     state = {k: v.cpu() for k, v in model.state_dict().items()}
-    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state, "test_accuracy": acc, "seed": args.seed, "epochs": args.epochs}, args.out)
+    out = Path(args.out or classifier_path(args.dataset))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state, "test_accuracy": acc, "seed": args.seed, "epochs": args.epochs,
+                "dataset": args.dataset, "in_channels": data.images.shape[1], "num_classes": len(data.classes),
+                "classes": list(data.classes)}, out)
+    args.out = out
     digest = file_digest(args.out, "sha256")
     print(f"test accuracy {acc:.4f}; wrote {args.out}; sha256 {digest}")
 

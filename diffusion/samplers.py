@@ -146,6 +146,8 @@ def make_denoiser(model, num_timesteps, labels=None, guidance=0.0, interval=(0.0
             if labels is None or guidance == 0 or not interval[0] <= t / num_timesteps <= interval[1]:
                 return model(x, t_batch, labels).float()
             null = torch.full_like(labels, num_classes)  # the label index the U-Net reserves for "none"
+            if labels.is_floating_point():  # mixed labels (interpolation): the null label's weights
+                null = torch.nn.functional.one_hot(torch.full((len(labels),), num_classes), num_classes + 1).to(labels)
             out = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([labels, null])).float()
         cond, uncond = out.chunk(2)
         return cond + guidance * (cond - uncond)

@@ -67,12 +67,13 @@ class UNet(nn.Module):
         self.out_conv = zero_init(nn.Conv2d(in_ch, config.in_channels, 3, padding=1))
 
     def forward(self, x, t, y=None):
-        """x: (B, C, H, W) noisy images, t: (B,) integer timesteps, y: (B,) labels or None."""
+        """x: (B, C, H, W) noisy images, t: (B,) timesteps, y: (B,) labels, None (the null label), or
+        (B, num_classes + 1) weights that mix the label embeddings (diffusion/interpolation.py)."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         if self.config.num_classes > 0:
             if y is None:
-                y = torch.full_like(t, self.config.num_classes)  # null label: unconditional
-            emb = emb + self.label_emb(y)
+                y = torch.full((len(x),), self.config.num_classes, device=x.device)  # null label: unconditional
+            emb = emb + (y.to(emb.dtype) @ self.label_emb.weight if y.is_floating_point() else self.label_emb(y))
 
         h = self.input_conv(x)
         skips = [h]

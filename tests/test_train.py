@@ -102,13 +102,14 @@ def test_num_classes_0_trains_the_unconditional_model(tmp_path, mnist_dir, capsy
 
 def test_class_conditional_sampling_draws_every_digit_in_turn():
     conditional, unconditional = ModelConfig(), ModelConfig(num_classes=0)
-    labels, per_row = inference.labels_for(InferenceConfig(num_samples=23), conditional, torch.device("cpu"))
+    digits, cpu = tuple("0123456789"), torch.device("cpu")
+    labels, per_row = inference.labels_for(InferenceConfig(num_samples=23), conditional, cpu, digits)
     assert per_row == 10 and labels.tolist() == [i % 10 for i in range(23)]
-    labels, per_row = inference.labels_for(InferenceConfig(num_samples=20, digit="all"), conditional, torch.device("cpu"))
+    labels, per_row = inference.labels_for(InferenceConfig(num_samples=20, digit="all"), conditional, cpu, digits)
     assert per_row == 2 and labels.tolist() == [d for d in range(10) for _ in range(2)]
-    labels, _ = inference.labels_for(InferenceConfig(num_samples=3, digit="7"), conditional, torch.device("cpu"))
+    labels, _ = inference.labels_for(InferenceConfig(num_samples=3, digit="7"), conditional, cpu, digits)
     assert labels.tolist() == [7, 7, 7]
-    assert inference.labels_for(InferenceConfig(), unconditional, torch.device("cpu")) == (None, 8)
+    assert inference.labels_for(InferenceConfig(), unconditional, cpu, ()) == (None, 8)
 
 
 def test_same_seed_same_samples_other_seed_other_samples(tmp_path, mnist_dir):

@@ -29,9 +29,11 @@ STEP_SUFFIX = re.compile(r"^(?P<base>.+)_step(?P<step>\d+)$")
 
 # ---- contents ------------------------------------------------------------------------------
 
-def training_state(configs, model, ema_model, optimizer, scheduler, scaler, step, epoch, bad_steps, device):
+def training_state(configs, model, ema_model, optimizer, scheduler, scaler, step, epoch, bad_steps, device,
+                   classes=()):
     """Everything a run needs to continue exactly: `configs` holds the model, diffusion and train
-    config dataclasses; `model` and `ema_model` are the plain modules (not compiled, not DDP)."""
+    config dataclasses; `model` and `ema_model` are the plain modules (not compiled, not DDP);
+    `classes` names the labels, for figures."""
     model_cfg, diffusion_cfg, train_cfg = configs
     return {
         "format_version": FORMAT_VERSION,
@@ -46,6 +48,7 @@ def training_state(configs, model, ema_model, optimizer, scheduler, scaler, step
         "step": step,
         "epoch": epoch,
         "bad_steps": bad_steps,
+        "classes": list(classes),
         "rng": {"torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
     }

@@ -104,6 +104,12 @@ class DiffusionConfig:
             raise UserError("need beta_start <= beta_end")
 
 
+DEFAULT_CHECKPOINT = "checkpoints/ddpm_checkpoint"
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10", "folder")  # utils/datasets.py loads them
+# The U-Net settings of a data set whose images need another shape than MNIST's, for each not typed
+# (chosen from common practice for 32x32 colour images, not measured: no CIFAR-10 here).
+DATASET_MODEL = {"cifar10": {"base_channels": 32, "channel_mults": (1, 2, 2)}}
+
 # A fresh training run on a CUDA device takes these for each setting not typed: the batch that keeps
 # a GPU busy, its LR, and a budget in which it reaches the quality of the CPU default run and more
 # (measured on one H100: docs/RESULTS.md, "The GPU preset").
@@ -112,9 +118,13 @@ GPU_PRESET = {"batch_size": 1024, "lr": 4e-3, "minutes": 1.0}
 
 @dataclass
 class TrainConfig:
-    data_dir: str = option("data", "where MNIST is stored (downloaded there if missing)")
+    dataset: str = option("mnist", "what to learn: mnist, fashion_mnist, kmnist, cifar10 (torchvision's; "
+                          "downloaded into --data_dir), or folder: your own images in --data_dir, labelled by "
+                          "sub-folder; the U-Net takes the images' size and channels", choices=DATASETS)
+    data_dir: str = option("data", "where the data set is stored (downloaded there if missing); for --dataset "
+                           "folder, the folder of images")
     output_dir: str = option("outputs", "sample grids, logs and the loss curve go here")
-    checkpoint_path: str = option("checkpoints/ddpm_checkpoint",
+    checkpoint_path: str = option(DEFAULT_CHECKPOINT,
                                   "checkpoint file; if it exists training resumes from it ('latest' or a folder: newest valid one)")
     minutes: float = option(17.0, "wall-clock budget of this run: the speed of the first steps fixes the number of "
                             "steps (printed, and saved as total_steps) so that training ends on time with the LR "
@@ -192,10 +202,11 @@ class SamplingConfig:
 
 @dataclass
 class InferenceConfig:
-    checkpoint_path: str = option("checkpoints/ddpm_checkpoint", "checkpoint file, a folder, or 'latest' (newest valid one)")
+    checkpoint_path: str = option(DEFAULT_CHECKPOINT, "checkpoint file, a folder, or 'latest' (newest valid one); "
+                                  "with nothing at the default path, the shipped MNIST model")
     num_samples: int = option(64, "digits in the final grid", bounds="[1, inf)")
-    digit: str = option("", "class-conditional checkpoints: a digit 0-9, 'all' for one row per digit, or empty "
-                        "for every digit in turn, one per column")
+    digit: str = option("", "class-conditional checkpoints: a class (a digit 0-9, or its index or name for other "
+                        "data), 'all' for one row per class, or empty for every class in turn, one per column")
     device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device like cpu or cuda:1")
     precision: str = option("auto", "autocast precision for the network", choices=("auto", "fp32", "bf16", "fp16"))
     use_ema: bool = option(True, "sample with the EMA weights (else the raw weights)")
@@ -207,22 +218,61 @@ class InferenceConfig:
     no_show: bool = option(False, "only save the figures, never open a window (automatic when headless)")
     gif: str = option("", "also write an animated GIF of the denoising to this path")
     gif_every: int = option(0, "one GIF frame every this many steps (0 = about 50 frames)", bounds="[0, inf)")
+    inpaint: str = option("", "complete images: the region to fill in, left, right, top, bottom (halves) or center, "
+                          "or a PNG mask (white = keep, black = fill in); of test images, or of --image")
+    image: str = option("", "with --inpaint: the image (PNG, JPEG, ...) to complete, instead of test images")
+    resample: int = option(1, "with --inpaint --sampler ddpm: RePaint's resamplings per step (Lugmayr et al. 2022 "
+                           "use 10); the other samplers replace the known region once per step", bounds="[1, inf)")
+    interpolate: int = option(0, "frames of an interpolation between two starting noises (spherical), decoded with "
+                              "eta 0; 0 = off", bounds="[0, inf)")
+    between: tuple = option((), "with --interpolate: two classes (indices) to morph between at a fixed noise, "
+                            "e.g. 3 8", bounds="[0, inf)")
+    data_dir: str = option("", "where the test images for --inpaint are (default: the checkpoint's --data_dir)")
 
     def __post_init__(self):
         check_fields(self)
-        if self.digit not in ("", "all") and self.digit not in [str(d) for d in range(10)]:
-            raise UserError(f"--digit must be 0-9 or 'all', got {self.digit!r}")
+        if self.inpaint and self.interpolate:
+            raise UserError("--inpaint and --interpolate are separate runs; give one")
+        if self.interpolate == 1:
+            raise UserError("--interpolate needs at least 2 frames")
+        if self.between and (len(self.between) != 2 or not self.interpolate):
+            raise UserError("--between takes two classes, with --interpolate N")
+
+
+
+@dataclass
+class LikelihoodConfig:
+    checkpoint_path: str = option(DEFAULT_CHECKPOINT, "checkpoint (file, folder or 'latest'); with nothing at the "
+                                  "default path, the shipped MNIST model")
+    method: str = option("both", "bound (the variational bound), ode (the probability-flow ODE) or both",
+                         choices=("both", "bound", "ode"))
+    num_images: int = option(100, "test images for the bound (each costs T network evaluations)", bounds="[1, inf)")
+    ode_images: int = option(16, "test images for the ODE (each costs one forward and backward pass per solver "
+                             "evaluation)", bounds="[1, inf)")
+    rtol: float = option(1e-5, "relative tolerance of the ODE solver (RK45)", bounds="(0, 1)")
+    atol: float = option(1e-5, "absolute tolerance of the ODE solver (RK45)", bounds="(0, 1)")
+    batch_size: int = option(500, "network evaluations per batch for the bound", bounds="[1, inf)")
+    seed: int = option(0, "seed of the test-image choice, the noise of the bound and the ODE's probes and "
+                       "dequantisation", bounds="[0, inf)")
+    device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device")
+    data_dir: str = option("", "where the data set is stored (default: the checkpoint's --data_dir, else data)")
+    out: str = option("", "JSON file for the results (default: next to the checkpoint)")
 
 
 @dataclass
 class EvalConfig:
-    checkpoint_path: str = option("checkpoints/ddpm_checkpoint", "checkpoint to evaluate (file, folder or 'latest')")
+    checkpoint_path: str = option(DEFAULT_CHECKPOINT, "checkpoint to evaluate (file, folder or 'latest'); with "
+                                  "nothing at the default path, the shipped MNIST model")
     real: bool = option(False, "evaluate 10k real training images instead of a checkpoint (the 'real data' floor)")
-    num_samples: int = option(10000, "samples to generate and compare with the 10k MNIST test images", bounds="[1, inf)")
+    num_samples: int = option(10000, "samples to generate and compare with the test images", bounds="[1, inf)")
     batch_size: int = option(0, "samples generated per batch (0 = 100 on the CPU, 1000 on a GPU)", bounds="[0, inf)")
     device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device")
     precision: str = option("auto", "autocast precision for the network", choices=("auto", "fp32", "bf16", "fp16"))
-    data_dir: str = option("data", "where MNIST is stored (downloaded there if missing)")
+    dataset: str = option("", "the data set to compare with (default: the checkpoint's; mnist for --real)",
+                          choices=("",) + DATASETS)
+    data_dir: str = option("", "where that data set is stored (default: the checkpoint's --data_dir, else data)")
+    classifier: str = option("", "the feature network (default: the data set's own, models/weights/ for MNIST, "
+                             "else checkpoints/classifier_<dataset>.pt from train_classifier.py)")
     out: str = option("", "JSON file for the results (default: next to the checkpoint, or outputs/ for --real)")
 
     def __post_init__(self):

@@ -178,5 +178,6 @@ def load_mnist(data_dir, train=True):
 
 
 def to_model_range(images_uint8):
-    """uint8 (B, 28, 28) -> float (B, 1, 28, 28) in [-1, 1]."""
-    return images_uint8.unsqueeze(1).float() / 127.5 - 1.0
+    """uint8 (B, C, H, W), or (B, H, W) for one channel -> float (B, C, H, W) in [-1, 1]."""
+    images = images_uint8.unsqueeze(1) if images_uint8.dim() == 3 else images_uint8
+    return images.float() / 127.5 - 1.0

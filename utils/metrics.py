@@ -28,7 +28,7 @@ class Precomputed(nn.Module):
 
 @torch.no_grad()
 def classify(classifier, images, device, batch_size=1000, desc="features"):
-    """(features (N, 128), softmax probabilities (N, 10)), both float64 on the CPU."""
+    """(features (N, 128), softmax probabilities (N, classes)), both float64 on the CPU."""
     features, probs = [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
         x = images[i:i + batch_size].to(device).float()
@@ -73,14 +73,14 @@ def precision_recall(real, fake, k=3):
 
 
 def class_statistics(probs, requested=None):
-    """Confident share, class histogram, KL(histogram || uniform), and accuracy on requested digits."""
-    predicted = probs.argmax(dim=1)
-    histogram = torch.bincount(predicted, minlength=10).double() / len(predicted)
+    """Confident share, class histogram, KL(histogram || uniform), and accuracy on requested classes."""
+    predicted, num_classes = probs.argmax(dim=1), probs.shape[1]
+    histogram = torch.bincount(predicted, minlength=num_classes).double() / len(predicted)
     nonzero = histogram[histogram > 0]
     stats = {
         "confident": (probs.max(dim=1).values > 0.9).double().mean().item(),
         "class_histogram": [round(p, 4) for p in histogram.tolist()],
-        "class_kl": (nonzero * (nonzero * 10).log()).sum().item(),
+        "class_kl": (nonzero * (nonzero * num_classes).log()).sum().item(),
     }
     if requested is not None:
         stats["digit_accuracy"] = (predicted == requested.cpu()).double().mean().item()
@@ -103,11 +103,14 @@ def memorisation(samples, train_images, reference=1000, seed=0):
 
 
 def evaluate_samples(samples, classifier, test_images, train_images, device, requested=None):
-    """Every metric for samples ([-1, 1]) against the MNIST test set (uint8); returns a flat dict."""
+    """Every metric for samples ([-1, 1]) against a test set (uint8); returns a flat dict. With no
+    classifier (None), only the metric that needs no features: memorisation."""
+    results = {"num_samples": len(samples), "memorisation": memorisation(samples, to_model_range(train_images))}
+    if classifier is None:
+        return results
     real_features, _ = classify(classifier, to_model_range(test_images), device, desc="test features")
     fake_features, probs = classify(classifier, samples, device, desc="sample features")
     fid, kid, kid_std = fid_kid(real_features, fake_features)
     precision, recall = precision_recall(real_features.float(), fake_features.float())
-    return {"num_samples": len(samples), "fid": fid, "kid": kid, "kid_std": kid_std,
-            "precision": precision, "recall": recall, **class_statistics(probs, requested),
-            "memorisation": memorisation(samples, to_model_range(train_images))}
+    return {**results, "fid": fid, "kid": kid, "kid_std": kid_std, "precision": precision, "recall": recall,
+            **class_statistics(probs, requested)}

@@ -33,10 +33,11 @@ def save_grid(images, path, nrow=8):
     torchvision.utils.save_image(to_unit(images), path, nrow=nrow, padding=2)
 
 
-def step_figure(steps, path, show=False, with_x0=True):
+def step_figure(steps, path, show=False, with_x0=True, row_names=None):
     """Denoising figure: rows = samples, columns = the chosen steps from t = T-1 down to t = 0.
 
-    Each sample gets a row of x_t and, with_x0, a second row of the model's predicted x0.
+    Each sample gets a row of x_t and, with_x0, a second row of the model's predicted x0;
+    row_names (the class of each sample) label the rows.
     """
     plt = pyplot(show)
     num_samples = steps[0].x.shape[0]
@@ -48,13 +49,15 @@ def step_figure(steps, path, show=False, with_x0=True):
         for i in range(num_samples):
             for kind, images in enumerate(pictures):
                 ax = axes[i * rows_per_sample + kind, col]
-                ax.imshow(images[i, 0], cmap="gray", vmin=0, vmax=1)
+                picture = images[i, 0] if images.shape[1] == 1 else images[i].permute(1, 2, 0)
+                ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0 and kind == 0:
                     ax.set_title("final" if step.t < 0 else f"t={step.t}", fontsize=8)
                 if col == 0:
-                    ax.set_ylabel("x_t" if kind == 0 else "pred x0", fontsize=7)
+                    name = f"{row_names[i]}: " if row_names and kind == 0 else ""
+                    ax.set_ylabel(name + ("x_t" if kind == 0 else "pred x0"), fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     if show:
