@@ -74,4 +74,6 @@ def test_interpolation_end_frames_are_the_plain_samples(tmp_path, between):
                                  (start if between else end, torch.tensor([8] * 4) if between else every_digit(4, 10), 3)):
         denoise = make_denoiser(model, diffusion.num_timesteps, labels, cfg.guidance, cfg.guidance_interval)
         plain, _ = sample(cfg.sampler, denoise, diffusion, noise, cfg.steps, 0.0)
-        assert torch.equal(frames[frame::4], plain)  # bit for bit (fp32 on the CPU)
+        # the same computation in another batch: bit for bit where the CPU kernels do not depend on the
+        # batch size (AVX-512 here); within 6e-6 under PyTorch capped at AVX2
+        torch.testing.assert_close(frames[frame::4], plain, rtol=0, atol=1e-4)
