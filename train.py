@@ -40,7 +40,7 @@ from utils.device import autocast, resolve_precision, sampling_batch_size, selec
 from utils.errors import UserError, exit_on_user_error
 from utils.metrics import class_statistics, classify, fid_kid
 from utils.plotting import loss_curve, save_grid
-from utils.train_step import GraphedStep, make_optimizer, nan_batch, one_step
+from utils.train_step import make_optimizer, make_step, nan_batch
 
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "bad_steps", "wall_s"]
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -147,7 +147,7 @@ def main(argv=None, make_model=UNet):
     set_cpu_threads()
     amp_dtype = resolve_precision(train_cfg.precision, device)
     graphed = train_cfg.cuda_graph and device.type == "cuda" and world_size == 1 and amp_dtype != torch.float16
-    amp = lambda: autocast(device, amp_dtype, cache=not graphed)  # noqa: E731  (the autocast context of this run)
+    amp = lambda: autocast(device, amp_dtype)  # noqa: E731  (the autocast context of grids and quick FID)
     if train_cfg.batch_size % world_size:
         raise UserError(f"--batch_size {train_cfg.batch_size} must be divisible by the {world_size} processes")
     torch.manual_seed(train_cfg.seed)
@@ -178,12 +178,8 @@ def main(argv=None, make_model=UNet):
     if world_size > 1:
         net = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def step_on(batch, ema_rate):
-        return one_step(net, model, ema.module, optimizer, scaler, diffusion, batch, amp, train_cfg.grad_clip, ema_rate)
-
-    ema_rate = torch.zeros((), device=device)
-    run_step = (GraphedStep(step_on, optimizer, batches.get(step)) if graphed
-                else lambda batch, rate: step_on(batch, ema_rate.fill_(rate)))
+    run_step = make_step(net, model, ema.module, optimizer, scaler, diffusion, amp_dtype, train_cfg.grad_clip,
+                         batches.get(step), graphed)
 
     def train_step(step, batch=None):  # the EMA rate 1 - decay follows timm's EMA warmup
         return run_step(batches.get(step) if batch is None else batch, 1 - ema.get_decay(step + 1))

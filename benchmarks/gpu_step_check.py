@@ -16,8 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from diffusion.gaussian import GaussianDiffusion  # noqa: E402
 from models.unet import UNet  # noqa: E402
 from utils.config import DiffusionConfig, ModelConfig, TrainConfig  # noqa: E402
-from utils.device import autocast  # noqa: E402
-from utils.train_step import GraphedStep, make_optimizer, nan_batch, one_step  # noqa: E402
+from utils.train_step import make_optimizer, make_step, nan_batch  # noqa: E402
 
 
 def batches(n, size, device):
@@ -36,13 +35,7 @@ def train(data, graph, device, dtype=torch.bfloat16):
     optimizer = make_optimizer(model, TrainConfig(), device, capturable=graph)
     scaler = torch.amp.GradScaler("cuda", enabled=False)
     diffusion = GaussianDiffusion(DiffusionConfig(), device)
-    rate = torch.zeros((), device=device)
-
-    def step_on(batch, ema_rate):
-        return one_step(model, model, ema, optimizer, scaler, diffusion, batch,
-                        lambda: autocast(device, dtype, cache=not graph), 1.0, ema_rate)
-
-    step = GraphedStep(step_on, optimizer, data[0]) if graph else lambda b, r: step_on(b, rate.fill_(r))
+    step = make_step(model, model, ema, optimizer, scaler, diffusion, dtype, 1.0, data[0], graph)
     for batch in data:
         step(batch, 0.01)
     torch.cuda.synchronize()

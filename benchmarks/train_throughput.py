@@ -21,13 +21,13 @@ from common import Peer, matmul_peak, median, timed
 from diffusion.gaussian import GaussianDiffusion
 from models.unet import UNet, count_parameters
 from utils.config import DiffusionConfig, ModelConfig, TrainConfig
-from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
-from utils.train_step import GraphedStep, make_optimizer, one_step
+from utils.device import resolve_precision, select_device, set_cpu_threads
+from utils.train_step import make_optimizer, make_step
 
 WIDE = dict(base_channels=32, channel_mults=(1, 2, 2))
 
 
-def make_step(model, diffusion, batch, device, dtype, graph=False):
+def benchmark_step(model, diffusion, batch, device, dtype, graph=False):
     """train.py's step (utils/train_step.py) on random images: eager, or replayed as a CUDA graph."""
     plain = getattr(model, "_orig_mod", model)  # the EMA copies the uncompiled module
     optimizer = make_optimizer(plain, TrainConfig(), device, capturable=graph)
@@ -35,19 +35,12 @@ def make_step(model, diffusion, batch, device, dtype, graph=False):
     scaler = torch.amp.GradScaler(device.type, enabled=False)
     x0 = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
     y = torch.randint(0, 10, (batch,), device=device)
-    rate = torch.full((), 1e-3, device=device)
 
     def draw():
         return x0, y, torch.randn_like(x0), torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
 
-    def step_on(batch, ema_rate):
-        return one_step(model, plain, ema, optimizer, scaler, diffusion, batch,
-                        lambda: autocast(device, dtype, cache=not graph), 1.0, ema_rate)
-
-    if graph:
-        graphed = GraphedStep(step_on, optimizer, draw())
-        return lambda: graphed(draw(), 1e-3)
-    return lambda: step_on(draw(), rate)
+    step = make_step(model, plain, ema, optimizer, scaler, diffusion, dtype, 1.0, draw(), graph)
+    return lambda: step(draw(), 1e-3)
 
 
 def step_flops(model, device, batch):
@@ -87,9 +80,9 @@ def main():
     for name, model in models.items():
         for dtype in dict.fromkeys([best] if args.no_fp32 else [None, best]):
             precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
-            variants[(name, precision, "eager")] = make_step(model, diffusion, args.batch_size, device, dtype)
+            variants[(name, precision, "eager")] = benchmark_step(model, diffusion, args.batch_size, device, dtype)
             if device.type == "cuda" and dtype != torch.float16:  # the step as one CUDA graph (train.py's default)
-                variants[(name, precision, "graph")] = make_step(model, diffusion, args.batch_size, device, dtype, True)
+                variants[(name, precision, "graph")] = benchmark_step(model, diffusion, args.batch_size, device, dtype, True)
     for step in variants.values():  # warm-up
         step()
         step()

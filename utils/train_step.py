@@ -41,6 +41,24 @@ def one_step(net, model, ema_model, optimizer, scaler, diffusion, batch, amp, gr
     return loss.detach(), grad_norm, finite
 
 
+def make_step(net, model, ema_model, optimizer, scaler, diffusion, amp_dtype, grad_clip, example_batch, graphed):
+    """step(batch, ema_rate) -> (loss, gradient norm, finite) for a float ema_rate = 1 - decay: the
+    eager `one_step`, or with `graphed` the same step replayed as a CUDA graph (which needs the
+    autocast cache off and an optimizer made with capturable=True)."""
+    device = example_batch[0].device
+
+    def amp():
+        return autocast(device, amp_dtype, cache=not graphed)
+
+    def step_on(batch, ema_rate):
+        return one_step(net, model, ema_model, optimizer, scaler, diffusion, batch, amp, grad_clip, ema_rate)
+
+    if graphed:
+        return GraphedStep(step_on, optimizer, example_batch)
+    rate = torch.zeros((), device=device)
+    return lambda batch, ema_rate: step_on(batch, rate.fill_(ema_rate))
+
+
 @torch.no_grad()
 def update_ema(ema_model, model, rate):
     """ema <- ema + rate * (model - ema), for every parameter at once; `rate` may be a device tensor."""
