@@ -23,7 +23,7 @@ from models.load import checkpoint_or_shipped, load_model, results_path
 from models.unet import UNet
 from utils.config import EvalConfig, SamplingConfig, add_arguments, from_args
 from utils.data import to_model_range
-from utils.datasets import load_dataset
+from utils.datasets import checkpoint_data
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
 from utils.metrics import evaluate_samples
@@ -58,13 +58,8 @@ def main(argv=None, make_model=UNet):
     device = select_device(cfg.device)
     set_cpu_threads()
     ckpt, path = (None, None) if cfg.real else checkpoint_or_shipped(cfg.checkpoint_path)
-    trained_on = ckpt.get("train_config", {}) if ckpt else {}
-    dataset = cfg.dataset or trained_on.get("dataset", "mnist")
-    data_dir = cfg.data_dir or trained_on.get("data_dir", "data")
-    shape = ckpt["model_config"] if ckpt else {}
-    size, channels = (shape["image_size"], shape["in_channels"]) if dataset == "folder" and ckpt else (0, 0)
-    train_images = load_dataset(dataset, data_dir, True, size, channels).images
-    test_images = load_dataset(dataset, data_dir, False, size, channels).images
+    dataset, train_data = checkpoint_data(ckpt, True, cfg.data_dir, cfg.dataset)
+    train_images, test_images = train_data.images, checkpoint_data(ckpt, False, cfg.data_dir, cfg.dataset)[1].images
     classifier = load_classifier(device, dataset, cfg.classifier)
     if classifier is None:
         print(f"no classifier of {dataset}: FID, KID, precision/recall and the class statistics need one "

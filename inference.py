@@ -24,7 +24,7 @@ from diffusion.samplers import every_digit, generate, make_denoiser, make_timest
 from models.load import checkpoint_or_shipped, class_names, load_model
 from utils.config import InferenceConfig, SamplingConfig, add_arguments, from_args
 from utils.data import to_model_range
-from utils.datasets import load_dataset, read_image
+from utils.datasets import checkpoint_data, read_image
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
 from utils.plotting import can_show, save_gif, save_grid, step_figure
@@ -131,10 +131,7 @@ def inpainting(cfg, sampling, ckpt, model, diffusion, labels, num, amp, keep):
     if cfg.image:
         images = read_image(cfg.image, size, channels)[None].repeat(num, 1, 1, 1)
     else:
-        trained_on = ckpt.get("train_config", {})
-        folder = trained_on.get("dataset") == "folder"
-        test = load_dataset(trained_on.get("dataset", "mnist"), cfg.data_dir or trained_on.get("data_dir", "data"),
-                            False, size if folder else 0, channels if folder else 0).images
+        test = checkpoint_data(ckpt, False, cfg.data_dir)[1].images
         images = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(sampling.seed))[:num]]
     known = to_model_range(images).to(device)
     if cfg.inpaint in MASKS:
@@ -156,24 +153,21 @@ def interpolation(cfg, sampling, model, diffusion, labels, amp, rows=4):
     """--interpolate N: `rows` rows of N frames, decoded at eta 0 with the same noise and labels
     per frame: between two noises (spherically), or with --between A B between two classes at one
     noise. Writes interpolation.png and interpolation.gif."""
-    n, device, cfg_model = cfg.interpolate, diffusion.betas.device, model.config
+    n, device, net = cfg.interpolate, diffusion.betas.device, model.config
     weights = torch.linspace(0, 1, n, dtype=torch.float64)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    shape = (rows, cfg_model.in_channels, cfg_model.image_size, cfg_model.image_size)
-    start, end = torch.randn(shape, generator=generator, device=device), torch.randn(shape, generator=generator,
-                                                                                       device=device)
+    shape = (rows, net.in_channels, net.image_size, net.image_size)
+    start, end = (torch.randn(shape, generator=generator, device=device) for _ in range(2))
     if cfg.between:
-        if not cfg_model.num_classes or max(cfg.between) >= cfg_model.num_classes:
-            raise UserError(f"--between {' '.join(map(str, cfg.between))}: the checkpoint has "
-                            f"{cfg_model.num_classes} classes")
+        if not net.num_classes or max(cfg.between) >= net.num_classes:
+            raise UserError(f"--between {' '.join(map(str, cfg.between))}: the checkpoint has {net.num_classes} classes")
         noise = start.repeat_interleave(n, dim=0)
-        mixed = soft_labels(*cfg.between, weights.float(), cfg_model.num_classes).to(device)
-        labels = mixed.repeat(rows, 1)
+        labels = soft_labels(*cfg.between, weights.float(), net.num_classes).to(device).repeat(rows, 1)
     else:
         noise = torch.cat([slerp(start[r].double(), end[r].double(), weights).float() for r in range(rows)])
-        labels = (labels[:rows] if labels is not None and len(labels) >= rows else every_digit(rows,
-                  cfg_model.num_classes, device))
-        labels = labels.repeat_interleave(n) if labels is not None else None
+        if labels is None or len(labels) < rows:  # one class per row: --digit's, or every class in turn
+            labels = every_digit(rows, net.num_classes, device)
+        labels = labels[:rows].repeat_interleave(n) if labels is not None else None
     denoise = make_denoiser(model, diffusion.num_timesteps, labels, sampling.guidance, sampling.guidance_interval, amp)
     final, _ = sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, 0.0)
     out = Path(cfg.output_dir)

@@ -22,7 +22,7 @@ from diffusion.likelihood import bound_terms, ode_log_likelihood
 from models.load import checkpoint_or_shipped, load_model, results_path
 from utils.config import LikelihoodConfig, add_arguments, from_args
 from utils.data import to_model_range
-from utils.datasets import load_dataset
+from utils.datasets import checkpoint_data
 from utils.device import select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
 
@@ -64,10 +64,7 @@ def main(argv=None):
     set_cpu_threads()
     ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
     model, diffusion = load_model(ckpt, path, True, device)
-    trained_on = ckpt.get("train_config", {})
-    dataset, data_dir = trained_on.get("dataset", "mnist"), cfg.data_dir or trained_on.get("data_dir", "data")
-    size, channels = model.config.image_size, model.config.in_channels
-    test = load_dataset(dataset, data_dir, False, size if dataset == "folder" else 0, channels if dataset == "folder" else 0)
+    dataset, test = checkpoint_data(ckpt, False, cfg.data_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(test.images), generator=generator)
     dim = test.images[0].numel()

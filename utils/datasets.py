@@ -9,7 +9,6 @@
 torchvision checks what it downloads; when its mirrors are unreachable, the error names the files
 to fetch and where to put them.
 """
-import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +20,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from utils.config import DATASETS
-from utils.data import DOWNLOAD_TIMEOUT_S, load_mnist
+from utils.data import download_timeout, load_mnist
 from utils.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -61,6 +60,18 @@ def load_dataset(name, data_dir, train=True, image_size=0, channels=0):
     return Data(images.contiguous(), torch.as_tensor(np.asarray(dataset.targets)).long(), tuple(dataset.classes))
 
 
+def checkpoint_data(ckpt, train, data_dir="", dataset=""):
+    """(name, one split) of the data set a checkpoint dict was trained on, from its --data_dir; a
+    folder is read at the checkpoint's image size and channels. data_dir and dataset replace the
+    checkpoint's when given; with no checkpoint (None), MNIST in data/."""
+    saved = (ckpt or {}).get("train_config", {})
+    dataset = dataset or saved.get("dataset", "mnist")
+    shape = ckpt["model_config"] if ckpt and dataset == "folder" else {}
+    data = load_dataset(dataset, data_dir or saved.get("data_dir", "data"), train, shape.get("image_size", 0),
+                        shape.get("in_channels", 0))
+    return dataset, data
+
+
 def torchvision_dataset(name, data_dir, train):
     """torchvision's data set from files in its layout under data_dir, else from its download."""
     class_name, folder, files = TORCHVISION[name]
@@ -69,14 +80,11 @@ def torchvision_dataset(name, data_dir, train):
         return cls(data_dir, train=train, download=False)
     except RuntimeError:  # not there (or, for CIFAR-10, failing its MD5 check)
         pass
-    old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        return cls(data_dir, train=train, download=True)  # uses archives already there if they check out
+        with download_timeout():
+            return cls(data_dir, train=train, download=True)  # uses archives already there if they check out
     except Exception as err:  # unreachable mirrors, a broken archive: say what to do
         print(f"{name}: torchvision's download failed ({type(err).__name__}: {str(err)[:200]})", file=sys.stderr)
-    finally:
-        socket.setdefaulttimeout(old_timeout)
     raise UserError(f"could not get {name}: its download failed and {Path(data_dir) / folder} lacks it. "
                     f"Place {files} in {Path(data_dir) / folder}/")
 
