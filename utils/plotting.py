@@ -4,7 +4,6 @@ import os
 import sys
 
 import matplotlib
-import torch
 import torchvision
 
 
