@@ -49,18 +49,22 @@ def describe(bounds):
 
 @dataclass
 class ModelConfig:
-    image_size: int = option(28, "height and width of the (square) images", bounds="[1, inf)")
-    in_channels: int = option(1, "image channels (1 for MNIST)", bounds="[1, inf)")
-    base_channels: int = option(16, "channels of the first U-Net level (the 28x28 one)", bounds="[1, inf)")
+    image_size: int = option(28, "height and width of the (square) images; train.py takes the data set's own, and "
+                             "resizes a --dataset folder to the one typed", bounds="[1, inf)")
+    in_channels: int = option(1, "image channels; train.py takes the data set's own (a folder: 1 if all its "
+                              "images are grayscale, else 3, unless typed)", bounds="[1, inf)")
+    base_channels: int = option(16, "channels of the first, full-resolution U-Net level", bounds="[1, inf)")
     channel_mults: tuple = option((1, 2, 4), "channel multiplier per level; one downsample between levels",
                                   bounds="[1, inf)")
     num_res_blocks: int = option(1, "residual blocks per level on the way down", bounds="[1, inf)")
-    attention_resolutions: tuple = option((7,), "feature-map sizes that get self-attention", bounds="[1, inf)")
+    attention_resolutions: tuple = option((7,), "feature-map sizes that get self-attention (train.py, unless typed: "
+                                          "the smallest one, 7 for 28x28 images)", bounds="[1, inf)")
     num_heads: int = option(4, "attention heads", bounds="[1, inf)")
     dropout: float = option(0.0, "dropout inside residual blocks", bounds="[0, 1)")
     norm_groups: int = option(8, "GroupNorm groups; must divide every channel width", bounds="[1, inf)")
     num_classes: int = option(10, "class labels the model is told, with a label dropped for classifier-free "
-                              "guidance (Ho & Salimans 2022); 0 = the unconditional DDPM of Ho et al. 2020",
+                              "guidance (Ho & Salimans 2022); train.py, unless typed: the data set's classes (0 for "
+                              "unlabelled images); 0 = the unconditional DDPM of Ho et al. 2020",
                               bounds="[0, inf)")
 
     def __post_init__(self):
@@ -129,7 +133,7 @@ class TrainConfig:
     minutes: float = option(17.0, "wall-clock budget of this run: the speed of the first steps fixes the number of "
                             "steps (printed, and saved as total_steps) so that training ends on time with the LR "
                             "annealed; used unless --epochs or --total_steps is given", bounds="[0, inf)")
-    epochs: int = option(0, "train this many passes over the 60k images instead of a budget (0 = use --minutes)",
+    epochs: int = option(0, "train this many passes over the training images instead of a budget (0 = use --minutes)",
                          bounds="[0, inf)")
     total_steps: int = option(0, "train this many optimizer steps (0 = from --epochs or --minutes); a budgeted run "
                               "saves its own here, so a rerun with the printed value repeats it exactly", bounds="[0, inf)")
@@ -155,9 +159,11 @@ class TrainConfig:
                               GPU_PRESET.items()) + " for each of these not typed (--no-gpu_preset: the defaults above)")
     save_every: int = option(500, "write a checkpoint every this many steps (and at the end)", bounds="[1, inf)")
     keep_last: int = option(2, "step-numbered checkpoints kept next to the main one", bounds="[0, inf)")
-    log_every: int = option(50, "append step, loss and LR to the log every this many steps", bounds="[1, inf)")
+    log_every: int = option(50, "read the step's loss back and append step, loss and LR to the log every this many "
+                            "steps (the non-finite check runs then too)", bounds="[1, inf)")
     num_grid_samples: int = option(64, "samples in the grid drawn after each epoch (0 = none)", bounds="[0, inf)")
-    max_bad_steps: int = option(5, "stop after this many non-finite losses in a row", bounds="[1, inf)")
+    max_bad_steps: int = option(5, "stop after this many non-finite losses in a row (checked every --log_every steps)",
+                                bounds="[1, inf)")
     eval_every: int = option(0, "every this many steps, FID of --eval_samples samples (EMA, default sampling) -> "
                              "<output_dir>/eval_log.csv (0 = off)", bounds="[0, inf)")
     eval_samples: int = option(1000, "samples for the FID of --eval_every", bounds="[1, inf)")
@@ -182,7 +188,8 @@ class SamplingConfig:
     guidance_interval: tuple = option((0.25, 0.7), "guide only the steps with t / T in [LO, HI] (Kynkaanniemi et "
                                       "al. 2024); a guided step costs two network evaluations (0 1 = every step)",
                                       bounds="[0, 1]")
-    seed: int = option(0, "seed of the starting noise (same seed, same noise, same samples)", bounds="[0, inf)")
+    seed: int = option(0, "seed of the starting noise (same seed, same noise, same samples) and of --inpaint's "
+                       "choice of test images", bounds="[0, inf)")
 
     def __post_init__(self):
         self.guidance_interval = tuple(self.guidance_interval)
@@ -204,13 +211,15 @@ class SamplingConfig:
 class InferenceConfig:
     checkpoint_path: str = option(DEFAULT_CHECKPOINT, "checkpoint file, a folder, or 'latest' (newest valid one); "
                                   "with nothing at the default path, the shipped MNIST model")
-    num_samples: int = option(64, "digits in the final grid", bounds="[1, inf)")
+    num_samples: int = option(64, "digits in the final grid (with --inpaint: images to complete; --interpolate draws "
+                              "4 rows)", bounds="[1, inf)")
     digit: str = option("", "class-conditional checkpoints: a class (a digit 0-9, or its index or name for other "
                         "data), 'all' for one row per class, or empty for every class in turn, one per column")
     device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device like cpu or cuda:1")
     precision: str = option("auto", "autocast precision for the network", choices=("auto", "fp32", "bf16", "fp16"))
     use_ema: bool = option(True, "sample with the EMA weights (else the raw weights)")
-    output_dir: str = option("outputs", "where samples.png, denoising_steps.png (and the GIF) are written")
+    output_dir: str = option("outputs", "where samples.png, denoising_steps.png, inpainting.png or interpolation.png "
+                             "and .gif are written")
     figure_samples: int = option(6, "samples (rows) in the denoising-steps figure", bounds="[1, inf)")
     figure_steps: int = option(10, "timesteps (columns) in the denoising-steps figure, from T-1 down to 0",
                                bounds="[1, inf)")
@@ -227,7 +236,7 @@ class InferenceConfig:
                               "eta 0; 0 = off", bounds="[0, inf)")
     between: tuple = option((), "with --interpolate: two classes (indices) to morph between at a fixed noise, "
                             "e.g. 3 8", bounds="[0, inf)")
-    data_dir: str = option("", "where the test images for --inpaint are (default: the checkpoint's --data_dir)")
+    data_dir: str = option("", "where the test images for --inpaint are; empty = the checkpoint's --data_dir")
 
     def __post_init__(self):
         check_fields(self)
@@ -255,7 +264,8 @@ class LikelihoodConfig:
                        "dequantisation", bounds="[0, inf)")
     device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device")
     data_dir: str = option("", "where the data set is stored (default: the checkpoint's --data_dir, else data)")
-    out: str = option("", "JSON file for the results (default: next to the checkpoint)")
+    out: str = option("", "JSON file for the results (default: next to the checkpoint; outputs/ for the shipped "
+                      "model)")
 
 
 @dataclass
@@ -272,7 +282,8 @@ class EvalConfig:
     data_dir: str = option("", "where that data set is stored (default: the checkpoint's --data_dir, else data)")
     classifier: str = option("", "the feature network (default: the data set's own, models/weights/ for MNIST, "
                              "else checkpoints/classifier_<dataset>.pt from train_classifier.py)")
-    out: str = option("", "JSON file for the results (default: next to the checkpoint, or outputs/ for --real)")
+    out: str = option("", "JSON file for the results (default: next to the checkpoint; outputs/ for --real and "
+                      "the shipped model)")
 
     def __post_init__(self):
         check_fields(self)
