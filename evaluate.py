@@ -9,7 +9,6 @@ data set `python train_classifier.py --dataset X` makes one, and without it only
 need no features are reported (see models/classifier.py). Prints a small table and writes it as
 JSON next to the checkpoint.
 """
-import argparse
 import json
 import sys
 import time
@@ -17,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from diffusion.samplers import every_digit, generate
+from diffusion.pipeline import every_digit, generate
 from models.classifier import load_classifier
 from models.load import checkpoint_or_shipped, load_model, results_path
 from models.unet import UNet
-from utils.config import EvalConfig, SamplingConfig, add_arguments, from_args
+from utils.config import OUTPUT_DIR, EvalConfig, SamplingConfig, from_args, parse_flags
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
@@ -37,11 +36,7 @@ def print_table(name, results, file=sys.stdout):
     print(header, row, sep="\n", file=file)
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description="Measure the sample quality of a checkpoint.", allow_abbrev=False)
-    add_arguments(parser, EvalConfig)
-    add_arguments(parser, SamplingConfig)
-    return parser
+CONFIGS = (EvalConfig, SamplingConfig)
 
 
 def tag(sampling):
@@ -53,7 +48,7 @@ def tag(sampling):
 
 def main(argv=None, make_model=UNet):
     """Evaluate; `make_model(model_config)` builds the network (the benchmarks swap in a peer model)."""
-    args = build_parser().parse_args(argv)
+    args, _ = parse_flags("Measure the sample quality of a checkpoint.", CONFIGS, argv)
     cfg, sampling = from_args(EvalConfig, args), from_args(SamplingConfig, args)
     device = select_device(cfg.device)
     set_cpu_threads()
@@ -71,13 +66,14 @@ def main(argv=None, make_model=UNet):
         generator = torch.Generator().manual_seed(sampling.seed)
         picks = torch.randperm(len(train_images), generator=generator)[:cfg.num_samples]
         samples, name = to_model_range(train_images[picks]), f"real train ({cfg.num_samples})"
-        out = Path(cfg.out or f"outputs/eval_real{'' if dataset == 'mnist' else '_' + dataset}_n{cfg.num_samples}.json")
+        out = Path(cfg.out or f"{OUTPUT_DIR}/eval_real{'' if dataset == 'mnist' else '_' + dataset}_n{cfg.num_samples}.json")
     else:
         model, diffusion = load_model(ckpt, path, True, device, make_model)
         requested = every_digit(cfg.num_samples, model.config.num_classes, device)  # None if unconditional
         amp_dtype = resolve_precision(cfg.precision, device)
-        samples = generate(model, diffusion, cfg.num_samples, sampling, requested,
-                           cfg.batch_size or sampling_batch_size(device), lambda: autocast(device, amp_dtype))
+        samples = generate(model, diffusion, cfg.num_samples, sampling, labels=requested,
+                           batch_size=cfg.batch_size or sampling_batch_size(device),
+                           autocast=lambda: autocast(device, amp_dtype))
         name = sampling.describe(requested is not None)
         out = Path(cfg.out or results_path(path, f".eval_{tag(sampling)}_n{cfg.num_samples}.json"))
     sample_seconds = time.perf_counter() - start

@@ -10,7 +10,6 @@ Writes <output_dir>/samples.png (the final digits) and <output_dir>/denoising_st
 (rows = samples, columns = timesteps from t = T-1 down to t = 0), and shows the figure when a
 display is available (never with --no_show).
 """
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -20,9 +19,10 @@ import torch
 
 from diffusion.inpainting import MASKS, inpaint, named_mask
 from diffusion.interpolation import slerp, soft_labels
-from diffusion.samplers import every_digit, generate, make_denoiser, make_timesteps, sample
+from diffusion.pipeline import every_digit, generate, make_denoiser
+from diffusion.samplers import make_timesteps, sample
 from models.load import checkpoint_or_shipped, class_names, load_model
-from utils.config import InferenceConfig, SamplingConfig, add_arguments, from_args
+from utils.config import InferenceConfig, SamplingConfig, from_args, parse_flags
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data, read_image
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
@@ -30,11 +30,7 @@ from utils.errors import UserError, exit_on_user_error
 from utils.plotting import can_show, save_gif, save_grid, step_figure
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(description="Sample MNIST digits from a trained DDPM.", allow_abbrev=False)
-    add_arguments(parser, InferenceConfig)
-    add_arguments(parser, SamplingConfig)
-    return parser
+CONFIGS = (InferenceConfig, SamplingConfig)
 
 
 def labels_for(cfg, model_cfg, device, classes):
@@ -75,7 +71,7 @@ def make_folders(*folders):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args, _ = parse_flags("Sample images from a trained diffusion model.", CONFIGS, argv)
     cfg, sampling = from_args(InferenceConfig, args), from_args(SamplingConfig, args)
     device = select_device(cfg.device)
     set_cpu_threads()
@@ -101,12 +97,17 @@ def main(argv=None):
     print(f"{'completing' if cfg.inpaint else 'sampling'} {num} images with {sampling.describe(labels is not None)}, "
           f"on {device}", file=sys.stderr)
     start = time.perf_counter()
+    kept = []  # the steps of the figure and the GIF
+
+    def keep(step):
+        if step.t in shown | frames:
+            kept.append(step)
+
     if cfg.inpaint:
-        final, kept = inpainting(cfg, sampling, ckpt, model, diffusion, labels if cfg.digit else None, num, amp,
-                                 shown | frames)
+        final = inpainting(cfg, sampling, ckpt, model, diffusion, labels if cfg.digit else None, num, amp, keep)
     else:
-        final, kept = generate(model, diffusion, num, sampling, labels, batch_size=num, autocast=amp,
-                               keep=shown | frames)
+        final = generate(model, diffusion, num, sampling, labels=labels, batch_size=num, autocast=amp,
+                         callback=lambda first, step: keep(step))
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -144,9 +145,9 @@ def inpainting(cfg, sampling, ckpt, model, diffusion, labels, num, amp, keep):
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     noise = torch.randn(known.shape, generator=generator, device=device)
     denoise = make_denoiser(model, diffusion.num_timesteps, labels, sampling.guidance, sampling.guidance_interval, amp)
-    final, kept = inpaint(denoise, diffusion, known, mask, noise, sampling, generator, cfg.resample, keep)
+    final = inpaint(denoise, diffusion, known, mask, noise, sampling, generator, cfg.resample, keep)
     save_grid(torch.cat([known, known * mask, final]), Path(cfg.output_dir) / "inpainting.png", nrow=len(known))
-    return final, kept
+    return final
 
 
 def interpolation(cfg, sampling, model, diffusion, labels, amp, rows=4):
@@ -169,7 +170,7 @@ def interpolation(cfg, sampling, model, diffusion, labels, amp, rows=4):
             labels = every_digit(rows, net.num_classes, device)
         labels = labels[:rows].repeat_interleave(n) if labels is not None else None
     denoise = make_denoiser(model, diffusion.num_timesteps, labels, sampling.guidance, sampling.guidance_interval, amp)
-    final, _ = sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, 0.0)
+    final = sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, 0.0)
     out = Path(cfg.output_dir)
     save_grid(final, out / "interpolation.png", nrow=n)
     save_gif([final[i::n].cpu() for i in range(n)], out / "interpolation.gif", nrow=rows)

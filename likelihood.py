@@ -9,7 +9,6 @@ The network runs in fp32 with the null label, so the likelihood is the unconditi
 Bits per dimension = nats / (D ln 2) with D = C x H x W; each figure comes with its standard error
 over images.
 """
-import argparse
 import json
 import math
 import sys
@@ -20,7 +19,7 @@ import torch
 
 from diffusion.likelihood import bound_terms, ode_log_likelihood
 from models.load import checkpoint_or_shipped, load_model, results_path
-from utils.config import LikelihoodConfig, add_arguments, from_args
+from utils.config import LikelihoodConfig, from_args, parse_flags
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data
 from utils.device import select_device, set_cpu_threads
@@ -37,11 +36,13 @@ def mean_and_error(values):
     return values.mean().item(), (values.std(unbiased=True) / math.sqrt(len(values))).item() if len(values) > 1 else 0.0
 
 
-def network(model, diffusion, num_classes):
+CONFIGS = (LikelihoodConfig,)
+
+
+def network(model, diffusion):
     """(predict_x0, predict_eps) of the model in fp32 with the null label: unconditional."""
     def output(x, t):
-        labels = torch.full((len(x),), num_classes, device=x.device, dtype=torch.long) if num_classes else None
-        return model(x, t, labels).float()
+        return model(x, t, None).float()  # no labels: the U-Net's null label
 
     def predict_x0(x, t):
         with torch.no_grad():
@@ -57,9 +58,8 @@ def network(model, diffusion, num_classes):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
-    add_arguments(parser, LikelihoodConfig)
-    cfg = from_args(LikelihoodConfig, parser.parse_args(argv))
+    args, _ = parse_flags(__doc__.splitlines()[0], CONFIGS, argv)
+    cfg = from_args(LikelihoodConfig, args)
     device = select_device(cfg.device)
     set_cpu_threads()
     ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
@@ -68,7 +68,7 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(test.images), generator=generator)
     dim = test.images[0].numel()
-    predict_x0, predict_eps = network(model, diffusion, model.config.num_classes)
+    predict_x0, predict_eps = network(model, diffusion)
     results = {"checkpoint": str(path), "dataset": dataset, "dims": dim, "device": str(device)}
 
     if cfg.method in ("both", "bound"):

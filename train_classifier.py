@@ -1,13 +1,14 @@
 """Train the classifier whose features the quality metrics use (models/classifier.py).
 
-    python train_classifier.py                          # MNIST: about 5 minutes on a 2-core CPU; models/weights/
     python train_classifier.py --dataset fashion_mnist  # writes checkpoints/classifier_fashion_mnist.pt
-    python train_classifier.py --dataset folder --data_dir my_images   # labels from the sub-folders
+    python train_classifier.py --dataset folder --data_dir my_images --image_size 32  # labels from sub-folders
+    python train_classifier.py                          # MNIST (5 min on 2 CPU cores): checkpoints/classifier_mnist.pt
 
 Deterministic given --seed on a given machine. Prints the test accuracy (a folder: on a held-out
-tenth of its images) and the file's SHA-256 (MNIST's is recorded in models/classifier.py).
+tenth of its images) and the file's SHA-256. MNIST's shipped classifier (models/weights/, its
+SHA-256 recorded in models/classifier.py) is never written over by default: evaluate.py keeps
+using it unless given --classifier checkpoints/classifier_mnist.pt.
 """
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models.classifier import Classifier, classifier_path
+from utils.config import ClassifierConfig, from_args, parse_flags
 from utils.data import file_digest, to_model_range
-from utils.config import DATASETS
 from utils.datasets import load_dataset
 from utils.device import select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
@@ -42,45 +43,37 @@ def accuracy(model, images, labels, device):
     return (probs.argmax(dim=1) == labels).double().mean().item()
 
 
-def splits(dataset, data_dir):
+def splits(cfg):
     """(train images, labels, test images, labels, the training Data); a folder holds out every tenth image."""
-    data = load_dataset(dataset, data_dir, train=True)
+    data = load_dataset(cfg.dataset, cfg.data_dir, train=True, image_size=cfg.image_size)
     if data.labels is None:
-        raise UserError(f"{data_dir} has no labels: put each class's images in a sub-folder named after it")
-    if dataset == "folder":
+        raise UserError(f"{cfg.data_dir} has no labels: put each class's images in a sub-folder named after it")
+    if cfg.dataset == "folder":
         test = torch.arange(len(data.images)) % 10 == 9
         return data.images[~test], data.labels[~test], data.images[test], data.labels[test], data
-    test_data = load_dataset(dataset, data_dir, train=False)
+    test_data = load_dataset(cfg.dataset, cfg.data_dir, train=False)
     return data.images, data.labels, test_data.images, test_data.labels, data
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="mnist", choices=DATASETS)
-    parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="", help="default: models/weights/ for MNIST, else "
-                        "checkpoints/classifier_<dataset>.pt, where evaluate.py looks")
-    args = parser.parse_args(argv)
-    device = select_device(args.device)
+    args, _ = parse_flags(__doc__.splitlines()[0], [ClassifierConfig], argv)
+    cfg = from_args(ClassifierConfig, args)
+    out = Path(cfg.out or classifier_path(cfg.dataset))  # never the shipped file unless typed
+    device = select_device(cfg.device)
     set_cpu_threads()
-    torch.manual_seed(args.seed)
-    generator = torch.Generator().manual_seed(args.seed)
-    train_x, train_y, test_x, test_y, data = splits(args.dataset, args.data_dir)
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_x, train_y, test_x, test_y, data = splits(cfg)
 
     model = Classifier(data.images.shape[1], len(data.classes)).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=5e-4)
-    steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, args.lr, total_steps=args.epochs * steps_per_epoch)
-    for epoch in range(args.epochs):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=5e-4)
+    steps_per_epoch = math.ceil(len(train_x) / cfg.batch_size)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    for epoch in range(cfg.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
-        for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}"):
-            idx = order[i * args.batch_size:(i + 1) * args.batch_size]
+        for i in tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}"):
+            idx = order[i * cfg.batch_size:(i + 1) * cfg.batch_size]
             x = random_shift(to_model_range(train_x[idx]), generator).to(device)
             loss = F.cross_entropy(model(x), train_y[idx].to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -91,14 +84,11 @@ def main(argv=None):
 
     acc = accuracy(model, test_x, test_y, device)
     state = {k: v.cpu() for k, v in model.state_dict().items()}
-    out = Path(args.out or classifier_path(args.dataset))
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state, "test_accuracy": acc, "seed": args.seed, "epochs": args.epochs,
-                "dataset": args.dataset, "in_channels": data.images.shape[1], "num_classes": len(data.classes),
+    torch.save({"model": state, "test_accuracy": acc, "seed": cfg.seed, "epochs": cfg.epochs,
+                "dataset": cfg.dataset, "in_channels": data.images.shape[1], "num_classes": len(data.classes),
                 "classes": list(data.classes)}, out)
-    args.out = out
-    digest = file_digest(args.out, "sha256")
-    print(f"test accuracy {acc:.4f}; wrote {args.out}; sha256 {digest}")
+    print(f"test accuracy {acc:.4f}; wrote {out}; sha256 {file_digest(out, 'sha256')}")
 
 
 if __name__ == "__main__":

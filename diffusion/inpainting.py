@@ -12,31 +12,33 @@ times in all, so that the unknown region can agree with the known one.
 """
 import torch
 
-from diffusion.samplers import Step, _predict, make_timesteps, sample
+from diffusion.samplers import Step, ancestral_step, make_timesteps, predict, sample
+
+
+def redraw_known(diffusion, x, t, known, mask, generator=None):
+    """x_t with its known region replaced by a fresh draw of q(x_t | x_0 = known)."""
+    alpha, sigma = diffusion.alpha_sigma(t)
+    noise = torch.randn(x.shape, generator=generator, device=x.device)
+    return mask * (alpha * known + sigma * noise) + (1 - mask) * x
 
 
 def replacing(denoise, diffusion, known, mask, generator=None):
     """denoise(x, t) that sees the known region of x_t redrawn from q(x_t | known)."""
     def denoise_known(x, t):
-        alpha, sigma = diffusion.alpha_sigma(t)
-        noise = torch.randn(x.shape, generator=generator, device=x.device)
-        return denoise(mask * (alpha * known + sigma * noise) + (1 - mask) * x, t)
+        return denoise(redraw_known(diffusion, x, t, known, mask, generator), t)
     return denoise_known
 
 
 @torch.no_grad()
-def repaint(denoise, diffusion, known, mask, x, generator=None, resample=1, clip=True):
+def repaint(denoise, diffusion, known, mask, x, generator=None, resample=1):
     """RePaint on the ancestral DDPM sampler: Steps like the samplers', the last one finished."""
     for t in make_timesteps("ddpm", diffusion, 0):
-        alpha, sigma = diffusion.alpha_sigma(t)
         for jump in range(resample):
-            x = mask * (alpha * known + sigma * torch.randn(x.shape, generator=generator, device=x.device)) \
-                + (1 - mask) * x
-            x0, _ = _predict(denoise, diffusion, x, t, clip)
+            x = redraw_known(diffusion, x, t, known, mask, generator)
+            x0, _ = predict(denoise, diffusion, x, t)
             if jump == 0:
                 yield Step(t, x, x0)
-            mean, variance = diffusion.q_posterior(x0, x, t)
-            x_prev = mean + variance.sqrt() * (torch.randn(x.shape, generator=generator, device=x.device) if t else 0)
+            x_prev = ancestral_step(diffusion, x, t, x0, generator)
             if jump + 1 < resample and t > 0:  # back up one step: q(x_t | x_{t-1})
                 beta = diffusion.betas[t]
                 x = (1 - beta).sqrt() * x_prev + beta.sqrt() * torch.randn(x.shape, generator=generator, device=x.device)
@@ -44,18 +46,17 @@ def repaint(denoise, diffusion, known, mask, x, generator=None, resample=1, clip
     yield Step(-1, mask * known + (1 - mask) * x, x)
 
 
-def inpaint(denoise, diffusion, known, mask, noise, sampling, generator=None, resample=1, keep=()):
-    """(completed images with the known pixels exactly, the kept Steps): RePaint with `resample`
-    on the ddpm sampler, replacement on the others."""
+def inpaint(denoise, diffusion, known, mask, noise, sampling, generator=None, resample=1, callback=None):
+    """The completed images, with the known pixels exactly: RePaint with `resample` on the ddpm
+    sampler, replacement on the others; callback(Step) sees every step on the way."""
     if sampling.sampler == "ddpm":
-        kept = []
         for step in repaint(denoise, diffusion, known, mask, noise, generator, resample):
-            if step.t in keep:
-                kept.append(step)
-        return step.x, kept
-    final, kept = sample(sampling.sampler, replacing(denoise, diffusion, known, mask, generator), diffusion, noise,
-                         sampling.steps, sampling.eta, generator, keep=keep)
-    return mask * known + (1 - mask) * final, kept
+            if callback is not None:
+                callback(step)
+        return step.x
+    final = sample(sampling.sampler, replacing(denoise, diffusion, known, mask, generator), diffusion, noise,
+                   sampling.steps, sampling.eta, generator, callback=callback)
+    return mask * known + (1 - mask) * final
 
 
 MASKS = ("left", "right", "top", "bottom", "center")

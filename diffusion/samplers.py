@@ -11,16 +11,13 @@ training timesteps, e.g. [999, ..., 0]. Coefficients come from the diffusion pro
 (`alpha_sigma(t)`, `log_snr`, `q_posterior`), never from indexing its arrays here.
 At each timestep the sampler yields Step(t, x_t, pred_x0) and then moves on ("predict, then
 step"); after the last one it yields Step(-1, x_0, x_0) with the finished samples. Nothing needs
-priming and nothing is kept between calls.
+priming and nothing is kept between calls. `sample` runs one to the end; batching, labels, seeds,
+guidance and progress bars live in diffusion/pipeline.py.
 """
-from contextlib import nullcontext
 from typing import NamedTuple
 
 import numpy as np
 import torch
-from tqdm import tqdm
-
-from utils.config import SamplingConfig
 
 
 class Step(NamedTuple):
@@ -47,7 +44,8 @@ def make_timesteps(sampler, diffusion, steps):
     return [int(t) for t in np.unique(np.linspace(0, num_timesteps - 1, steps).round())[::-1]]
 
 
-def _predict(denoise, diffusion, x, t, clip):
+def predict(denoise, diffusion, x, t, clip=True):
+    """(x0, eps) estimates from the denoiser's output at timestep t, x0 clipped to [-1, 1] with clip."""
     x0, eps = diffusion.predict_x0_eps(x, t, denoise(x, t).float())
     if clip:  # data lives in [-1, 1]; recompute eps so the two stay consistent
         x0 = x0.clamp(-1, 1)
@@ -56,15 +54,20 @@ def _predict(denoise, diffusion, x, t, clip):
     return x0, eps
 
 
+def ancestral_step(diffusion, x, t, x0, generator=None):
+    """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) (Ho et al. 2020, Algorithm 2, line 4); no noise at t = 0."""
+    mean, variance = diffusion.q_posterior(x0, x, t)
+    noise = torch.randn(x.shape, generator=generator, device=x.device) if t > 0 else 0.0
+    return mean + variance.sqrt() * noise
+
+
 @torch.no_grad()
 def ddpm(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
     """Ancestral sampling (Ho et al. 2020, Algorithm 2), via the posterior q(x_{t-1} | x_t, x0_hat)."""
     for t in timesteps:
-        x0, _ = _predict(denoise, diffusion, x, t, clip)
+        x0, _ = predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)
-        mean, variance = diffusion.q_posterior(x0, x, t)
-        noise = torch.randn(x.shape, generator=generator, device=x.device) if t > 0 else 0.0
-        x = mean + variance.sqrt() * noise
+        x = ancestral_step(diffusion, x, t, x0, generator)
     yield Step(-1, x, x)
 
 
@@ -77,7 +80,7 @@ def ddim(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
         x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z           (eq. 12)
     """
     for i, t in enumerate(timesteps):
-        x0, eps = _predict(denoise, diffusion, x, t, clip)
+        x0, eps = predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)
         s = timesteps[i + 1] if i + 1 < len(timesteps) else -1  # -1: the clean data, ab_prev = 1
         ab, ab_prev = diffusion.alpha_sigma(t)[0] ** 2, diffusion.alpha_sigma(s)[0] ** 2
@@ -106,7 +109,7 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
     lam = diffusion.log_snr.tolist()
     prev_x0, prev_h = None, None
     for i, t in enumerate(timesteps):
-        x0, _ = _predict(denoise, diffusion, x, t, clip)
+        x0, _ = predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)
         if i + 1 == len(timesteps):
             x = x0
@@ -127,78 +130,14 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
     yield Step(-1, x, x)
 
 
-def make_denoiser(model, num_timesteps, labels=None, guidance=0.0, interval=(0.0, 1.0), autocast=None):
-    """denoise(x_t, t) for the samplers, with classifier-free guidance (Ho & Salimans 2022).
-
-    Without labels the model is unconditional. With labels and guidance w > 0 the conditional and
-    unconditional (null-label) outputs come from one batched forward pass and are combined as
-        out = cond + w * (cond - uncond)        (w = 0: plain conditional sampling)
-    which is the same in eps, x0 or v, since all three are affine in the output at fixed x_t.
-    `interval` = (lo, hi), fractions of T, limits guidance to the steps with lo <= t / T <= hi; the
-    others are plain conditional steps at half the cost (Kynkaanniemi et al. 2024).
-    """
-    autocast = autocast or nullcontext
-    num_classes = model.config.num_classes
-
-    def denoise(x, t):
-        t_batch = torch.full((len(x),), t, device=x.device, dtype=torch.long)
-        with autocast():
-            if labels is None or guidance == 0 or not interval[0] <= t / num_timesteps <= interval[1]:
-                return model(x, t_batch, labels).float()
-            null = torch.full_like(labels, num_classes)  # the label index the U-Net reserves for "none"
-            if labels.is_floating_point():  # mixed labels (interpolation): the null label's weights
-                null = torch.nn.functional.one_hot(torch.full((len(labels),), num_classes), num_classes + 1).to(labels)
-            out = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([labels, null])).float()
-        cond, uncond = out.chunk(2)
-        return cond + guidance * (cond - uncond)
-
-    return denoise
-
-
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp}
 
 
-def sample(sampler, denoise, diffusion, noise, steps, eta=0.0, generator=None, clip=True, keep=()):
-    """Run a sampler to the end; return (final samples, the Steps whose t is in `keep`)."""
+def sample(sampler, denoise, diffusion, noise, steps, eta=0.0, generator=None, clip=True, callback=None):
+    """Run a sampler from `noise` to the end and return the finished samples; callback(Step), if
+    given, sees every step on the way (for figures of the denoising)."""
     timesteps = make_timesteps(sampler, diffusion, steps)
-    kept = []
     for step in SAMPLERS[sampler](denoise, diffusion, noise, timesteps, generator, eta, clip):
-        if step.t in keep:
-            kept.append(step)
-    return step.x, kept
-
-
-def every_digit(num, num_classes, device=None):
-    """Labels 0, 1, ..., num_classes - 1, 0, 1, ... for `num` samples: every class in turn, so a
-    class-conditional model's samples have balanced classes (None for unconditional models)."""
-    return torch.arange(num, device=device) % num_classes if num_classes else None
-
-
-@torch.inference_mode()
-def generate(model, diffusion, num, sampling=None, labels=None, batch_size=1000, autocast=None, keep=()):
-    """`num` finished samples (N, C, H, W) in [-1, 1], made in batches; same seed, same samples.
-
-    `model` is the U-Net (its config gives the image shape and the null label), `sampling` a
-    SamplingConfig (sampler, steps, eta, guidance, interval, seed; default: the default sampling),
-    `labels` the requested digits for class-conditional models (default: every digit in turn),
-    `autocast` a context factory for the network. With `keep`, also returns the Steps of those
-    timesteps (one batch only: num <= batch_size), for figures of the denoising.
-    """
-    sampling = sampling or SamplingConfig()
-    device = diffusion.betas.device
-    cfg = model.config
-    if labels is None:
-        labels = every_digit(num, cfg.num_classes, device)
-    generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    batches, kept = [], []
-    for start in tqdm(range(0, num, batch_size), desc=f"sampling ({sampling.sampler})", leave=False):
-        n = min(batch_size, num - start)
-        y = labels[start:start + n] if labels is not None else None
-        noise = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator, device=device)
-        denoise = make_denoiser(model, diffusion.num_timesteps, y, sampling.guidance, sampling.guidance_interval,
-                                autocast)
-        final, kept = sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, sampling.eta, generator,
-                             keep=keep)
-        batches.append(final)
-    samples = torch.cat(batches)
-    return (samples, kept) if keep else samples
+        if callback is not None:
+            callback(step)
+    return step.x

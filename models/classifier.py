@@ -2,9 +2,9 @@
 
 Inception features suit 28x28 grayscale digits poorly and need a download; MNIST papers use a
 classifier trained on MNIST instead. MNIST's ships its weights (models/weights/), trained by
-train_classifier.py and checked against a recorded SHA-256 before loading; for another data set,
-`python train_classifier.py --dataset X` writes checkpoints/classifier_X.pt, which records the
-data set it learned so that no metric is ever computed with another data set's features.
+train_classifier.py --out models/weights/mnist_classifier.pt and checked against a recorded SHA-256
+before loading; `python train_classifier.py --dataset X` writes checkpoints/classifier_X.pt, which
+records the data set it learned so that no metric is ever computed with another data set's features.
 
 Input: (B, C, H, W) in [-1, 1], the diffusion model's range (any H, W >= 4).
 features(x): (B, 128), the penultimate layer. forward(x): (B, num_classes) logits.
@@ -14,11 +14,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from utils.checkpoint import load_weights
+from utils.config import CHECKPOINT_DIR
 from utils.data import file_digest
 from utils.errors import UserError
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "mnist_classifier.pt"
-WEIGHTS_SHA256 = "57e780af8bd2957f7c2c81b647440b534c83af1e20a9ceeaa947634e01d18434"
+WEIGHTS_SHA256 = "2b7c4132916f6f85e7d7fe82049e795c35b54babab86fa969cadc831b046b7e9"
 
 
 def conv_bn(c_in, c_out):
@@ -45,21 +47,10 @@ class Classifier(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
 
-class FeatureExtractor(nn.Module):
-    """The classifier's penultimate features, as torchmetrics expects a feature network."""
-    num_features = Classifier.num_features
-
-    def __init__(self, classifier):
-        super().__init__()
-        self.classifier = classifier
-
-    def forward(self, x):
-        return self.classifier.features(x.float())
-
-
 def classifier_path(dataset):
-    """Where train_classifier.py writes (and evaluate.py looks for) a data set's classifier."""
-    return WEIGHTS if dataset == "mnist" else Path("checkpoints") / f"classifier_{dataset}.pt"
+    """Where train_classifier.py writes a data set's classifier by default (never over the shipped
+    one), and where evaluate.py looks for one of a data set other than MNIST."""
+    return Path(CHECKPOINT_DIR) / f"classifier_{dataset}.pt"
 
 
 def load_classifier(device="cpu", dataset="mnist", path="", sha256=None):
@@ -76,9 +67,26 @@ def load_classifier(device="cpu", dataset="mnist", path="", sha256=None):
         digest = file_digest(path, "sha256")
         if digest != sha256:
             raise UserError(f"{path} fails its SHA-256 check (got {digest[:12]}..., expected {sha256[:12]}...)")
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("dataset", "mnist") != dataset:
-        raise UserError(f"{path} is a classifier of {saved.get('dataset', 'mnist')}, not of {dataset}")
-    model = Classifier(saved.get("in_channels", 1), saved.get("num_classes", 10))
-    model.load_state_dict(saved["model"], strict=True)
+    saved = read_classifier(path)
+    if saved["dataset"] != dataset:
+        raise UserError(f"{path} is a classifier of {saved['dataset']}, not of {dataset}")
+    model = Classifier(saved["in_channels"], saved["num_classes"])
+    load_weights(model, saved["model"], path)
     return model.to(device).eval()
+
+
+def read_classifier(path):
+    """The dict train_classifier.py writes, or a one-line UserError saying what the file is instead."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # not a torch file, truncated, or holding objects weights_only refuses
+        raise UserError(f"{path} is not a classifier file ({type(err).__name__}); expected one written by "
+                        "train_classifier.py") from None
+    if isinstance(saved, dict) and "model_config" in saved:
+        raise UserError(f"{path} is a diffusion checkpoint, not a classifier; expected a file written by "
+                        "train_classifier.py")
+    keys = ("model", "dataset", "in_channels", "num_classes")
+    if not isinstance(saved, dict) or any(key not in saved for key in keys) or not isinstance(saved["model"], dict):
+        raise UserError(f"{path} is not a classifier: expected a file written by train_classifier.py, with "
+                        f"{', '.join(keys)}")
+    return saved

@@ -7,7 +7,7 @@ import torch
 from diffusion.gaussian import GaussianDiffusion
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint, load_weights
-from utils.config import DEFAULT_CHECKPOINT, DiffusionConfig, ModelConfig
+from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, DiffusionConfig, ModelConfig
 from utils.errors import UserError
 
 # The default MNIST model, trained by `python train.py` on its defaults: EMA weights only, in a
@@ -40,7 +40,7 @@ def checkpoint_or_shipped(path):
 def results_path(path, suffix):
     """Where a script writes results about a checkpoint: next to it, or in outputs/ for the shipped model."""
     path = Path(path)
-    return Path("outputs") / (path.name + suffix) if path.resolve() == SHIPPED_MODEL.resolve() else Path(f"{path}{suffix}")
+    return Path(OUTPUT_DIR) / (path.name + suffix) if path.resolve() == SHIPPED_MODEL.resolve() else Path(f"{path}{suffix}")
 
 
 def class_names(ckpt):
@@ -52,7 +52,7 @@ def make_shipped(ckpt, out=SHIPPED_MODEL):
     """Write a training checkpoint's EMA weights as a shipped model: loadable with
     torch.load(weights_only=True), "model" and "ema" the same tensors (stored once), no optimizer."""
     shipped = {key: ckpt[key] for key in ("format_version", "model_config", "diffusion_config", "step", "epoch")}
-    shipped["train_config"] = {"dataset": "mnist", **ckpt["train_config"]}  # runs before --dataset were MNIST's
+    shipped["train_config"] = ckpt["train_config"]
     shipped["classes"] = list(class_names(ckpt))
     ema = {name: tensor.clone() for name, tensor in ckpt["ema"].items()}
     torch.save({**shipped, "model": ema, "ema": ema}, out)

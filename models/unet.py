@@ -1,8 +1,8 @@
 """The U-Net: f(x_t, t[, y]) -> prediction with the shape of x_t.
 
 The network knows nothing of the noise schedule; it sees integer timesteps t in [0, T).
-Layout for the defaults (28x28, channel_mults 1 2 2): 28 -> 14 -> 7 -> 14 -> 28, with a skip
-stack pushed on the way down and popped on the way up, and self-attention at 7x7.
+Layout for the defaults (28x28, channel_mults 1 2 4: widths 16, 32, 64): 28 -> 14 -> 7 -> 14 -> 28,
+with a skip stack pushed on the way down and popped on the way up, and self-attention at 7x7.
 """
 from functools import partial
 
@@ -26,7 +26,7 @@ class UNet(nn.Module):
         # Conditioning: sinusoidal time embedding -> MLP, plus a learned label embedding.
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         if config.num_classes > 0:
-            # index num_classes is the "null" label of classifier-free guidance
+            # one embedding per class and one for the null label (config.null_label)
             self.label_emb = nn.Embedding(config.num_classes + 1, emb_dim)
 
         self.input_conv = nn.Conv2d(config.in_channels, ch, 3, padding=1)
@@ -72,7 +72,7 @@ class UNet(nn.Module):
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
         if self.config.num_classes > 0:
             if y is None:
-                y = torch.full((len(x),), self.config.num_classes, device=x.device)  # null label: unconditional
+                y = torch.full((len(x),), self.config.null_label, device=x.device)  # unconditional
             emb = emb + (y.to(emb.dtype) @ self.label_emb.weight if y.is_floating_point() else self.label_emb(y))
 
         h = self.input_conv(x)

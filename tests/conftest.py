@@ -5,8 +5,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+ROOT = Path(__file__).resolve().parent.parent  # on the import path by pytest.ini's pythonpath
 
 # A U-Net small enough for CPU tests that take seconds (the defaults are for real training).
 TINY_MODEL = ["--base_channels", "8", "--channel_mults", "1", "2", "--attention_resolutions", "14",

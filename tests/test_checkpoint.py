@@ -40,7 +40,7 @@ def test_failed_save_keeps_previous_checkpoint_and_no_temp_file(tmp_path, monkey
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(checkpoint.torch, "save", disk_full)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=f"the disk is full .*; the last good checkpoint is {path}"):
         save_checkpoint(make_state(step=2), path)
     monkeypatch.undo()
     assert path.read_bytes() == before

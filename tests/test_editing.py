@@ -7,7 +7,8 @@ import inference
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.inpainting import inpaint, named_mask
 from diffusion.interpolation import slerp, soft_labels
-from diffusion.samplers import every_digit, make_denoiser, sample
+from diffusion.pipeline import every_digit, make_denoiser
+from diffusion.samplers import sample
 from models.load import SHIPPED_MODEL, load_model
 from utils.checkpoint import load_checkpoint
 from utils.config import DiffusionConfig, SamplingConfig
@@ -35,7 +36,7 @@ def test_an_exact_denoiser_completes_the_half_it_was_not_shown(sampler, steps, r
     known = torch.cat([A, B]).repeat(8, 1, 1, 1)  # 16 images: 8 of A, 8 of B
     mask = named_mask("right", 4)  # the right half is unknown
     noise = torch.randn(known.shape, generator=generator)
-    final, _ = inpaint(two_point_denoiser(diffusion), diffusion, known, mask, noise,
+    final = inpaint(two_point_denoiser(diffusion), diffusion, known, mask, noise,
                        SamplingConfig(sampler=sampler, steps=max(steps, 1)), generator, resample)
     assert torch.equal(final * mask, known * mask)  # the known pixels, exactly
     torch.testing.assert_close(final, known, rtol=0, atol=0.05)  # and the right half of the right image
@@ -73,7 +74,7 @@ def test_interpolation_end_frames_are_the_plain_samples(tmp_path, between):
     for noise, labels, frame in ((start, torch.tensor([3] * 4) if between else every_digit(4, 10), 0),
                                  (start if between else end, torch.tensor([8] * 4) if between else every_digit(4, 10), 3)):
         denoise = make_denoiser(model, diffusion.num_timesteps, labels, cfg.guidance, cfg.guidance_interval)
-        plain, _ = sample(cfg.sampler, denoise, diffusion, noise, cfg.steps, 0.0)
+        plain = sample(cfg.sampler, denoise, diffusion, noise, cfg.steps, 0.0)
         # the same computation in another batch: bit for bit where the CPU kernels do not depend on the
         # batch size (AVX-512 here); within 6e-6 under PyTorch capped at AVX2
         torch.testing.assert_close(frames[frame::4], plain, rtol=0, atol=1e-4)

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.samplers import SAMPLERS, make_denoiser, make_timesteps, sample
-from utils.config import DiffusionConfig, SamplingConfig
+from diffusion.pipeline import make_denoiser
+from diffusion.samplers import SAMPLERS, make_timesteps, sample
+from utils.config import DiffusionConfig, ModelConfig, SamplingConfig
 
 
 def gaussian_oracle(diffusion, c):
@@ -38,7 +39,7 @@ def test_samplers_reach_the_only_data_point(sampler, prediction):
     x_star = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(3, 1, 4, 4, generator=g)
-    final, _ = sample(sampler, oracle(d, x_star), d, noise, steps=10, eta=0.5, generator=g)
+    final = sample(sampler, oracle(d, x_star), d, noise, steps=10, eta=0.5, generator=g)
     assert torch.allclose(final, x_star.expand_as(final), atol=1e-3)
 
 
@@ -71,7 +72,7 @@ def test_ddim_eta0_is_deterministic_and_eta1_is_not():
     net = lambda x, t: 0.1 * x  # any fixed function will do
     noise = torch.randn(2, 1, 3, 3)
     run = lambda eta, seed: sample("ddim", net, d, noise, steps=10, eta=eta,
-                                   generator=torch.Generator().manual_seed(seed))[0]
+                                   generator=torch.Generator().manual_seed(seed))
     assert torch.equal(run(0.0, 1), run(0.0, 2))
     assert not torch.equal(run(1.0, 1), run(1.0, 2))
 
@@ -80,7 +81,7 @@ class FakeModel:
     """Stands in for the U-Net: records what it is given; outputs 1 for the null label, 3 otherwise."""
 
     def __init__(self, num_classes=10):
-        self.config = type("Config", (), {"num_classes": num_classes})()
+        self.config = ModelConfig(num_classes=num_classes)
         self.calls = []
 
     def __call__(self, x, t, y):
@@ -167,7 +168,7 @@ def test_dpm_solver_pp_matches_diffusers(eta, algorithm):
     generator, expected = torch.Generator().manual_seed(5), x
     for t in ref.timesteps:
         expected = ref.step(outputs[int(t)], t, expected, generator=generator).prev_sample
-    ours, _ = sample("dpm++", lambda xx, tt: outputs[tt], d, x, steps=8, eta=eta,
+    ours = sample("dpm++", lambda xx, tt: outputs[tt], d, x, steps=8, eta=eta,
                      generator=torch.Generator().manual_seed(5), clip=False)
     assert torch.allclose(ours, expected, rtol=1e-4, atol=1e-4)  # float32 rounding; values reach ~400
 
@@ -190,7 +191,7 @@ def test_samplers_recover_a_gaussian_data_distribution(sampler, eta):
     # coefficient) shows up directly in the spread.
     d, c = GaussianDiffusion(DiffusionConfig()), 0.5
     noise = torch.randn(20000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
-    final, _ = sample(sampler, gaussian_oracle(d, c), d, noise, steps=250, eta=eta, generator=torch.Generator().manual_seed(1),
+    final = sample(sampler, gaussian_oracle(d, c), d, noise, steps=250, eta=eta, generator=torch.Generator().manual_seed(1),
                       clip=False)
     assert abs(final.std().item() / c - 1) < 0.03
     assert abs(final.mean().item()) < 0.02
@@ -205,6 +206,6 @@ def test_dpm_solver_is_second_order_on_the_probability_flow_ode():
     x = torch.linspace(-2, 2, 9).view(-1, 1, 1, 1)
     x_at_0 = x.double() * ((ab[0] * c ** 2 + 1 - ab[0]) / (ab[999] * c ** 2 + 1 - ab[999])).sqrt()
     exact = ab[0].sqrt() * c ** 2 / (ab[0] * c ** 2 + 1 - ab[0]) * x_at_0  # the final step returns x0_hat at t = 0
-    errors = [(sample("dpm++", gaussian_oracle(d, c), d, x, steps=n, eta=0.0, clip=False)[0] - exact).abs().max().item()
+    errors = [(sample("dpm++", gaussian_oracle(d, c), d, x, steps=n, eta=0.0, clip=False) - exact).abs().max().item()
               for n in (20, 40)]
     assert errors[0] / errors[1] > 3 and errors[1] < 0.01

@@ -4,7 +4,7 @@ import torch
 
 import inference
 import train
-from diffusion.samplers import every_digit, generate
+from diffusion.pipeline import every_digit, generate
 from models.classifier import load_classifier
 from models.load import SHIPPED_MODEL, load_model
 from test_train import exit_code

@@ -275,26 +275,31 @@ def test_a_new_length_typed_on_resume_replaces_the_saved_one(tmp_path, mnist_dir
     assert ckpt["train_config"]["total_steps"] == 2 * steps_per_epoch and ckpt["step"] == 2
 
 
-def test_checkpoint_from_before_the_budget_loads_and_resumes_with_its_own_architecture(tmp_path, mnist_dir):
-    """A checkpoint of the earlier default network (base 32, channel_mults 1 2 2), whose training
-    config has no minutes or total_steps, samples and resumes on its own 6-epoch schedule."""
+def test_checkpoint_of_format_1_loads_samples_and_resumes_only_where_exact(tmp_path, mnist_dir, capsys):
+    """A version-1 checkpoint of the earlier default network (base 32, channel_mults 1 2 2), whose
+    training config has no minutes or total_steps: it samples with its own architecture; it resumes
+    on its own 6-epoch schedule where it drew its seeds as now (seed_scheme 2), and stops with one
+    line where it did not."""
     old_net = ["--base_channels", "32", "--channel_mults", "1", "2", "2", "--attention_resolutions", "7"]
     args = [*old_net, "--data_dir", mnist_dir, "--batch_size", "16", "--num_grid_samples", "0", "--save_every", "1",
             "--checkpoint_path", str(tmp_path / "old"), "--output_dir", str(tmp_path / "out")]
     train.main([*args, "--epochs", "6", "--max_steps", "1"])
     ckpt = load_checkpoint(tmp_path / "old")[0]
-    for field in ("minutes", "total_steps", "seed_scheme"):
+    for field in ("minutes", "total_steps"):
         del ckpt["train_config"][field]
+    ckpt["format_version"] = 1
     ckpt["train_config"]["class_cond"] = True  # a field that checkpoints of that time had
-    torch.save(ckpt, tmp_path / "old")
-    model, _ = load_model(*load_checkpoint(tmp_path / "old"), True, torch.device("cpu"))
+    torch.save({**ckpt, "train_config": {**ckpt["train_config"], "seed_scheme": 2}}, tmp_path / "old")
+    torch.save(ckpt, tmp_path / "older")  # no seed_scheme: the first seed derivation
+    model, _ = load_model(*load_checkpoint(tmp_path / "older"), True, torch.device("cpu"))
     assert (model.config.base_channels, model.config.channel_mults) == (32, (1, 2, 2))
-    train.main(["--checkpoint_path", str(tmp_path / "old"), "--data_dir", mnist_dir, "--max_steps", "2",
-                "--num_grid_samples", "0", "--output_dir", str(tmp_path / "out")])
+    resume = ["--data_dir", mnist_dir, "--max_steps", "2", "--num_grid_samples", "0", "--output_dir", str(tmp_path / "out")]
+    train.main(["--checkpoint_path", str(tmp_path / "old"), *resume])
     resumed = load_checkpoint(tmp_path / "old")[0]
     assert resumed["step"] == 2 and resumed["model_config"]["base_channels"] == 32
     assert resumed["train_config"]["total_steps"] == 6 * (60000 // 16)
-    assert resumed["train_config"]["seed_scheme"] == 1  # its data order and noise as before
+    code, err = exit_code(train.main, ["--checkpoint_path", str(tmp_path / "older"), *resume], capsys)
+    assert code == 2 and "cannot be resumed" in err and "seeds" in err
 
 
 @pytest.mark.slow

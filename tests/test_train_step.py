@@ -9,7 +9,9 @@ import torch
 from diffusion.gaussian import GaussianDiffusion
 from models.unet import UNet
 from utils.config import DiffusionConfig, ModelConfig, TrainConfig
-from utils.train_step import make_optimizer, nan_batch, one_step, update_ema
+from training.schedule import update_ema
+from training.state import RunState
+from training.step import make_optimizer, nan_batch, one_step
 
 
 def setup():
@@ -20,11 +22,12 @@ def setup():
     optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
     diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=50))
+    state = RunState(model, ema, optimizer, scaler)
     batch = (torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 10]), torch.randn(4, 1, 28, 28),
              torch.tensor([0, 10, 25, 49]))
 
     def step(batch):
-        return one_step(model, model, ema, optimizer, scaler, diffusion, batch, nullcontext, 1.0, torch.tensor(0.5))
+        return one_step(state, diffusion, batch, nullcontext, 1.0, torch.tensor(0.5))
 
     return model, ema, optimizer, step, batch
 

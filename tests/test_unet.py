@@ -3,8 +3,9 @@ classifier-free guidance relies on."""
 import pytest
 import torch
 
-import train
-from diffusion.samplers import make_denoiser
+from training.batches import Batches
+from utils.datasets import Data
+from diffusion.pipeline import make_denoiser
 from models.unet import UNet
 from utils.config import ModelConfig
 
@@ -56,7 +57,8 @@ def test_label_dropout_in_training_uses_the_null_label(mnist_dir):
     from utils.data import load_mnist
     images, labels = load_mnist(mnist_dir, train=True)
     cfg = TrainConfig(batch_size=256, p_uncond=0.5, epochs=1)
-    batches = train.Batches(images, labels, cfg, rank=0, world_size=1, num_timesteps=1000, num_classes=10)
+    batches = Batches(Data(images.unsqueeze(1), labels, ()), cfg, rank=0, world_size=1, num_timesteps=1000,
+                      null_label=ModelConfig().null_label)
     _, y, _, _ = batches.get(0)
     dropped = y == 10
     assert 0.3 < dropped.float().mean() < 0.7 and y[~dropped].max() <= 9

@@ -1,17 +1,15 @@
-"""Checkpoints: one self-describing dict, written atomically, loaded without running code.
+"""Checkpoint files: one self-describing dict (its layout: training/state.py), written atomically
+by one run at a time, loaded without running code.
 
-Layout (FORMAT_VERSION 1), written by training_state() and read back by restore_training():
-    format_version, model_config, diffusion_config, train_config   plain dicts
-    model, ema            state dicts of the unwrapped, uncompiled U-Net (no module./_orig_mod.)
-    optimizer, lr_scheduler, grad_scaler, step, epoch, rng, bad_steps    the training state
 Every script loads through load_checkpoint(); it uses torch.load(weights_only=True) with no
-fallback, then checks the tensors (dense, float32, finite) and the configs before any
-load_state_dict(strict=True).
+fallback, brings files of earlier versions up to date in one place (migrate), then checks the
+tensors (dense, float32, finite) and the configs before any load_state_dict(strict=True).
 """
-import dataclasses
+import errno
 import os
 import pickle
 import re
+import socket
 import sys
 import tempfile
 import zipfile
@@ -19,59 +17,11 @@ from pathlib import Path
 
 import torch
 
-from utils.config import DiffusionConfig, ModelConfig
+from utils.config import CHECKPOINT_DIR, DiffusionConfig, ModelConfig
 from utils.errors import UserError
 
-FORMAT_VERSION = 1
-TRAINING_STATE = ("train_config", "optimizer", "lr_scheduler", "grad_scaler", "bad_steps", "rng")
+FORMAT_VERSION = 2
 STEP_SUFFIX = re.compile(r"^(?P<base>.+)_step(?P<step>\d+)$")
-
-
-# ---- contents ------------------------------------------------------------------------------
-
-def training_state(configs, model, ema_model, optimizer, scheduler, scaler, step, epoch, bad_steps, device,
-                   classes=()):
-    """Everything a run needs to continue exactly: `configs` holds the model, diffusion and train
-    config dataclasses; `model` and `ema_model` are the plain modules (not compiled, not DDP);
-    `classes` names the labels, for figures."""
-    model_cfg, diffusion_cfg, train_cfg = configs
-    return {
-        "format_version": FORMAT_VERSION,
-        "model_config": dataclasses.asdict(model_cfg),
-        "diffusion_config": dataclasses.asdict(diffusion_cfg),
-        "train_config": dataclasses.asdict(train_cfg),
-        "model": model.state_dict(),
-        "ema": ema_model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "lr_scheduler": scheduler.state_dict(),
-        "grad_scaler": scaler.state_dict(),  # empty unless the run used fp16
-        "step": step,
-        "epoch": epoch,
-        "bad_steps": bad_steps,
-        "classes": list(classes),
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
-    }
-
-
-def restore_training(ckpt, path, model, ema_model, optimizer, scaler, device):
-    """Load a checkpoint's training state into a fresh run; returns (step, bad_steps). The LR
-    schedule is rebuilt from the step (see train.py)."""
-    missing = [key for key in TRAINING_STATE if key not in ckpt]
-    if missing:
-        raise UserError(f"{path} cannot be resumed: it lacks the training state {', '.join(missing)}")
-    load_weights(model, ckpt["model"], path)
-    load_weights(ema_model, ckpt["ema"], path)
-    kernel = {key: optimizer.param_groups[0][key] for key in ("fused", "foreach", "capturable")}
-    optimizer.load_state_dict(ckpt["optimizer"])
-    for group in optimizer.param_groups:  # this run's AdamW kernel, not the one saved (CPU or GPU, older runs)
-        group.update(kernel)
-    if ckpt["grad_scaler"]:
-        scaler.load_state_dict(ckpt["grad_scaler"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
-    if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
-        torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-    return ckpt["step"], ckpt["bad_steps"]
 
 
 # ---- writing -------------------------------------------------------------------------------
@@ -142,12 +92,32 @@ def save_checkpoint(state, path, keep_last=0):
     """Write `state` to `path`; with keep_last > 0 also keep that many step-numbered copies.
 
     The step file is written first and the main path then points at it, so old files are only
-    deleted once the new one is safely in place. Refuses to write non-finite tensors.
+    deleted once the new one is safely in place. Refuses to write non-finite tensors. A failed
+    write (a full disk, a size limit) leaves the previous files as they were and no temporary file,
+    and is reported as one line naming the last good checkpoint.
     """
     bad = [name for name, tensor in _tensors(state) if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if bad:
         raise ValueError(f"refusing to save non-finite tensors: {', '.join(bad[:5])}")
     path = Path(path)
+    try:
+        _write(state, path, keep_last)
+    except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
+        last = f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint was saved before"
+        raise UserError(f"could not save the checkpoint to {path}: {write_failure(err)}; {last}") from None
+
+
+def write_failure(err):
+    """Why a write failed, in words: the disk is full (or a size limit was hit), or the OS's message."""
+    cause = err
+    while cause is not None and not isinstance(cause, OSError):  # torch.save's RuntimeError wraps the OSError
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None and cause.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return f"the disk is full or a file-size limit was hit ({cause.strerror})"
+    return str(cause or err).splitlines()[0]
+
+
+def _write(state, path, keep_last):
     path.parent.mkdir(parents=True, exist_ok=True)
     if keep_last == 0:
         atomic_save(state, path)
@@ -157,6 +127,40 @@ def save_checkpoint(state, path, keep_last=0):
     atomic_link(step_path, path)
     for old in step_files(path)[:-keep_last]:
         old.unlink(missing_ok=True)
+
+
+def lock_checkpoint(path):
+    """Hold <folder>/.<name>.lock while this process trains into `path`: a second run on the same
+    checkpoint stops with one line. The lock is the operating system's (flock), so it ends with
+    the process however the process ends (even kill -9): a stale lock file never blocks a resume.
+    Returns the open lock file; closing it releases the lock. None where flock does not exist.
+    In one process the latest call wins: a run that ended by an exception (whose traceback may keep
+    its lock file open) never blocks the next run started by the same Python process."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        return None
+    path = Path(path).resolve()
+    if path in _HELD:
+        _HELD.pop(path).close()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(path.parent / f".{path.name}.lock", "a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.seek(0)
+        holder = lock.read().strip() or "another process"
+        lock.close()
+        raise UserError(f"{path} is being trained by {holder}; wait for it to end, stop it, or give another "
+                        "--checkpoint_path") from None
+    lock.truncate(0)
+    lock.write(f"process {os.getpid()} on {socket.gethostname()}")
+    lock.flush()
+    _HELD[path] = lock
+    return lock
+
+
+_HELD = {}  # checkpoint path -> the lock file this process holds for it
 
 
 def _tensors(obj, prefix=""):
@@ -191,7 +195,7 @@ def main_path(path):
     return path.parent / match["base"] if match else path
 
 
-def load_checkpoint(path, default_folder="checkpoints"):
+def load_checkpoint(path, default_folder=CHECKPOINT_DIR):
     """Load and validate a checkpoint; return (checkpoint dict, the file it came from).
 
     `path` may be a file, a folder, or 'latest' (= the default folder): for a folder the newest
@@ -223,6 +227,9 @@ def _load_file(path):
         raise UserError(f"{path} was refused: it holds objects a checkpoint never has ({str(err).splitlines()[0][:120]})") from None
     except Exception as err:  # damaged archive members, bad records
         raise UserError(f"{path} is corrupt and cannot be loaded ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED):
+        raise UserError(f"{path} is not a checkpoint of this project")
+    ckpt = migrate(ckpt, path)
     validate(ckpt, path)
     return ckpt
 
@@ -230,11 +237,26 @@ def _load_file(path):
 REQUIRED = ("format_version", "model_config", "diffusion_config", "model", "ema", "step")
 
 
+def migrate(ckpt, path):
+    """Bring a checkpoint of an earlier format up to this one, in memory. Version 1: the run's data
+    set is MNIST unless saved; lr_scheduler holds timm's scheduler state; a run whose train_config
+    lacks seed_scheme 2 drew its data order and noise from other seeds, so it
+    samples and evaluates as before but cannot resume exactly (not_resumable says why)."""
+    version = ckpt["format_version"]
+    if version not in (1, FORMAT_VERSION):
+        raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
+    if version == 1:
+        train_cfg = {"dataset": "mnist", **ckpt.get("train_config", {})}
+        if train_cfg.pop("seed_scheme", 1) != 2:
+            ckpt["not_resumable"] = ("it was written before the data order and noise seeds took their present "
+                                     "form, so a resumed run would not continue it exactly; it still samples and "
+                                     "evaluates")
+        train_cfg.pop("class_cond", None)
+        ckpt.update(format_version=FORMAT_VERSION, train_config=train_cfg)
+    return ckpt
+
+
 def validate(ckpt, path):
-    if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED):
-        raise UserError(f"{path} is not a checkpoint of this project")
-    if ckpt["format_version"] != FORMAT_VERSION:
-        raise UserError(f"{path} has format version {ckpt['format_version']}; this code reads {FORMAT_VERSION}")
     for key, cls in (("model_config", ModelConfig), ("diffusion_config", DiffusionConfig)):
         try:
             cls(**ckpt[key])

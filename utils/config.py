@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 
 from utils.errors import UserError
@@ -18,6 +19,32 @@ def option(default, help, choices=None, bounds=None):
     """A config field with its --help text, allowed values, and for numbers the allowed range as
     an interval, e.g. "[0, 1)" or "(0, inf)" (checked for every number, tuples element-wise)."""
     return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+
+
+# The project's folders, relative to where a script runs.
+DATA_DIR, OUTPUT_DIR, CHECKPOINT_DIR = "data", "outputs", "checkpoints"
+DEFAULT_CHECKPOINT = f"{CHECKPOINT_DIR}/ddpm_checkpoint"
+DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10", "folder")  # utils/datasets.py loads them
+
+
+# ---- the settings every script shares, declared here once ----------------------------------------
+
+def device_option():
+    return option("auto", "auto (cuda, then mps, then cpu), or a torch device like cpu or cuda:1")
+
+
+def precision_option():
+    return option("auto", "autocast precision of the network: auto picks bf16 where supported (CPUs with "
+                  "AVX512-BF16 or AMX, recent GPUs), fp16 on older GPUs, else fp32", choices=("auto", "fp32", "bf16", "fp16"))
+
+
+def checkpoint_option(what="checkpoint to load"):
+    return option(DEFAULT_CHECKPOINT, f"{what} (a file, a folder or 'latest': the newest valid one); with nothing "
+                  "at the default path, the shipped MNIST model")
+
+
+def data_dir_option():
+    return option("", f"where the data set is stored (default: the checkpoint's --data_dir, else {DATA_DIR})")
 
 
 def check_fields(config):
@@ -57,8 +84,8 @@ class ModelConfig:
     channel_mults: tuple = option((1, 2, 4), "channel multiplier per level; one downsample between levels",
                                   bounds="[1, inf)")
     num_res_blocks: int = option(1, "residual blocks per level on the way down", bounds="[1, inf)")
-    attention_resolutions: tuple = option((7,), "feature-map sizes that get self-attention (train.py, unless typed: "
-                                          "the smallest one, 7 for 28x28 images)", bounds="[1, inf)")
+    attention_resolutions: tuple = option(None, "feature-map sizes that get self-attention (default: the smallest "
+                                          "one, 7 for 28x28 images)", bounds="[1, inf)")
     num_heads: int = option(4, "attention heads", bounds="[1, inf)")
     dropout: float = option(0.0, "dropout inside residual blocks", bounds="[0, 1)")
     norm_groups: int = option(8, "GroupNorm groups; must divide every channel width", bounds="[1, inf)")
@@ -69,11 +96,13 @@ class ModelConfig:
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
-        self.attention_resolutions = tuple(self.attention_resolutions)
-        check_fields(self)
         levels = len(self.channel_mults)
         if levels < 1:
             raise UserError("--channel_mults needs at least one level")
+        if self.attention_resolutions is None:  # attention at the smallest feature map
+            self.attention_resolutions = (self.image_size // 2 ** (levels - 1),)
+        self.attention_resolutions = tuple(self.attention_resolutions)
+        check_fields(self)
         if self.image_size % 2 ** (levels - 1):
             raise UserError(f"image_size {self.image_size} must be divisible by 2**(levels-1) = "
                             f"{2 ** (levels - 1)} for {levels} channel_mults")
@@ -88,6 +117,11 @@ class ModelConfig:
                                 f"(base_channels * mult = {width})")
             if self.attention_resolutions and width % self.num_heads:
                 raise UserError(f"num_heads {self.num_heads} must divide every channel width ({width})")
+
+    @property
+    def null_label(self):
+        """The label index that means "no label" (classifier-free guidance): the U-Net's last embedding."""
+        return self.num_classes
 
 
 @dataclass
@@ -108,8 +142,6 @@ class DiffusionConfig:
             raise UserError("need beta_start <= beta_end")
 
 
-DEFAULT_CHECKPOINT = "checkpoints/ddpm_checkpoint"
-DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10", "folder")  # utils/datasets.py loads them
 # The U-Net settings of a data set whose images need another shape than MNIST's, for each not typed
 # (chosen from common practice for 32x32 colour images, not measured: no CIFAR-10 here).
 DATASET_MODEL = {"cifar10": {"base_channels": 32, "channel_mults": (1, 2, 2)}}
@@ -125,11 +157,11 @@ class TrainConfig:
     dataset: str = option("mnist", "what to learn: mnist, fashion_mnist, kmnist, cifar10 (torchvision's; "
                           "downloaded into --data_dir), or folder: your own images in --data_dir, labelled by "
                           "sub-folder; the U-Net takes the images' size and channels", choices=DATASETS)
-    data_dir: str = option("data", "where the data set is stored (downloaded there if missing); for --dataset "
+    data_dir: str = option(DATA_DIR, "where the data set is stored (downloaded there if missing); for --dataset "
                            "folder, the folder of images")
-    output_dir: str = option("outputs", "sample grids, logs and the loss curve go here")
-    checkpoint_path: str = option(DEFAULT_CHECKPOINT,
-                                  "checkpoint file; if it exists training resumes from it ('latest' or a folder: newest valid one)")
+    output_dir: str = option(OUTPUT_DIR, "sample grids, logs and the loss curve go here")
+    checkpoint_path: str = option(DEFAULT_CHECKPOINT, "checkpoint file; if it exists training resumes from it "
+                                  "('latest' or a folder: the newest valid one). One run at a time writes it")
     minutes: float = option(17.0, "wall-clock budget of this run: the speed of the first steps fixes the number of "
                             "steps (printed, and saved as total_steps) so that training ends on time with the LR "
                             "annealed; used unless --epochs or --total_steps is given", bounds="[0, inf)")
@@ -139,7 +171,8 @@ class TrainConfig:
                               "saves its own here, so a rerun with the printed value repeats it exactly", bounds="[0, inf)")
     max_steps: int = option(0, "stop after this many optimizer steps in total, the schedule unchanged (0 = no limit)",
                             bounds="[0, inf)")
-    batch_size: int = option(128, "images per optimizer step (global, over all processes)", bounds="[1, inf)")
+    batch_size: int = option(128, "images per optimizer step (global, over all processes); a data set with fewer "
+                             "images trains with all of them per step", bounds="[1, inf)")
     lr: float = option(2e-3, "peak learning rate of AdamW", bounds="(0, inf)")
     weight_decay: float = option(0.0, "AdamW weight decay", bounds="[0, inf)")
     warmup_steps: int = option(200, "linear LR warmup steps before the cosine decay", bounds="[0, inf)")
@@ -148,11 +181,8 @@ class TrainConfig:
     p_uncond: float = option(0.1, "probability of dropping the label (classifier-free guidance, Ho & Salimans 2022)",
                              bounds="[0, 1)")
     seed: int = option(0, "random seed: data order, noise and timesteps", bounds="[0, inf)")
-    seed_scheme: int = option(2, "how the data order and noise seeds derive from --seed (train.py); checkpoints "
-                              "written before scheme 2 resume with their scheme 1", bounds="[1, 2]")
-    device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device like cpu or cuda:1")
-    precision: str = option("auto", "autocast precision: auto picks bf16 where supported, else fp32 (fp16 on old GPUs)",
-                            choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = device_option()
+    precision: str = precision_option()
     compile: bool = option(False, "torch.compile the model")
     cuda_graph: bool = option(True, "on one CUDA device (bf16 or fp32), replay the whole training step as one CUDA graph")
     gpu_preset: bool = option(True, "on a CUDA device, a fresh run takes " + " ".join(f"--{k} {v:g}" for k, v in
@@ -161,12 +191,15 @@ class TrainConfig:
     keep_last: int = option(2, "step-numbered checkpoints kept next to the main one", bounds="[0, inf)")
     log_every: int = option(50, "read the step's loss back and append step, loss and LR to the log every this many "
                             "steps (the non-finite check runs then too)", bounds="[1, inf)")
-    num_grid_samples: int = option(64, "samples in the grid drawn after each epoch (0 = none)", bounds="[0, inf)")
+    num_grid_samples: int = option(64, "samples in the grid drawn after each epoch, at most every 200 steps (0 = none)",
+                                   bounds="[0, inf)")
     max_bad_steps: int = option(5, "stop after this many non-finite losses in a row (checked every --log_every steps)",
                                 bounds="[1, inf)")
     eval_every: int = option(0, "every this many steps, FID of --eval_samples samples (EMA, default sampling) -> "
                              "<output_dir>/eval_log.csv (0 = off)", bounds="[0, inf)")
     eval_samples: int = option(1000, "samples for the FID of --eval_every", bounds="[1, inf)")
+    tensorboard: bool = option(False, "also write the log, the quick FID and the sample grids as TensorBoard events "
+                               "to <output_dir>/tensorboard (pip install tensorboard; tensorboard --logdir outputs)")
 
     def __post_init__(self):
         check_fields(self)
@@ -209,16 +242,15 @@ class SamplingConfig:
 
 @dataclass
 class InferenceConfig:
-    checkpoint_path: str = option(DEFAULT_CHECKPOINT, "checkpoint file, a folder, or 'latest' (newest valid one); "
-                                  "with nothing at the default path, the shipped MNIST model")
+    checkpoint_path: str = checkpoint_option()
     num_samples: int = option(64, "digits in the final grid (with --inpaint: images to complete; --interpolate draws "
                               "4 rows)", bounds="[1, inf)")
     digit: str = option("", "class-conditional checkpoints: a class (a digit 0-9, or its index or name for other "
                         "data), 'all' for one row per class, or empty for every class in turn, one per column")
-    device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device like cpu or cuda:1")
-    precision: str = option("auto", "autocast precision for the network", choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = device_option()
+    precision: str = precision_option()
     use_ema: bool = option(True, "sample with the EMA weights (else the raw weights)")
-    output_dir: str = option("outputs", "where samples.png, denoising_steps.png, inpainting.png or interpolation.png "
+    output_dir: str = option(OUTPUT_DIR, "where samples.png, denoising_steps.png, inpainting.png or interpolation.png "
                              "and .gif are written")
     figure_samples: int = option(6, "samples (rows) in the denoising-steps figure", bounds="[1, inf)")
     figure_steps: int = option(10, "timesteps (columns) in the denoising-steps figure, from T-1 down to 0",
@@ -236,7 +268,7 @@ class InferenceConfig:
                               "eta 0; 0 = off", bounds="[0, inf)")
     between: tuple = option((), "with --interpolate: two classes (indices) to morph between at a fixed noise, "
                             "e.g. 3 8", bounds="[0, inf)")
-    data_dir: str = option("", "where the test images for --inpaint are; empty = the checkpoint's --data_dir")
+    data_dir: str = data_dir_option()
 
     def __post_init__(self):
         check_fields(self)
@@ -250,8 +282,7 @@ class InferenceConfig:
 
 @dataclass
 class LikelihoodConfig:
-    checkpoint_path: str = option(DEFAULT_CHECKPOINT, "checkpoint (file, folder or 'latest'); with nothing at the "
-                                  "default path, the shipped MNIST model")
+    checkpoint_path: str = checkpoint_option()
     method: str = option("both", "bound (the variational bound), ode (the probability-flow ODE) or both",
                          choices=("both", "bound", "ode"))
     num_images: int = option(100, "test images for the bound (each costs T network evaluations)", bounds="[1, inf)")
@@ -262,28 +293,50 @@ class LikelihoodConfig:
     batch_size: int = option(500, "network evaluations per batch for the bound", bounds="[1, inf)")
     seed: int = option(0, "seed of the test-image choice, the noise of the bound and the ODE's probes and "
                        "dequantisation", bounds="[0, inf)")
-    device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device")
-    data_dir: str = option("", "where the data set is stored (default: the checkpoint's --data_dir, else data)")
+    device: str = device_option()
+    data_dir: str = data_dir_option()
     out: str = option("", "JSON file for the results (default: next to the checkpoint; outputs/ for the shipped "
                       "model)")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 @dataclass
 class EvalConfig:
-    checkpoint_path: str = option(DEFAULT_CHECKPOINT, "checkpoint to evaluate (file, folder or 'latest'); with "
-                                  "nothing at the default path, the shipped MNIST model")
+    checkpoint_path: str = checkpoint_option("checkpoint to evaluate")
     real: bool = option(False, "evaluate 10k real training images instead of a checkpoint (the 'real data' floor)")
     num_samples: int = option(10000, "samples to generate and compare with the test images", bounds="[1, inf)")
     batch_size: int = option(0, "samples generated per batch (0 = 100 on the CPU, 1000 on a GPU)", bounds="[0, inf)")
-    device: str = option("auto", "auto (cuda, then mps, then cpu), or a torch device")
-    precision: str = option("auto", "autocast precision for the network", choices=("auto", "fp32", "bf16", "fp16"))
+    device: str = device_option()
+    precision: str = precision_option()
     dataset: str = option("", "the data set to compare with (default: the checkpoint's; mnist for --real)",
                           choices=("",) + DATASETS)
-    data_dir: str = option("", "where that data set is stored (default: the checkpoint's --data_dir, else data)")
-    classifier: str = option("", "the feature network (default: the data set's own, models/weights/ for MNIST, "
-                             "else checkpoints/classifier_<dataset>.pt from train_classifier.py)")
+    data_dir: str = data_dir_option()
+    classifier: str = option("", "the feature network, a file written by train_classifier.py (default: the data "
+                             f"set's own, models/weights/ for MNIST, else {CHECKPOINT_DIR}/classifier_<dataset>.pt)")
     out: str = option("", "JSON file for the results (default: next to the checkpoint; outputs/ for --real and "
                       "the shipped model)")
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+@dataclass
+class ClassifierConfig:
+    """train_classifier.py: the feature network of the quality metrics (models/classifier.py)."""
+    dataset: str = option("mnist", "the data set to classify (as train.py's --dataset)", choices=DATASETS)
+    data_dir: str = option(DATA_DIR, "where the data set is stored; for --dataset folder, the folder of images, "
+                           "labelled by sub-folder")
+    image_size: int = option(0, "--dataset folder: resize and centre-crop every image to this size (0 = the "
+                             "images' own, which must be one square size)", bounds="[0, inf)")
+    epochs: int = option(5, "passes over the training images", bounds="[1, inf)")
+    batch_size: int = option(128, "images per optimizer step", bounds="[1, inf)")
+    lr: float = option(3e-3, "peak learning rate of AdamW (one-cycle schedule)", bounds="(0, inf)")
+    seed: int = option(0, "random seed: initialisation, data order and shifts", bounds="[0, inf)")
+    device: str = device_option()
+    out: str = option("", f"where to write the classifier (default: {CHECKPOINT_DIR}/classifier_<dataset>.pt, where "
+                      "evaluate.py and --eval_every look first); the shipped one is never written over")
 
     def __post_init__(self):
         check_fields(self)
@@ -302,22 +355,36 @@ def add_arguments(parser, config_cls, skip=()):
             kwargs["choices"] = f.metadata["choices"]
         if isinstance(f.default, bool):  # --x / --no-x, except fields already named no_x
             kwargs["action"] = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
-        elif isinstance(f.default, tuple):  # numbers, typed like the default's
+        elif f.type in (tuple, "tuple"):  # numbers, typed like the default's (integers if it has none)
             kwargs.update(nargs="*", type=type(f.default[0]) if f.default else int)
         else:
             kwargs["type"] = type(f.default)
         group.add_argument(f"--{f.name}", **kwargs)
 
 
-def typed_flags(parser, argv):
-    """The names of the options spelled out on this command line, as opposed to left at their
-    defaults (the scripts' parsers take no abbreviations, so every typed flag appears whole)."""
-    given = {arg.split("=")[0] for arg in argv if arg.startswith("--")}
-    return {action.dest for action in parser._actions if given & set(action.option_strings)}
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's error style: one line on stderr, exit code 2, no usage block."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
+def parse_flags(description, config_classes, argv=None):
+    """(the parsed flags of every field of config_classes, the names of the flags typed on this
+    command line as opposed to left at their defaults). The parser takes no abbreviations, so every
+    typed flag appears whole."""
+    parser = Parser(description=description, allow_abbrev=False)
+    for cls in config_classes:
+        add_arguments(parser, cls)
+    args = parser.parse_args(argv)
+    given = {arg.split("=")[0] for arg in (sys.argv[1:] if argv is None else map(str, argv))}
+    typed = {f.name for cls in config_classes for f in dataclasses.fields(cls)
+             if given & {f"--{f.name}", f"--no-{f.name}"}}
+    return args, typed
 
 
 def _show(value):
-    return " ".join(map(str, value)) if isinstance(value, tuple) else value
+    return " ".join(map(str, value)) if isinstance(value, tuple) else "see above" if value is None else value
 
 
 def from_args(config_cls, args, **overrides):

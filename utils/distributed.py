@@ -24,27 +24,41 @@ def setup(device_name, timeout_s=300):
     return rank, world_size, device_name
 
 
-def any_rank(flag, device):
+def active():
+    return dist.is_available() and dist.is_initialized()
+
+
+def is_main():
+    """True in the process that logs and saves: rank 0, or the only one."""
+    return not active() or dist.get_rank() == 0
+
+
+def _device():
+    """Where collectives run: the process's GPU with NCCL, else the CPU (gloo)."""
+    return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+
+
+def any_rank(flag):
     """True on every rank if `flag` is true on any rank (for stopping together)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    value = torch.tensor([1.0 if flag else 0.0], device=_device())
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
 
 
-def from_rank0(number, device):
+def from_rank0(number):
     """Rank 0's value of an integer on every rank (e.g. a step count that rank 0 decided)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         return number
-    value = torch.tensor([number], dtype=torch.long, device=device)
+    value = torch.tensor([number], dtype=torch.long, device=_device())
     dist.broadcast(value, src=0)
     return int(value.item())
 
 
 def ranks_agree(model):
     """True if every rank holds exactly rank 0's weights (checked once at the end of training)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not active():
         return True
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     reference = flat.clone()
@@ -55,5 +69,5 @@ def ranks_agree(model):
 
 
 def cleanup():
-    if dist.is_available() and dist.is_initialized():
+    if active():
         dist.destroy_process_group()

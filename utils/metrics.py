@@ -1,4 +1,4 @@
-"""Sample-quality metrics, all on the shipped MNIST classifier (models/classifier.py).
+"""Sample-quality metrics, all on the features of a classifier of the same data set (models/classifier.py).
 
     FID, KID          torchmetrics, on the classifier's 128-d penultimate features
     precision/recall  improved precision and recall (Kynkaanniemi et al. 2019), k = 3
@@ -7,7 +7,7 @@
     memorisation      share of samples whose nearest training image (pixel L2) is closer than
                       the median nearest-neighbour distance among training images themselves
 
-Images are (N, 1, 28, 28) float in [-1, 1] throughout.
+Images are (N, C, H, W) float in [-1, 1] throughout (MNIST: (N, 1, 28, 28)).
 """
 import torch
 from torch import nn

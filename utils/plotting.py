@@ -27,9 +27,14 @@ def to_unit(images):
     return ((images.float().cpu() + 1) / 2).clamp(0, 1)
 
 
+def grid_image(images, nrow=8):
+    """(B, C, H, W) images in [-1, 1] -> one (C, H', W') grid in [0, 1]."""
+    return torchvision.utils.make_grid(to_unit(images), nrow=nrow, padding=2)
+
+
 def save_grid(images, path, nrow=8):
     """Save (B, C, H, W) images in [-1, 1] as one PNG grid."""
-    torchvision.utils.save_image(to_unit(images), path, nrow=nrow, padding=2)
+    torchvision.utils.save_image(grid_image(images, nrow), path)
 
 
 def step_figure(steps, path, show=False, with_x0=True, row_names=None):
@@ -87,7 +92,6 @@ def loss_curve(log_path, path):
 
 def save_gif(frames, path, nrow=8, frame_ms=60, hold_last=20):
     """Animated GIF of a list of (B, C, H, W) batches in [-1, 1]; the last frame is held."""
-    pictures = [torchvision.transforms.functional.to_pil_image(
-        torchvision.utils.make_grid(to_unit(frame), nrow=nrow, padding=2)) for frame in frames]
+    pictures = [torchvision.transforms.functional.to_pil_image(grid_image(frame, nrow)) for frame in frames]
     pictures += [pictures[-1]] * hold_last
     pictures[0].save(path, save_all=True, append_images=pictures[1:], duration=frame_ms, loop=0)

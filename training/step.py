@@ -5,9 +5,13 @@ the device until the caller asks for them (train.py does every --log_every steps
 against non-finite steps is still exact: a step whose loss or gradient is not finite sets the
 `found_inf` flag of the fused AdamW, which then skips its whole update (weights, moments and step
 count; the protocol torch.amp.GradScaler uses), and its EMA rate is multiplied by 0.
+
+A batch is (x0, y, noise, t) from training/batches.py; the process (diffusion/) makes x_t and the
+loss, the network (models/) the prediction.
 """
 import torch
 
+from training.schedule import update_ema
 from utils.device import autocast
 
 
@@ -17,18 +21,20 @@ def make_optimizer(model, cfg, device, capturable=False):
                              capturable=capturable and device.type == "cuda")
 
 
-def one_step(net, model, ema_model, optimizer, scaler, diffusion, batch, amp, grad_clip, ema_rate):
-    """Forward, backward, AdamW and EMA on one batch. `ema_rate` is a 0-d device tensor holding
-    1 - decay of this step. Returns (loss, gradient norm, finite) as device tensors."""
+def one_step(state, diffusion, batch, amp, grad_clip, ema_rate):
+    """Forward, backward, AdamW and EMA on one batch, for the RunState `state` (training/state.py).
+    `ema_rate` is a 0-d device tensor holding 1 - decay of this step. Returns (loss, gradient
+    norm, finite) as device tensors."""
     x0, y, noise, t = batch
     x_t = diffusion.q_sample(x0, t, noise)
     with amp():
-        prediction = net(x_t, t, y)
+        prediction = state.net(x_t, t, y)
     loss = diffusion.loss(prediction, x0, noise, t)
+    optimizer, scaler = state.optimizer, state.scaler
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip or float("inf"))
+    grad_norm = torch.nn.utils.clip_grad_norm_(state.model.parameters(), grad_clip or float("inf"))
     finite = torch.isfinite(loss) & torch.isfinite(grad_norm)
     if scaler.is_enabled():
         scaler.step(optimizer)  # fp16: the scaler sets found_inf itself and skips on inf gradients
@@ -37,35 +43,36 @@ def one_step(net, model, ema_model, optimizer, scaler, diffusion, batch, amp, gr
         optimizer.step()
         del optimizer.found_inf
     scaler.update()
-    update_ema(ema_model, model, ema_rate * finite)
+    update_ema(state.ema, state.model, ema_rate * finite)
     return loss.detach(), grad_norm, finite
 
 
-def make_step(net, model, ema_model, optimizer, scaler, diffusion, amp_dtype, grad_clip, example_batch, graphed):
-    """step(batch, ema_rate) -> (loss, gradient norm, finite) for a float ema_rate = 1 - decay: the
-    eager `one_step`, or with `graphed` the same step replayed as a CUDA graph (which needs the
-    autocast cache off and an optimizer made with capturable=True)."""
+def make_step(state, diffusion, amp_dtype, grad_clip, example_batch, graphed):
+    """step(batch, lr, ema_rate) -> (loss, gradient norm, finite), for float lr and ema_rate = 1 -
+    decay: the eager `one_step`, or with `graphed` the same step replayed as a CUDA graph (which
+    needs the autocast cache off and an optimizer made with capturable=True)."""
     device = example_batch[0].device
 
     def amp():
         return autocast(device, amp_dtype, cache=not graphed)
 
     def step_on(batch, ema_rate):
-        return one_step(net, model, ema_model, optimizer, scaler, diffusion, batch, amp, grad_clip, ema_rate)
+        return one_step(state, diffusion, batch, amp, grad_clip, ema_rate)
 
     if graphed:
-        return GraphedStep(step_on, optimizer, example_batch)
+        return GraphedStep(step_on, state.optimizer, example_batch)
     rate = torch.zeros((), device=device)
-    return lambda batch, ema_rate: step_on(batch, rate.fill_(ema_rate))
+
+    def eager_step(batch, lr, ema_rate):
+        set_lr(state.optimizer, lr)
+        return step_on(batch, rate.fill_(ema_rate))
+
+    return eager_step
 
 
-@torch.no_grad()
-def update_ema(ema_model, model, rate):
-    """ema <- ema + rate * (model - ema), for every parameter at once; `rate` may be a device tensor."""
-    ema_params, params = list(ema_model.parameters()), list(model.parameters())
-    difference = torch._foreach_sub(params, ema_params)
-    torch._foreach_mul_(difference, rate)
-    torch._foreach_add_(ema_params, difference)
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def nan_batch(batch):
@@ -88,8 +95,7 @@ class GraphedStep:
         self.lr = torch.tensor(float(optimizer.param_groups[0]["lr"]), device=device)
         self.ema_rate = torch.zeros((), device=device)
         self.batch = [None if part is None else part.clone() for part in nan_batch(example_batch)]
-        for group in optimizer.param_groups:
-            group["lr"] = self.lr  # the graph reads the LR from this tensor
+        set_lr(optimizer, self.lr)  # the graph reads the LR from this tensor
         side = torch.cuda.Stream()  # warm-up (lazy optimizer state, cuBLAS) on a side stream, as capture needs
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
@@ -99,14 +105,14 @@ class GraphedStep:
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
             self.outputs = step_fn(self.batch, self.ema_rate)
-        for group in optimizer.param_groups:
-            group["lr"] = float(self.lr)  # a plain number again for the LR scheduler and checkpoints
+        set_lr(optimizer, float(self.lr))  # a plain number again, for checkpoints
 
-    def __call__(self, batch, ema_rate):
+    def __call__(self, batch, lr, ema_rate):
         for static, part in zip(self.batch, batch):
             if static is not None:
                 static.copy_(part)
-        self.lr.fill_(self.optimizer.param_groups[0]["lr"])  # the float the LR scheduler just wrote
+        self.lr.fill_(lr)
+        set_lr(self.optimizer, lr)  # what a checkpoint records; the graph reads self.lr
         self.ema_rate.fill_(ema_rate)
         self.graph.replay()
         return self.outputs
