@@ -15,21 +15,21 @@ import dataclasses
 import signal
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.pipeline import generate
 from models.load import SHIPPED_MODEL
 from models.unet import UNet, count_parameters
-from training.batches import GRID_SEED, Batches, fit_batch
+from training.batches import Batches, fit_batch
 from training.budget import planned_steps, time_steps
-from training.log import Log, QuickFid
+from training.log import Log, Progress
 from training.schedule import ema_rate, learning_rate
 from training.state import RunState
-from training.step import make_optimizer, make_step
+from training.step import BadSteps, make_optimizer, make_step
 from utils import distributed
 from utils.checkpoint import config_mismatch, load_checkpoint, lock_checkpoint, main_path, save_checkpoint
 from utils.config import DATASET_MODEL, GPU_PRESET, DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig, \
@@ -41,16 +41,13 @@ from utils.plotting import loss_curve
 
 CONFIGS = (TrainConfig, ModelConfig, DiffusionConfig)
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
-GRID_EVERY = 200  # steps at least between two sample grids (a grid ends an epoch)
 
 
 def main(argv=None, make_model=UNet):
     """Train; `make_model(model_config)` builds the network (the benchmarks swap in a peer model)."""
     start = time.perf_counter()
     cfg, model_cfg, diffusion_cfg, ckpt, typed = resolve_configs(argv)
-    stop = {"signal": None}
-    for signum in EXIT_CODES:  # preemption or Ctrl-C: finish the step, save, exit
-        signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
+    stop = catch_signals()  # preemption or Ctrl-C: finish the step, save, exit
 
     # ---- setup: devices, data, model, optimizer, length ----------------------------------------------
     rank, world_size, device_name = distributed.setup(cfg.device)
@@ -60,83 +57,74 @@ def main(argv=None, make_model=UNet):
     set_cpu_threads()
     amp_dtype = resolve_precision(cfg.precision, device)
     graphed = cfg.cuda_graph and device.type == "cuda" and world_size == 1 and amp_dtype != torch.float16
-    amp = lambda: autocast(device, amp_dtype)  # noqa: E731  (the autocast context of grids and quick FID)
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
     if is_main:
         check_writable(out_dir, Path(cfg.checkpoint_path).parent)
     data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device)
     cfg = dataclasses.replace(cfg, batch_size=fit_batch(cfg.batch_size, len(data.images), world_size, cfg.dataset))
-    if cfg.batch_size % world_size:
-        raise UserError(f"--batch_size {cfg.batch_size} must be divisible by the {world_size} processes")
     batches = Batches(data, cfg, rank, world_size, diffusion_cfg.num_timesteps,
                       model_cfg.null_label if model_cfg.num_classes else None)
-    model = make_model(model_cfg).to(device)
-    diffusion = GaussianDiffusion(diffusion_cfg, device)
-    state = RunState(model, copy.deepcopy(model).eval().requires_grad_(False),
-                     make_optimizer(model, cfg, device, capturable=graphed),
-                     torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
-    if ckpt is not None:
-        state.restore(ckpt, cfg.checkpoint_path)
-    state.net = torch.compile(model) if cfg.compile else model
-    if world_size > 1:
-        state.net = DistributedDataParallel(state.net, device_ids=[device.index] if device.type == "cuda" else None)
+    model, diffusion = make_model(model_cfg).to(device), GaussianDiffusion(diffusion_cfg, device)
+    state = new_state(model, cfg, ckpt, amp_dtype, graphed, world_size)
     step_fn = make_step(state, diffusion, amp_dtype, cfg.grad_clip, batches.get(state.step), graphed)
     total = planned_steps(cfg, batches.steps_per_epoch, lambda: time_steps(step_fn, batches, state, device),
                           time.perf_counter() - start, state.step)
     end_step = min(total, cfg.max_steps or total)
     if is_main:
         print(f"device {device} | precision {amp_dtype or torch.float32} | processes {world_size} | "
-              f"{'CUDA graph | ' if graphed else ''}{count_parameters(model):,} parameters | "
-              f"{batches.steps_per_epoch} steps/epoch | {'resuming at' if ckpt else 'starting at'} step "
-              f"{state.step} of {end_step}" + ("" if state.step < end_step else " (done already: raise "
-                                                "--total_steps or --max_steps to train further)"), file=sys.stderr)
+              f"{'CUDA graph | ' if graphed else ''}{count_parameters(model):,} parameters | {batches.steps_per_epoch} "
+              f"steps/epoch | {'resuming at' if ckpt else 'starting at'} step {state.step} of {end_step}", file=sys.stderr)
     log = Log(cfg, out_dir, (state.step, end_step), fresh=ckpt is None, start=start, enabled=is_main)
-    quick_fid = QuickFid(device, cfg, model_cfg) if is_main and cfg.eval_every else None
-    save = (lambda: save_checkpoint(state.checkpoint((model_cfg, diffusion_cfg, cfg), total, batches.steps_per_epoch,
-                                                     data.classes), cfg.checkpoint_path, cfg.keep_last)) \
-        if is_main else (lambda: None)
-    grid_every = batches.steps_per_epoch * -(-GRID_EVERY // batches.steps_per_epoch)
+    progress = Progress(cfg, model_cfg, diffusion, partial(autocast, device, amp_dtype), batches.steps_per_epoch) if is_main else None
+    checkpoint = partial(state.checkpoint, (model_cfg, diffusion_cfg, cfg), total, batches.steps_per_epoch, data.classes)
 
     # ---- the loop: batch, step, log, save, sample ------------------------------------------------------
     # The step's results stay on the device (no sync per step); they are read back every --log_every
-    # steps, and at saves and the end. bad_run counts the non-finite steps in a row (fp16: the grad
-    # scaler's skipped steps are normal and not counted), worst_run its maximum since the last read.
-    bad_run = torch.tensor(state.bad_steps, device=device)
-    worst_run = bad_run.clone()
+    # steps, and at saves and the end.
+    bad = BadSteps(state.bad_steps, device, counted=not state.scaler.is_enabled())
     while state.step < end_step:
         # batch and step
         epoch, lr = state.step // batches.steps_per_epoch, learning_rate(state.step, cfg, total)
         loss, grad_norm, finite = step_fn(batches.get(state.step), lr, ema_rate(state.step, cfg.ema_decay))
-        if not state.scaler.is_enabled():
-            bad_run = (bad_run + 1) * ~finite
-            worst_run = torch.maximum(worst_run, bad_run)
+        bad.count(finite)
         state.step += 1
-        step = state.step
-        stopping = distributed.any_rank(stop["signal"] is not None)
+        step, stopping = state.step, distributed.any_rank(stop["signal"] is not None)
         log.tick()
         # log and save
         if step % cfg.log_every == 0 or step % cfg.save_every == 0 or step == end_step or stopping:
-            state.bad_steps, too_many = int(bad_run), int(worst_run) >= cfg.max_bad_steps
-            worst_run.copy_(bad_run)
+            state.bad_steps, too_many = bad.read(cfg.max_bad_steps)
             log.step(step, epoch, loss.item(), lr, grad_norm.item(), state.bad_steps)
-            if step % cfg.save_every == 0 or step == end_step or stopping or too_many:
-                save()
+            if is_main and (step % cfg.save_every == 0 or step == end_step or stopping or too_many):
+                save_checkpoint(checkpoint(), cfg.checkpoint_path, cfg.keep_last)
             if too_many:
                 raise UserError(f"stopped at step {step}: {cfg.max_bad_steps} non-finite losses or gradients "
                                 f"in a row (last finite weights saved to {cfg.checkpoint_path}); try a lower --lr")
             if stopping:
-                log.close()
-                exit_on_signal(stop["signal"] or signal.SIGTERM, step, cfg.checkpoint_path)
-        # sample: the quick FID and a grid of the EMA weights (default sampling, fixed noise)
-        if quick_fid and step % cfg.eval_every == 0:
-            fid, confident = quick_fid.log(state.ema, diffusion, amp, step, cfg.eval_samples, out_dir / "eval_log.csv")
-            log.scalars(step, {"eval/fid": fid, "eval/confident": confident})
-        if is_main and cfg.num_grid_samples and (step % grid_every == 0 or step == end_step):
-            grid = generate(state.ema, diffusion, cfg.num_grid_samples, SamplingConfig(seed=GRID_SEED),
-                            batch_size=cfg.num_grid_samples, autocast=amp)
-            log.grid(step, grid, out_dir / f"samples_epoch{epoch + 1:03d}.png")
+                exit_on_signal(log, stop["signal"] or signal.SIGTERM, step, cfg.checkpoint_path)
+        # sample: the quick FID of --eval_every, and a grid after each epoch
+        if progress:
+            progress.sample(state.ema, step, step == end_step, log)
     finish(log, state, world_size, start, cfg, lock)
+
+
+def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
+    """The RunState of a fresh run, or of the checkpoint `ckpt` resumed: the model, its EMA copy,
+    AdamW (capturable for a CUDA graph), the fp16 grad scaler, and the network the step calls
+    (compiled with --compile, in DistributedDataParallel under torchrun)."""
+    device = next(model.parameters()).device
+    state = RunState(model, copy.deepcopy(model).eval().requires_grad_(False),
+                     make_optimizer(model, cfg, device, capturable=graphed),
+                     torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
+    if ckpt is not None:
+        state.restore(ckpt, cfg.checkpoint_path)
+        if state.step >= min(cfg.total_steps or float("inf"), cfg.max_steps or float("inf")):
+            print(f"{cfg.checkpoint_path} is at step {state.step} already; raise --total_steps or --max_steps to "
+                  "train further", file=sys.stderr)
+    state.net = torch.compile(model) if cfg.compile else model
+    if world_size > 1:  # after the restore: DDP starts every process from rank 0's weights
+        state.net = DistributedDataParallel(state.net, device_ids=[device.index] if device.type == "cuda" else None)
+    return state
 
 
 def resolve_configs(argv):
@@ -225,7 +213,16 @@ def finish(log, state, world_size, start, cfg, lock):
     distributed.cleanup()
 
 
-def exit_on_signal(signum, step, path):
+def catch_signals():
+    """{"signal": the SIGTERM or SIGINT received, else None}, kept up to date."""
+    stop = {"signal": None}
+    for signum in EXIT_CODES:
+        signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
+    return stop
+
+
+def exit_on_signal(log, signum, step, path):
+    log.close()
     print(f"received {signal.Signals(signum).name}: saved step {step} to {path}", file=sys.stderr)
     distributed.cleanup()
     sys.exit(EXIT_CODES[signum])

@@ -26,6 +26,9 @@ from utils.errors import UserError, exit_on_user_error
 from utils.metrics import classify
 
 
+CONFIGS = (ClassifierConfig,)
+
+
 def random_shift(x, generator, max_shift=2):
     """Translate each image by up to max_shift pixels (zero padding stays at -1, the background)."""
     b = x.shape[0]
@@ -56,7 +59,7 @@ def splits(cfg):
 
 
 def main(argv=None):
-    args, _ = parse_flags(__doc__.splitlines()[0], [ClassifierConfig], argv)
+    args, _ = parse_flags(__doc__.splitlines()[0], CONFIGS, argv)
     cfg = from_args(ClassifierConfig, args)
     out = Path(cfg.out or classifier_path(cfg.dataset))  # never the shipped file unless typed
     device = select_device(cfg.device)

@@ -29,6 +29,8 @@ def fit_batch(batch_size, num_images, world_size, name):
     """The global batch size for a data set of num_images: --batch_size, or for a smaller data set
     all of its images (rounded down to a multiple of the processes), said in one line."""
     if num_images >= batch_size:
+        if batch_size % world_size:
+            raise UserError(f"--batch_size {batch_size} must be divisible by the {world_size} processes")
         return batch_size
     fitted = num_images - num_images % world_size
     if fitted == 0:

@@ -1,13 +1,14 @@
 """What a run reports: the progress bar, <output_dir>/train_log.csv, the quick FID of --eval_every
-(<output_dir>/eval_log.csv) and, with --tensorboard, the same as TensorBoard events."""
+(<output_dir>/eval_log.csv), sample grids and, with --tensorboard, all of it as TensorBoard events."""
 import csv
 import time
+from pathlib import Path
 
 from tqdm import tqdm
 
 from diffusion.pipeline import generate
 from models.classifier import load_classifier
-from training.batches import QUICK_FID_SEED
+from training.batches import GRID_SEED, QUICK_FID_SEED
 from utils.config import SamplingConfig
 from utils.data import to_model_range
 from utils.datasets import load_dataset
@@ -16,6 +17,7 @@ from utils.errors import UserError
 from utils.metrics import class_statistics, classify, fid_kid
 from utils.plotting import grid_image, save_grid
 
+GRID_EVERY = 200  # steps at least between two sample grids (each ends an epoch)
 LOG_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "images_per_s", "bad_steps", "wall_s"]
 
 
@@ -106,3 +108,28 @@ class QuickFid:
             writer.writerow([step, f"{fid:.4f}", f"{confident:.4f}", f"{seconds:.1f}"])
         tqdm.write(f"step {step}: FID {fid:.3f} on {num} samples ({seconds:.0f} s)")
         return fid, confident
+
+
+class Progress:
+    """How the run's samples look as it trains, from the EMA weights with the default sampling and
+    fixed noise: the quick FID of --eval_every, and a grid after each epoch (at least GRID_EVERY
+    steps apart), both also sent to the Log."""
+
+    def __init__(self, cfg, model_cfg, diffusion, amp, steps_per_epoch):
+        self.cfg, self.diffusion, self.amp, self.steps_per_epoch = cfg, diffusion, amp, steps_per_epoch
+        self.out_dir = Path(cfg.output_dir)
+        self.quick_fid = QuickFid(diffusion.betas.device, cfg, model_cfg) if cfg.eval_every else None
+        self.grid_every = steps_per_epoch * -(-GRID_EVERY // steps_per_epoch)  # whole epochs
+
+    def sample(self, model, step, last, log):
+        """After optimizer step `step` (`last`: the run's last one)."""
+        cfg = self.cfg
+        if self.quick_fid and step % cfg.eval_every == 0:
+            fid, confident = self.quick_fid.log(model, self.diffusion, self.amp, step, cfg.eval_samples,
+                                                self.out_dir / "eval_log.csv")
+            log.scalars(step, {"eval/fid": fid, "eval/confident": confident})
+        if cfg.num_grid_samples and (step % self.grid_every == 0 or last):
+            grid = generate(model, self.diffusion, cfg.num_grid_samples, SamplingConfig(seed=GRID_SEED),
+                            batch_size=cfg.num_grid_samples, autocast=self.amp)
+            epoch = (step - 1) // self.steps_per_epoch  # the epoch this step belonged to
+            log.grid(step, grid, self.out_dir / f"samples_epoch{epoch + 1:03d}.png")

@@ -116,3 +116,24 @@ class GraphedStep:
         self.ema_rate.fill_(ema_rate)
         self.graph.replay()
         return self.outputs
+
+
+class BadSteps:
+    """The guard's count of non-finite steps in a row, kept on the device: run, and the longest
+    run since the last read. Not counted under fp16, whose grad scaler skips steps as a matter of
+    course."""
+
+    def __init__(self, run, device, counted=True):
+        self.run = torch.tensor(run, device=device)
+        self.longest, self.counted = self.run.clone(), counted
+
+    def count(self, finite):
+        if self.counted:
+            self.run = (self.run + 1) * ~finite
+            self.longest = torch.maximum(self.longest, self.run)
+
+    def read(self, limit):
+        """(non-finite steps in a row now, whether a run reached `limit` since the last read): a host sync."""
+        run, too_many = int(self.run), int(self.longest) >= limit
+        self.longest.copy_(self.run)
+        return run, too_many

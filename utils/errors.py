@@ -4,15 +4,18 @@ Scripts catch it at the top and print one line to stderr with exit code 2, no tr
 """
 import sys
 
+from tqdm import tqdm
+
 
 class UserError(Exception):
     """A problem with the user's input or environment, reported as one line."""
 
 
 def exit_on_user_error(main):
-    """Run main(); turn a UserError into 'error: ...' on stderr and exit code 2."""
+    """Run main(); turn a UserError into 'error: ...' on stderr and exit code 2 (on a line of its own,
+    also when a progress bar is showing)."""
     try:
         return main()
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        tqdm.write(f"error: {err}", file=sys.stderr)
         sys.exit(2)
