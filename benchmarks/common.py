@@ -1,12 +1,8 @@
-"""Shared pieces of the benchmarks: the peer model and a timing helper."""
-import statistics
-import sys
+"""Shared pieces of the benchmarks (run from the project root as python -m benchmarks.NAME): the
+peer model and a timing helper."""
 import time
-from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 # diffusers' UNet2DModel as commonly configured for 28x28 MNIST: 4.0M parameters.
 PEER_CONFIG = dict(sample_size=28, in_channels=1, out_channels=1, layers_per_block=2,
@@ -27,13 +23,13 @@ class Peer(torch.nn.Module):
         self.config = config or ModelConfig()
         if (self.config.image_size, self.config.in_channels) != (28, 1):
             raise ValueError("the peer model is the 28x28 MNIST configuration")
-        # class-conditional like ours: a label embedding added to the time embedding, index num_classes = null
+        # class-conditional like ours: a label embedding added to the time embedding, plus the null label
         classes = self.config.num_classes + 1 if self.config.num_classes else None
         self.net = UNet2DModel(**PEER_CONFIG, num_class_embeds=classes)
 
     def forward(self, x, t, y=None):
         if self.config.num_classes and y is None:
-            y = torch.full_like(t, self.config.num_classes)  # the null label: unconditional
+            y = torch.full_like(t, self.config.null_label)  # unconditional
         return self.net(x, t, class_labels=y).sample
 
 
@@ -63,6 +59,3 @@ def matmul_peak(device, precision="fp32", sizes=None, repeats=3):
         best = max(best, 2 * n ** 3 / seconds / 1e9)
     return best
 
-
-def median(values):
-    return statistics.median(values)

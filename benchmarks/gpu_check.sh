@@ -22,7 +22,7 @@ nvidia-smi -L | tee -a "$S"
 python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$S"
 
 log "graph vs eager, guard in the graph, determinism (30 steps, batch 1024, bf16)"
-timeout 120 python benchmarks/gpu_step_check.py --steps 30 --batch_size 1024 2>"$OUT/step_check.err" | tee -a "$S"
+timeout 120 python -m benchmarks.gpu_step_check --steps 30 --batch_size 1024 2>"$OUT/step_check.err" | tee -a "$S"
 tail -3 "$OUT/step_check.err" | tee -a "$S"
 
 log "python train.py on its defaults (the GPU preset: 1-minute budget)"
@@ -36,12 +36,12 @@ ev --checkpoint_path $CK/preset --num_samples 1000 --seed 1 --out "$OUT/preset_1
 
 log "throughput of the step (bf16), eager and graphed"
 for b in 256 1024; do  # batch 4096 stopped on a device-side assert (2026-11-27, not investigated)
-  timeout 90 python benchmarks/train_throughput.py --batch_size $b --no_fp32 --repeats 5 --steps 20 2>&1 | tail -5 | tee -a "$S"
+  timeout 90 python -m benchmarks.train_throughput --batch_size $b --no_fp32 --repeats 5 --steps 20 2>&1 | tail -5 | tee -a "$S"
 done
 
 log "10k samples: sampling speed and evaluate.py"
-timeout 90 python benchmarks/sample_throughput.py --checkpoint_path $CK/preset --num_samples 10000 --batch_size 10000 2>&1 | tail -2 | tee -a "$S"
-timeout 90 python benchmarks/sample_throughput.py --checkpoint_path $CK/preset --num_samples 10000 --batch_size 2500 2>&1 | tail -1 | tee -a "$S"
+timeout 90 python -m benchmarks.sample_throughput --checkpoint_path $CK/preset --num_samples 10000 --batch_size 10000 2>&1 | tail -2 | tee -a "$S"
+timeout 90 python -m benchmarks.sample_throughput --checkpoint_path $CK/preset --num_samples 10000 --batch_size 2500 2>&1 | tail -1 | tee -a "$S"
 ev --real --num_samples 10000 --out "$OUT/real_10k.json"
 ev --checkpoint_path $CK/preset --num_samples 10000 --batch_size 10000 --out "$OUT/preset_10k.json"
 

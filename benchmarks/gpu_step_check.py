@@ -1,22 +1,28 @@
 """Check the training step on a CUDA device: the CUDA graph against the eager step, the guard
 inside the graph, and run-to-run determinism. Prints one JSON object.
 
-    python benchmarks/gpu_step_check.py --steps 30 --batch_size 1024
+    python -m benchmarks.gpu_step_check --steps 30 --batch_size 1024
 """
-import argparse
 import copy
 import json
-import sys
-from pathlib import Path
+from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from diffusion.gaussian import GaussianDiffusion
+from models.unet import UNet
+from training.state import RunState
+from training.step import make_optimizer, make_step, nan_batch
+from utils.config import DiffusionConfig, ModelConfig, TrainConfig, check_fields, from_args, option, parse_flags
 
-from diffusion.gaussian import GaussianDiffusion  # noqa: E402
-from models.unet import UNet  # noqa: E402
-from utils.config import DiffusionConfig, ModelConfig, TrainConfig  # noqa: E402
-from utils.train_step import make_optimizer, make_step, nan_batch  # noqa: E402
+
+@dataclass
+class Flags:
+    steps: int = option(30, "training steps of each run", bounds="[1, inf)")
+    batch_size: int = option(1024, "images per step", bounds="[1, inf)")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def batches(n, size, device):
@@ -30,16 +36,16 @@ def batches(n, size, device):
 def train(data, graph, device, dtype=torch.bfloat16):
     """Run the steps from one fixed initialisation; returns (model, EMA, optimizer, step)."""
     torch.manual_seed(0)
-    model = UNet(ModelConfig(num_classes=10)).to(device)
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = make_optimizer(model, TrainConfig(), device, capturable=graph)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    model = UNet(ModelConfig()).to(device)
+    state = RunState(model, copy.deepcopy(model).requires_grad_(False),
+                     make_optimizer(model, TrainConfig(), device, capturable=graph),
+                     torch.amp.GradScaler("cuda", enabled=False))
     diffusion = GaussianDiffusion(DiffusionConfig(), device)
-    step = make_step(model, model, ema, optimizer, scaler, diffusion, dtype, 1.0, data[0], graph)
+    step = make_step(state, diffusion, dtype, 1.0, data[0], graph)
     for batch in data:
-        step(batch, 0.01)
+        step(batch, 2e-3, 0.01)
     torch.cuda.synchronize()
-    return model, ema, optimizer, step
+    return model, state.ema, state.optimizer, step
 
 
 def flat(module):
@@ -51,10 +57,7 @@ def optimizer_state(optimizer):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--batch_size", type=int, default=1024)
-    args = parser.parse_args()
+    args = from_args(Flags, parse_flags(__doc__.splitlines()[0], [Flags])[0])
     device = torch.device("cuda")
     data = batches(args.steps, args.batch_size, device)
     eager, eager_again, graph, graph_again = (train(data, g, device) for g in (False, False, True, True))
@@ -69,12 +72,12 @@ def main():
     model, ema, optimizer, step = graph  # the guard inside the graph: NaN steps change nothing
     before = flat(model), flat(ema), optimizer_state(optimizer)
     for batch in data[:3]:
-        loss, grad_norm, finite = step(nan_batch(batch), 0.01)
+        loss, grad_norm, finite = step(nan_batch(batch), 2e-3, 0.01)
     torch.cuda.synchronize()
     after = flat(model), flat(ema), optimizer_state(optimizer)
     result["nan_steps_reported_finite"] = bool(finite)
     result["nan_steps_leave_state_untouched"] = all(torch.equal(a, b) for a, b in zip(before, after))
-    step(data[0], 0.01)
+    step(data[0], 2e-3, 0.01)
     torch.cuda.synchronize()
     result["real_step_after_nan_changes_weights"] = not torch.equal(before[0], flat(model))
     print(json.dumps(result, indent=1))

@@ -1,7 +1,7 @@
 """Time to quality: train with the defaults and measure the samples at wall-clock marks.
 
-    python benchmarks/time_to_quality.py --marks 5 10 20
-    python benchmarks/time_to_quality.py --marks 5 10 20 --model peer     # diffusers' UNet2DModel, same recipe
+    python -m benchmarks.time_to_quality --marks 5 10 20
+    python -m benchmarks.time_to_quality --marks 5 10 20 --model peer     # diffusers' UNet2DModel, same recipe
 
 Runs train.py (or benchmarks/train_peer.py) on its defaults in a fresh folder, keeping a step
 checkpoint every --save_every steps, and stops it with SIGTERM (which saves) at the last mark.
@@ -10,7 +10,6 @@ checkpoint saved before it is evaluated with evaluate.py (--num_samples samples,
 default sampler unless --sampler is given), next to the real-data floor at the same sample count.
 A mark after the end of the default run gets the finished model (see its train_minutes).
 """
-import argparse
 import csv
 import json
 import signal
@@ -20,13 +19,27 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from dataclasses import dataclass
 
-import evaluate  # noqa: E402  (after the path set-up above)
-from common import Peer  # noqa: E402
-from models.unet import UNet  # noqa: E402
-from utils.config import SamplingConfig, add_arguments, from_args  # noqa: E402
+import evaluate
+from benchmarks.common import Peer
+from models.unet import UNet
+from utils.config import SamplingConfig, check_fields, from_args, option, parse_flags
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Flags:
+    marks: tuple = option((5.0, 10.0, 20.0), "minutes of training at which to measure", bounds="(0, inf)")
+    save_every: int = option(50, "a checkpoint every this many steps", bounds="[1, inf)")
+    num_samples: int = option(1000, "samples per evaluation", bounds="[1, inf)")
+    model: str = option("ours", "the project's U-Net, or diffusers' UNet2DModel trained with the same recipe",
+                        choices=("ours", "peer"))
+    work_dir: str = option("", "keep checkpoints and logs here (default: a temp folder)")
+
+    def __post_init__(self):
+        check_fields(self)
 
 
 def read_log(path):
@@ -37,25 +50,18 @@ def read_log(path):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--marks", type=float, nargs="+", default=[5, 10, 20], help="minutes of training")
-    parser.add_argument("--save_every", type=int, default=50)
-    parser.add_argument("--num_samples", type=int, default=1000)
-    parser.add_argument("--model", choices=("ours", "peer"), default="ours",
-                        help="the project's U-Net, or diffusers' UNet2DModel trained with the same recipe")
-    parser.add_argument("--work_dir", default="", help="keep checkpoints and logs here (default: a temp folder)")
-    parser.add_argument("train_args", nargs="*", help="extra train.py flags, after --")
-    add_arguments(parser, SamplingConfig)  # how each mark's samples are drawn: the default sampling unless given
-    args = parser.parse_args()
-    sampling = from_args(SamplingConfig, args)
+    argv = sys.argv[1:]
+    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    flags, _ = parse_flags(__doc__.splitlines()[0] + " Extra train.py flags go after --.", [Flags, SamplingConfig], own)
+    args, sampling = from_args(Flags, flags), from_args(SamplingConfig, flags)  # sampling: the default unless given
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="ttq_"))
     ckpt, out = work / "ck", work / "out"
 
     # ---- train, stopping at the last mark ---------------------------------------------------
-    script = "train.py" if args.model == "ours" else "benchmarks/train_peer.py"
-    cmd = [sys.executable, script, "--checkpoint_path", str(ckpt), "--output_dir", str(out),
+    script = ["train.py"] if args.model == "ours" else ["-m", "benchmarks.train_peer"]
+    cmd = [sys.executable, *script, "--checkpoint_path", str(ckpt), "--output_dir", str(out),
            "--save_every", str(args.save_every), "--log_every", str(args.save_every), "--keep_last", "100000",
-           *args.train_args]
+           *train_args]
     log = out / "train_log.csv"
     deadline = max(args.marks) * 60
     work.mkdir(parents=True, exist_ok=True)

@@ -8,39 +8,56 @@ the achieved GFLOP/s, and that as a share of the machine's measured matmul peak 
 fp32 or bf16 matrix products: the most this machine does for these convolutions).
 
     pip install -r benchmarks/requirements.txt
-    python benchmarks/train_throughput.py --repeats 5
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/train_throughput.py   # an AVX2-only CPU
+    python -m benchmarks.train_throughput --repeats 5
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m benchmarks.train_throughput   # an AVX2-only CPU
 """
-import argparse
 import copy
+from dataclasses import dataclass
+from statistics import median
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import Peer, matmul_peak, median, timed
+from benchmarks.common import Peer, matmul_peak, timed
 from diffusion.gaussian import GaussianDiffusion
 from models.unet import UNet, count_parameters
-from utils.config import DiffusionConfig, ModelConfig, TrainConfig
+from training.state import RunState
+from training.step import make_optimizer, make_step
+from utils.config import DiffusionConfig, ModelConfig, TrainConfig, device_option, check_fields, from_args, option, parse_flags
 from utils.device import resolve_precision, select_device, set_cpu_threads
-from utils.train_step import make_optimizer, make_step
 
 WIDE = dict(base_channels=32, channel_mults=(1, 2, 2))
 
 
+@dataclass
+class Flags:
+    device: str = device_option()
+    batch_size: int = option(128, "images per step", bounds="[1, inf)")
+    steps: int = option(3, "training steps per timed repeat", bounds="[1, inf)")
+    repeats: int = option(5, "timed repeats of every variant, interleaved", bounds="[1, inf)")
+    peer: bool = option(False, "also time diffusers' UNet2DModel")
+    compile: bool = option(False, "also time torch.compile of the default model")
+    models: tuple = option(("default", "wide"), "networks to time: default and/or wide")
+    no_fp32: bool = option(False, "time only the device's best autocast precision")
+
+    def __post_init__(self):
+        check_fields(self)
+
+
 def benchmark_step(model, diffusion, batch, device, dtype, graph=False):
-    """train.py's step (utils/train_step.py) on random images: eager, or replayed as a CUDA graph."""
+    """train.py's step (training/step.py) on random images: eager, or replayed as a CUDA graph."""
     plain = getattr(model, "_orig_mod", model)  # the EMA copies the uncompiled module
-    optimizer = make_optimizer(plain, TrainConfig(), device, capturable=graph)
-    ema = copy.deepcopy(plain).requires_grad_(False)
-    scaler = torch.amp.GradScaler(device.type, enabled=False)
+    state = RunState(plain, copy.deepcopy(plain).requires_grad_(False),
+                     make_optimizer(plain, TrainConfig(), device, capturable=graph),
+                     torch.amp.GradScaler(device.type, enabled=False), net=model)
     x0 = torch.rand(batch, 1, 28, 28, device=device) * 2 - 1
     y = torch.randint(0, 10, (batch,), device=device)
 
     def draw():
         return x0, y, torch.randn_like(x0), torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
 
-    step = make_step(model, plain, ema, optimizer, scaler, diffusion, dtype, 1.0, draw(), graph)
-    return lambda: step(draw(), 1e-3)
+    step = make_step(state, diffusion, dtype, 1.0, draw(), graph)
+    return lambda: step(draw(), 2e-3, 1e-3)
 
 
 def step_flops(model, device, batch):
@@ -54,23 +71,14 @@ def step_flops(model, device, batch):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--batch_size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3, help="training steps per timed repeat")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--peer", action="store_true", help="also time diffusers' UNet2DModel")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile of the default model")
-    parser.add_argument("--models", nargs="+", default=["default", "wide"], choices=["default", "wide"])
-    parser.add_argument("--no_fp32", action="store_true", help="time only the device's best autocast precision")
-    args = parser.parse_args()
+    args = from_args(Flags, parse_flags(__doc__.splitlines()[0], [Flags])[0])
     device = select_device(args.device)
     set_cpu_threads()
     best = resolve_precision("auto", device)
     diffusion = GaussianDiffusion(DiffusionConfig(), device)
 
     shapes = {"default": {}, "wide": WIDE}
-    models = {name: UNet(ModelConfig(num_classes=10, **shapes[name])).to(device) for name in args.models}
+    models = {name: UNet(ModelConfig(**shapes[name])).to(device) for name in args.models}
     if args.compile:
         models["default, compiled"] = torch.compile(UNet(ModelConfig(num_classes=10)).to(device))
     if args.peer:

@@ -1,4 +1,5 @@
-"""Imports run one way: utils/ (leaf helpers) <- models/, diffusion/ <- the scripts."""
+"""Imports run one way: utils/ (plumbing) <- diffusion/ (the process) <- models/ (the network) <-
+training/ (the algorithm that drives both) <- the scripts and benchmarks."""
 import ast
 
 import pytest
@@ -6,7 +7,8 @@ import pytest
 from conftest import ROOT
 
 # package -> the project packages its modules may import
-ALLOWED = {"utils": {"utils"}, "diffusion": {"diffusion", "utils"}, "models": {"models", "diffusion", "utils"}}
+ALLOWED = {"utils": {"utils"}, "diffusion": {"diffusion", "utils"}, "models": {"models", "diffusion", "utils"},
+           "training": {"training", "models", "diffusion", "utils"}}
 
 
 def project_imports(path):
@@ -27,6 +29,12 @@ def test_no_import_runs_up_a_layer(package):
         assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
 
 
-def test_diffusion_and_models_do_not_import_each_other_both_ways():
-    diffusion = {top for p in (ROOT / "diffusion").glob("*.py") for top in project_imports(p)}
-    assert "models" not in diffusion  # models/load.py may build a GaussianDiffusion; never the reverse
+def test_the_training_step_names_the_process_and_the_network_it_drives():
+    """The step calls the process (q_sample, loss) and the network through objects it is handed;
+    its signature names their types, so the dependency is an import the layering test sees."""
+    step = set(project_imports(ROOT / "training" / "step.py")) | set(project_imports(ROOT / "training" / "state.py"))
+    assert {"diffusion", "models"} <= step
+    assert not any((ROOT / "utils").glob("train*.py"))  # no training algorithm under plumbing
+    for path in (ROOT / "utils").glob("*.py"):
+        text = path.read_text()
+        assert ".backward(" not in text and "optimizer.step(" not in text, path.name

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from models.unet import UNet
 from training.schedule import schedule_state
 from utils.checkpoint import FORMAT_VERSION, load_weights
 from utils.errors import UserError
@@ -22,8 +23,8 @@ TRAINING_STATE = ("train_config", "optimizer", "grad_scaler", "bad_steps", "rng"
 
 @dataclass
 class RunState:
-    model: nn.Module                  # the plain U-Net, which the optimizer updates
-    ema: nn.Module                    # its exponential moving average, used for sampling
+    model: UNet                       # the plain network f(x_t, t, y), which the optimizer updates
+    ema: UNet                         # its exponential moving average, used for sampling
     optimizer: torch.optim.Optimizer
     scaler: torch.amp.GradScaler      # enabled for fp16 only
     net: nn.Module = None             # what the step calls: the model, compiled and/or in DDP (default: model)
