@@ -26,7 +26,7 @@ from utils.config import InferenceConfig, SamplingConfig, from_args, parse_flags
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data, read_image
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import UserError, ensure_writable, exit_on_user_error
 from utils.plotting import can_show, save_gif, save_grid, step_figure
 
 
@@ -62,14 +62,6 @@ def spread(timesteps, count):
     return {timesteps[i] for i in picks}
 
 
-def make_folders(*folders):
-    for folder in folders:
-        try:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise UserError(f"cannot create {folder}: {err.strerror}") from None
-
-
 def main(argv=None):
     args, _ = parse_flags("Sample images from a trained diffusion model.", CONFIGS, argv)
     cfg, sampling = from_args(InferenceConfig, args), from_args(SamplingConfig, args)
@@ -82,7 +74,7 @@ def main(argv=None):
     labels, nrow = labels_for(cfg, model.config, device, classes)
     amp = lambda: autocast(device, amp_dtype)  # noqa: E731
     num = len(labels) if labels is not None else cfg.num_samples
-    make_folders(cfg.output_dir, Path(cfg.gif).parent if cfg.gif else cfg.output_dir)
+    ensure_writable(cfg.output_dir, Path(cfg.gif).parent if cfg.gif else cfg.output_dir)
     if cfg.interpolate:
         return interpolation(cfg, sampling, model, diffusion, labels, amp)
 

@@ -32,11 +32,10 @@ from training.state import RunState
 from training.step import BadSteps, make_optimizer, make_step
 from utils import distributed
 from utils.checkpoint import config_mismatch, load_checkpoint, lock_checkpoint, main_path, save_checkpoint
-from utils.config import DATASET_MODEL, GPU_PRESET, DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig, \
-    from_args, parse_flags
+from utils.config import DATASET_MODEL, GPU_PRESET, DiffusionConfig, ModelConfig, TrainConfig, from_args, parse_flags
 from utils.datasets import load_dataset
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import UserError, ensure_writable, exit_on_user_error
 from utils.plotting import loss_curve
 
 CONFIGS = (TrainConfig, ModelConfig, DiffusionConfig)
@@ -60,7 +59,7 @@ def main(argv=None, make_model=UNet):
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
     if is_main:
-        check_writable(out_dir, Path(cfg.checkpoint_path).parent)
+        ensure_writable(out_dir, Path(cfg.checkpoint_path).parent)
     data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device)
     cfg = dataclasses.replace(cfg, batch_size=fit_batch(cfg.batch_size, len(data.images), world_size, cfg.dataset))
     batches = Batches(data, cfg, rank, world_size, diffusion_cfg.num_timesteps,
@@ -226,17 +225,6 @@ def exit_on_signal(log, signum, step, path):
     print(f"received {signal.Signals(signum).name}: saved step {step} to {path}", file=sys.stderr)
     distributed.cleanup()
     sys.exit(EXIT_CODES[signum])
-
-
-def check_writable(*folders):
-    for folder in folders:
-        try:
-            Path(folder).mkdir(parents=True, exist_ok=True)
-            probe = Path(folder) / ".write_test"
-            probe.write_bytes(b"")
-            probe.unlink()
-        except OSError as err:
-            raise UserError(f"cannot write to {folder}: {err.strerror}") from None
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ class GaussianDiffusion:
 
         self.betas = buffer(betas)
         self.alphas_cumprod = buffer(alphas_cumprod)
-        self.alphas_cumprod_prev = buffer(alphas_cumprod_prev)
 
         # q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)                (eq. 4)
         self.sqrt_alphas_cumprod = buffer(np.sqrt(alphas_cumprod))
