@@ -1,18 +1,22 @@
-"""Generate MNIST digits from a checkpoint and show the denoising, from pure noise to digits.
+"""Generate MNIST digits from a checkpoint (any process) and show the denoising, from noise to digits.
 
     python inference.py --checkpoint_path checkpoints/ddpm_checkpoint
     python inference.py --sampler ddpm --gif outputs/denoising.gif
     python inference.py --digit all --guidance 1      # one row per digit, more classifier-free guidance
     python inference.py --inpaint right --digit 3     # complete test digits' left halves as threes
+    python inference.py --image my7.png --strength 0.6 --digit 3   # SDEdit: a 7 redrawn toward a 3
     python inference.py --interpolate 8 --between 3 8 # a 3 turning into an 8 (diffusion/interpolation.py)
 
 Writes <output_dir>/samples.png (the final digits) and <output_dir>/denoising_steps.png
-(rows = samples, columns = timesteps from t = T-1 down to t = 0), and shows the figure when a
-display is available (never with --no_show).
+(rows = samples, columns = times from noise down to the data), plus inpainting.png or editing.png,
+and shows the figure when a display is available (never with --no_show).
 """
 import sys
 import time
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +24,9 @@ import torch
 from diffusion.inpainting import MASKS, inpaint, named_mask
 from diffusion.interpolation import slerp, soft_labels
 from diffusion.pipeline import every_digit, generate, make_denoiser
+from diffusion.processes import Process
 from diffusion.samplers import make_timesteps, sample
+from diffusion.sdedit import sdedit
 from models.load import checkpoint_or_shipped, class_names, load_model
 from utils.config import InferenceConfig, SamplingConfig, from_args, parse_flags
 from utils.data import to_model_range
@@ -31,6 +37,26 @@ from utils.plotting import can_show, save_gif, save_grid, step_figure
 
 
 CONFIGS = (InferenceConfig, SamplingConfig)
+
+
+@dataclass
+class Job:
+    """What every kind of run shares: the options, the network, its process and the autocast context."""
+    cfg: InferenceConfig
+    sampling: SamplingConfig
+    model: torch.nn.Module
+    diffusion: Process
+    amp: Callable
+
+    def denoiser(self, labels):
+        """denoise(x_t, t) with the sampling's guidance, toward `labels` (None: unconditional)."""
+        s = self.sampling
+        return make_denoiser(self.model, self.diffusion, labels, s.guidance, s.guidance_interval, self.amp)
+
+    def noise(self, shape):
+        """(the starting noise, the generator that drew it and draws the rest), from --seed."""
+        generator = torch.Generator(device=self.diffusion.device).manual_seed(self.sampling.seed)
+        return torch.randn(shape, generator=generator, device=self.diffusion.device), generator
 
 
 def labels_for(cfg, model_cfg, device, classes):
@@ -72,11 +98,11 @@ def main(argv=None):
     model, diffusion = load_model(ckpt, path, cfg.use_ema, device)
     classes = class_names(ckpt)
     labels, nrow = labels_for(cfg, model.config, device, classes)
-    amp = lambda: autocast(device, amp_dtype)  # noqa: E731
+    job = Job(cfg, sampling, model, diffusion, partial(autocast, device, amp_dtype))
     num = len(labels) if labels is not None else cfg.num_samples
     ensure_writable(cfg.output_dir, Path(cfg.gif).parent if cfg.gif else cfg.output_dir)
     if cfg.interpolate:
-        return interpolation(cfg, sampling, model, diffusion, labels, amp)
+        return interpolation(job, labels)
 
     # the steps to keep: columns of the figure, and frames of the GIF
     try:
@@ -86,8 +112,8 @@ def main(argv=None):
     shown = spread(timesteps, cfg.figure_steps) | {-1}
     frames = set(timesteps[::cfg.gif_every or max(1, len(timesteps) // 50)]) | {-1} if cfg.gif else set()
 
-    print(f"{'completing' if cfg.inpaint else 'sampling'} {num} images with {sampling.describe(labels is not None)}, "
-          f"on {device}", file=sys.stderr)
+    action = "completing" if cfg.inpaint else "editing" if cfg.image else "sampling"
+    print(f"{action} {num} images with {sampling.describe(labels is not None)}, on {device}", file=sys.stderr)
     start = time.perf_counter()
     kept = []  # the steps of the figure and the GIF
 
@@ -95,10 +121,13 @@ def main(argv=None):
         if step.t in shown | frames:
             kept.append(step)
 
+    requested = labels if cfg.digit else None  # editing and inpainting go toward a class only if asked
     if cfg.inpaint:
-        final = inpainting(cfg, sampling, ckpt, model, diffusion, labels if cfg.digit else None, num, amp, keep)
+        final = inpainting(job, ckpt, requested, num, keep)
+    elif cfg.image:
+        final = editing(job, requested, num, keep)
     else:
-        final = generate(model, diffusion, num, sampling, labels=labels, batch_size=num, autocast=amp,
+        final = generate(model, diffusion, num, sampling, labels=labels, batch_size=num, autocast=job.amp,
                          callback=lambda first, step: keep(step))
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -112,45 +141,62 @@ def main(argv=None):
                 with_x0=cfg.show_x0, row_names=names)
     if cfg.gif:
         save_gif([s.x.cpu() for s in kept if s.t in frames], cfg.gif, nrow=nrow)
-    print(f"{num} images in {seconds:.1f} s; wrote {Path(cfg.output_dir) / 'samples.png'} and "
-          f"{Path(cfg.output_dir) / 'denoising_steps.png'}" + (f" and {cfg.gif}" if cfg.gif else ""), file=sys.stderr)
+    extra = ["inpainting.png"] if cfg.inpaint else ["editing.png"] if cfg.image else []
+    written = [str(Path(cfg.output_dir) / name) for name in ["samples.png", "denoising_steps.png", *extra]]
+    print(f"{num} images in {seconds:.1f} s; wrote {', '.join(written + ([cfg.gif] if cfg.gif else []))}",
+          file=sys.stderr)
     return final
 
 
-def inpainting(cfg, sampling, ckpt, model, diffusion, labels, num, amp, keep):
+def editing(job, labels, num, keep):
+    """SDEdit of --image, `num` times with different noise (toward --digit if given); writes
+    editing.png: the image, then its edits."""
+    cfg, net = job.cfg, job.model.config
+    image = to_model_range(read_image(cfg.image, net.image_size, net.in_channels)[None]).to(job.diffusion.device)
+    image = image.repeat(num, 1, 1, 1)
+    noise, generator = job.noise(image.shape)
+    try:
+        final = sdedit(job.denoiser(labels), job.diffusion, image, noise, job.sampling, cfg.strength, generator, keep)
+    except ValueError as err:
+        raise UserError(f"--strength {cfg.strength:g}: {err}; raise --strength or --steps") from None
+    save_grid(torch.cat([image[:1], final]), Path(cfg.output_dir) / "editing.png", nrow=num + 1)
+    return final
+
+
+def inpainting(job, ckpt, labels, num, keep):
     """Complete `num` images (test images, or --image) outside the --inpaint mask; writes
     inpainting.png: the originals, the masked inputs (the unknown region grey), the completions."""
-    size, channels, device = model.config.image_size, model.config.in_channels, diffusion.betas.device
+    cfg, size, channels = job.cfg, job.model.config.image_size, job.model.config.in_channels
     if cfg.image:
         images = read_image(cfg.image, size, channels)[None].repeat(num, 1, 1, 1)
     else:
         test = checkpoint_data(ckpt, False, cfg.data_dir)[1].images
-        images = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(sampling.seed))[:num]]
-    known = to_model_range(images).to(device)
+        images = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(job.sampling.seed))[:num]]
+    known = to_model_range(images).to(job.diffusion.device)
     if cfg.inpaint in MASKS:
         mask = named_mask(cfg.inpaint, size)
     elif Path(cfg.inpaint).is_file():
         mask = (read_image(cfg.inpaint, size, 1)[None] > 127).float()
     else:
         raise UserError(f"--inpaint {cfg.inpaint!r}: give one of {', '.join(MASKS)}, or a PNG mask file")
-    mask = mask.to(device)
-    generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    noise = torch.randn(known.shape, generator=generator, device=device)
-    denoise = make_denoiser(model, diffusion.num_timesteps, labels, sampling.guidance, sampling.guidance_interval, amp)
-    final = inpaint(denoise, diffusion, known, mask, noise, sampling, generator, cfg.resample, keep)
+    mask = mask.to(known.device)
+    noise, generator = job.noise(known.shape)
+    final = inpaint(job.denoiser(labels), job.diffusion, known, mask, noise, job.sampling, generator, cfg.resample,
+                    keep)
     save_grid(torch.cat([known, known * mask, final]), Path(cfg.output_dir) / "inpainting.png", nrow=len(known))
     return final
 
 
-def interpolation(cfg, sampling, model, diffusion, labels, amp, rows=4):
+def interpolation(job, labels, rows=4):
     """--interpolate N: `rows` rows of N frames, decoded at eta 0 with the same noise and labels
     per frame: between two noises (spherically), or with --between A B between two classes at one
     noise. Writes interpolation.png and interpolation.gif."""
-    n, device, net = cfg.interpolate, diffusion.betas.device, model.config
+    cfg, net, device = job.cfg, job.model.config, job.diffusion.device
+    n = cfg.interpolate
     weights = torch.linspace(0, 1, n, dtype=torch.float64)
-    generator = torch.Generator(device=device).manual_seed(sampling.seed)
     shape = (rows, net.in_channels, net.image_size, net.image_size)
-    start, end = (torch.randn(shape, generator=generator, device=device) for _ in range(2))
+    start, generator = job.noise(shape)
+    end = torch.randn(shape, generator=generator, device=device)
     if cfg.between:
         if not net.num_classes or max(cfg.between) >= net.num_classes:
             raise UserError(f"--between {' '.join(map(str, cfg.between))}: the checkpoint has {net.num_classes} classes")
@@ -161,8 +207,7 @@ def interpolation(cfg, sampling, model, diffusion, labels, amp, rows=4):
         if labels is None or len(labels) < rows:  # one class per row: --digit's, or every class in turn
             labels = every_digit(rows, net.num_classes, device)
         labels = labels[:rows].repeat_interleave(n) if labels is not None else None
-    denoise = make_denoiser(model, diffusion.num_timesteps, labels, sampling.guidance, sampling.guidance_interval, amp)
-    final = sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, 0.0)
+    final = sample(job.sampling.sampler, job.denoiser(labels), job.diffusion, noise, job.sampling.steps, 0.0)
     out = Path(cfg.output_dir)
     save_grid(final, out / "interpolation.png", nrow=n)
     save_gif([final[i::n].cpu() for i in range(n)], out / "interpolation.gif", nrow=rows)

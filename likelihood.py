@@ -1,9 +1,11 @@
-"""Bits per dimension of the test set under a trained model: the variational bound and the
-probability-flow ODE (the maths: diffusion/likelihood.py).
+"""Bits per dimension of the test set under a trained model: the variational bound (DDPM's discrete
+one, VDM's continuous one; flow matching has none) and the probability-flow ODE (every process),
+the maths in diffusion/likelihood.py.
 
     python likelihood.py                                  # both methods, the default checkpoint or the shipped model
     python likelihood.py --method bound --num_images 1000
     python likelihood.py --method ode --ode_images 64 --rtol 1e-4 --atol 1e-4
+    python likelihood.py --checkpoint_path checkpoints/vdm --num_images 1000 --t_samples 100
 
 The network runs in fp32 with the null label, so the likelihood is the unconditional one, log p(x).
 Bits per dimension = nats / (D ln 2) with D = C x H x W; each figure comes with its standard error
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.likelihood import bound_terms, ode_log_likelihood
+from diffusion.likelihood import bound_terms, ode_log_likelihood, vdm_bound_terms, vdm_decoder_log_likelihood
 from models.load import checkpoint_or_shipped, load_model, results_path
 from utils.config import LikelihoodConfig, from_args, parse_flags
 from utils.data import to_model_range
@@ -40,21 +42,66 @@ CONFIGS = (LikelihoodConfig,)
 
 
 def network(model, diffusion):
-    """(predict_x0, predict_eps) of the model in fp32 with the null label: unconditional."""
+    """(predict_x0, predict_eps) of the model in fp32 with the null label: unconditional. Times are
+    float tensors: DDPM's may be fractional (x0 and v models then convert with the coefficients of
+    floor(t)); a continuous process's lie in [0, 1]."""
+    discrete = diffusion.config.process == "ddpm"
+
     def output(x, t):
-        return model(x, t, None).float()  # no labels: the U-Net's null label
+        return model(x, diffusion.model_time(t, len(x), x.device), None).float()  # no labels: the null label
 
     def predict_x0(x, t):
         with torch.no_grad():
             return diffusion.predict_x0_eps(x, t, output(x, t))[0]
 
-    def predict_eps(x, t):  # t may be fractional (x0 and v models: converted with the coefficients of floor(t))
+    def predict_eps(x, t):
         if diffusion.prediction == "eps":
             return output(x, t)
-        low = t.floor().long().clamp(max=diffusion.num_timesteps - 1)
-        return diffusion.predict_x0_eps(x, low, output(x, t))[1]
+        coefficients_t = t.floor().long().clamp(max=diffusion.num_timesteps - 1) if discrete else t
+        return diffusion.predict_x0_eps(x, coefficients_t, output(x, t))[1]
 
     return predict_x0, predict_eps
+
+
+def variational_bound(cfg, diffusion, images, generator, predictors):
+    """The bound in bits/dim per image, and the mean of each of its terms: DDPM's discrete one, or
+    VDM's continuous one; None for flow matching, which has no variational bound."""
+    process, dim = diffusion.config.process, images[0].numel()
+    predict_x0, predict_eps = predictors
+    if process == "ddpm":
+        terms = bound_terms(predict_x0, diffusion, images, generator, cfg.batch_size) / (dim * math.log(2))
+        T = diffusion.num_timesteps
+        breakdown = {name: (terms[:, T] if span is None else terms[:, span[0]:span[1] or T].sum(1)).mean().item()
+                     for name, span in BUCKETS}
+        return terms.sum(1), breakdown, "variational bound (Ho et al. 2020)"
+    if process == "vdm":
+        terms = vdm_bound_terms(predict_eps, diffusion, images, generator, cfg.t_samples, cfg.batch_size)
+        terms = terms / (dim * math.log(2))
+        breakdown = dict(zip(("prior", "reconstruction", "diffusion"), terms.mean(0).tolist()))
+        return terms.sum(1), breakdown, f"VDM bound, {cfg.t_samples} t per image"
+    return None
+
+
+def ode_bits(cfg, diffusion, codes, generator, predict_eps):
+    """(bits/dim per image, evaluations, the dequantisation) by the probability-flow ODE. Uniform
+    dequantisation, (x + u) / 128 - 1 with u ~ U[0, 1): -log P(x) <= -log p(x + u) + D log 128.
+    VDM, trained down to sigma_0 of about 1e-3, much narrower than a pixel's bin, is read through its
+    own q(z_0 | x) and decoder instead: -log P(x) <= -log p(z_0) - log p(x | z_0) + log q(z_0 | x)."""
+    dim = codes[0].numel()
+    if diffusion.config.process != "vdm":
+        x = ((codes + torch.rand(codes.shape, generator=generator, dtype=torch.float64)) / 128 - 1).float()
+        log_p, evaluations = ode_log_likelihood(predict_eps, diffusion, x.to(diffusion.device), generator,
+                                                cfg.rtol, cfg.atol)
+        return (-log_p / dim + math.log(128)) / math.log(2), evaluations, "uniform"
+    x = codes / 127.5 - 1
+    alpha0, sigma0 = diffusion.alpha_sigma64(torch.tensor(0.0, dtype=torch.float64))
+    noise = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    z0 = alpha0 * x + sigma0 * noise
+    log_p, evaluations = ode_log_likelihood(predict_eps, diffusion, z0.float().to(diffusion.device), generator,
+                                            cfg.rtol, cfg.atol)
+    log_q = (-0.5 * noise ** 2 - torch.log(sigma0) - 0.5 * math.log(2 * math.pi)).flatten(1).sum(1)
+    nats = -log_p - vdm_decoder_log_likelihood(x, z0, alpha0, sigma0) + log_q
+    return nats / (dim * math.log(2)), evaluations, "q(z_0 | x) and the decoder"
 
 
 def main(argv=None):
@@ -68,42 +115,43 @@ def main(argv=None):
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(test.images), generator=generator)
     dim = test.images[0].numel()
-    predict_x0, predict_eps = network(model, diffusion)
-    results = {"checkpoint": str(path), "dataset": dataset, "dims": dim, "device": str(device)}
+    predictors = network(model, diffusion)
+    process = diffusion.config.process
+    results = {"checkpoint": str(path), "dataset": dataset, "process": process, "dims": dim, "device": str(device)}
 
     if cfg.method in ("both", "bound"):
         images = to_model_range(test.images[order[:cfg.num_images]])
         start = time.perf_counter()
-        terms = bound_terms(predict_x0, diffusion, images, generator, cfg.batch_size) / (dim * math.log(2))
-        seconds = time.perf_counter() - start
-        bpd, error = mean_and_error(terms.sum(1))
-        T = diffusion.num_timesteps
-        breakdown = {name: (terms[:, T] if span is None else terms[:, span[0]:span[1] or T].sum(1)).mean().item()
-                     for name, span in BUCKETS}
-        results["bound"] = {"bits_per_dim": bpd, "standard_error": error, "images": len(images),
-                            "seconds_per_image": seconds / len(images), "breakdown": breakdown}
+        bound = variational_bound(cfg, diffusion, images, generator, predictors)
+        if bound is None:
+            print(f"{process} has no variational bound; the ODE gives its likelihood", file=sys.stderr)
+        else:
+            bpd, breakdown, name = bound
+            mean, error = mean_and_error(bpd)
+            results["bound"] = {"name": name, "bits_per_dim": mean, "standard_error": error, "images": len(images),
+                                "seconds_per_image": (time.perf_counter() - start) / len(images),
+                                "breakdown": breakdown}
     if cfg.method in ("both", "ode"):
         codes = test.images[order[:cfg.ode_images]].double()
-        x = ((codes + torch.rand(codes.shape, generator=generator, dtype=torch.float64)) / 128 - 1).float()
         start = time.perf_counter()
-        log_p, evaluations = ode_log_likelihood(predict_eps, diffusion, x.to(device), generator, cfg.rtol, cfg.atol)
-        seconds = time.perf_counter() - start
-        bpd, error = mean_and_error((-log_p / dim + math.log(128)) / math.log(2))
-        results["ode"] = {"bits_per_dim": bpd, "standard_error": error, "images": len(x), "rtol": cfg.rtol,
+        bpd, evaluations, dequantisation = ode_bits(cfg, diffusion, codes, generator, predictors[1])
+        mean, error = mean_and_error(bpd)
+        results["ode"] = {"bits_per_dim": mean, "standard_error": error, "images": len(codes), "rtol": cfg.rtol,
                           "atol": cfg.atol, "function_evaluations": evaluations, "probes": 1,
-                          "seconds_per_image": seconds / len(x)}
+                          "dequantisation": dequantisation, "seconds_per_image": (time.perf_counter() - start) / len(codes)}
 
-    print(f"\n{'method':34s} {'images':>7s} {'bits/dim':>9s} {'s.e.':>7s} {'s/image':>8s}   ({dataset}, {device})")
+    print(f"\n{'method':34s} {'images':>7s} {'bits/dim':>9s} {'s.e.':>7s} {'s/image':>8s}   ({dataset}, {process}, {device})")
     if "bound" in results:
         r = results["bound"]
-        print(f"{'variational bound (Ho et al. 2020)':34s} {r['images']:>7d} {r['bits_per_dim']:>9.3f} "
-              f"{r['standard_error']:>7.3f} {r['seconds_per_image']:>8.2f}")
+        print(f"{r['name']:34s} {r['images']:>7d} {r['bits_per_dim']:>9.3f} {r['standard_error']:>7.3f} "
+              f"{r['seconds_per_image']:>8.2f}")
         print("  the bound's terms, bits/dim: " + ", ".join(f"{k} {v:.3f}" for k, v in r["breakdown"].items()))
     if "ode" in results:
         r = results["ode"]
         print(f"{'probability-flow ODE (Song 2021)':34s} {r['images']:>7d} {r['bits_per_dim']:>9.3f} "
               f"{r['standard_error']:>7.3f} {r['seconds_per_image']:>8.2f}   "
-              f"(RK45 rtol {cfg.rtol:g} atol {cfg.atol:g}, {r['function_evaluations']} evaluations, 1 probe)")
+              f"(RK45 rtol {cfg.rtol:g} atol {cfg.atol:g}, {r['function_evaluations']} evaluations, 1 probe, "
+              f"dequantised by {r['dequantisation']})")
     if dataset == "mnist":
         print("  flows on dequantised MNIST, bits/dim: " + ", ".join(f"{k} {v}" for k, v in FLOWS.items()))
     out = Path(cfg.out or results_path(path, ".likelihood.json"))

@@ -1,6 +1,8 @@
-"""Train a DDPM on MNIST (or Fashion-MNIST, KMNIST, CIFAR-10, or a folder of your own images).
+"""Train a diffusion model (DDPM, VDM or flow matching) on MNIST, or Fashion-MNIST, KMNIST, CIFAR-10 or
+a folder of your own images.
 
     python train.py                                              # defaults; writes checkpoints/ddpm_checkpoint
+    python train.py --process vdm --fourier_features 7 8 --checkpoint_path checkpoints/vdm   # for bits/dim
     python train.py --dataset folder --data_dir my_images --checkpoint_path checkpoints/mine
     python train.py --checkpoint_path checkpoints/ddpm_checkpoint  # resumes that run exactly
     torchrun --nproc_per_node=4 train.py                         # DistributedDataParallel
@@ -21,7 +23,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.processes import make_process
 from models.load import SHIPPED_MODEL
 from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
@@ -62,9 +64,8 @@ def main(argv=None, make_model=UNet):
         ensure_writable(out_dir, Path(cfg.checkpoint_path).parent)
     data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device)
     cfg = dataclasses.replace(cfg, batch_size=fit_batch(cfg.batch_size, len(data.images), world_size, cfg.dataset))
-    batches = Batches(data, cfg, rank, world_size, diffusion_cfg.num_timesteps,
-                      model_cfg.null_label if model_cfg.num_classes else None)
-    model, diffusion = make_model(model_cfg).to(device), GaussianDiffusion(diffusion_cfg, device)
+    model, diffusion = make_model(model_cfg).to(device), make_process(diffusion_cfg, device)
+    batches = Batches(data, cfg, rank, world_size, diffusion, model_cfg.null_label if model_cfg.num_classes else None)
     state = new_state(model, cfg, ckpt, amp_dtype, graphed, world_size)
     step_fn = make_step(state, diffusion, amp_dtype, cfg.grad_clip, batches.get(state.step), graphed)
     total = planned_steps(cfg, batches.steps_per_epoch, lambda: time_steps(step_fn, batches, state, device),

@@ -35,7 +35,7 @@ ev --checkpoint_path $CK/preset --num_samples 1000 --out "$OUT/preset_1k_s0.json
 ev --checkpoint_path $CK/preset --num_samples 1000 --seed 1 --out "$OUT/preset_1k_s1.json"
 
 log "throughput of the step (bf16), eager and graphed"
-for b in 256 1024; do  # batch 4096 stopped on a device-side assert (2026-11-27, not investigated)
+for b in 256 1024; do  # batch 4096 stopped on a device-side assert: open in issue 23
   timeout 90 python -m benchmarks.train_throughput --batch_size $b --no_fp32 --repeats 5 --steps 20 2>&1 | tail -5 | tee -a "$S"
 done
 

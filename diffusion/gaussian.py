@@ -3,8 +3,13 @@ posterior q(x_{t-1} | x_t, x_0), the prediction targets and the training loss.
 
 Conventions: t is an integer in [0, T); t = 0 is the last denoising step, x_{-1} is the clean
 image x_0 of the paper. Tensors are (B, C, H, W); t is (B,), or one Python int for the whole
-batch. Every coefficient is computed once in float64 and stored in float32 on the device. The process never sees the network.
+batch. Every coefficient is computed once in float64 and stored in float32 on the device. The
+process never sees the network. It is the discrete instance of the interface that every process
+offers the samplers and the training loop (alpha, sigma, lambda, times, posterior; see
+diffusion/continuous.py for the continuous-time ones).
 """
+import math
+
 import numpy as np
 import torch
 
@@ -18,7 +23,7 @@ def extract(a, t, shape):
 
 class GaussianDiffusion:
     def __init__(self, config, device="cpu"):
-        self.config = config
+        self.config, self.device = config, torch.device(device)
         self.num_timesteps = config.num_timesteps
         self.prediction = config.prediction
         betas = make_betas(config)
@@ -31,6 +36,7 @@ class GaussianDiffusion:
 
         self.betas = buffer(betas)
         self.alphas_cumprod = buffer(alphas_cumprod)
+        self.log_alphas_cumprod = np.log(alphas_cumprod.astype(np.float32).astype(np.float64))  # as the ODE reads it
 
         # q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)                (eq. 4)
         self.sqrt_alphas_cumprod = buffer(np.sqrt(alphas_cumprod))
@@ -65,6 +71,53 @@ class GaussianDiffusion:
             return torch.ones_like(self.sqrt_alphas_cumprod[0]), torch.zeros_like(self.sqrt_alphas_cumprod[0])
         return self.sqrt_alphas_cumprod[t], self.sqrt_one_minus_alphas_cumprod[t]
 
+    def lam(self, t):
+        """lambda_t = log(alpha_t / sigma_t), DPM-Solver's time variable, as a float."""
+        return self.log_snr[t].item()
+
+    def fraction(self, t):
+        """t / T: where t sits between the clean data (0) and noise (1), the guidance interval's scale."""
+        return t / self.num_timesteps
+
+    def model_time(self, t, batch, device):
+        """The (B,) timesteps the network sees: the integer t itself."""
+        return t if torch.is_tensor(t) else torch.full((batch,), t, device=device, dtype=torch.long)
+
+    def draw_t(self, batch, generator, device):
+        """Training timesteps, uniform over [0, T)."""
+        return torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=device)
+
+    def ode_span(self):
+        """The probability-flow ODE runs over t in [0, T - 1]."""
+        return 0.0, float(self.num_timesteps - 1)
+
+    def ode_drift(self, t):
+        """(a, b) of the probability-flow ODE dx/dt = a x + b eps_hat at a float t, where log(alpha_bar)
+        is linear between the integer steps the network was trained on (g its slope there):
+        a = g / 2, b = -g / (2 sigma_t) (Song et al. 2021, the variance-preserving SDE)."""
+        log_a_bar = self.log_alphas_cumprod
+        i = min(int(t), self.num_timesteps - 2)
+        slope = log_a_bar[i + 1] - log_a_bar[i]
+        sigma = math.sqrt(1 - math.exp(log_a_bar[i] + slope * (t - i)))
+        return slope / 2, -slope / (2 * sigma)
+
+    def sampling_times(self, sampler, steps):
+        """Descending timesteps for a sampler: all T for ddpm; for dpm++ `steps` evenly spaced in
+        log-SNR, lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022, the "logSNR" spacing), rounded to
+        the nearest training timestep; for the others evenly spaced in [T-1, 0] (Song et al. 2021).
+        Rounding can merge two neighbours near t = 0 when steps is large; those are kept once."""
+        num_timesteps = self.num_timesteps
+        if sampler == "ddpm":
+            return list(range(num_timesteps - 1, -1, -1))
+        if not 1 <= steps <= num_timesteps:
+            raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
+        if sampler == "dpm++" and steps > 1:
+            lam = self.log_snr
+            targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
+            nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1)
+            return sorted({int(t) for t in nearest}, reverse=True)
+        return [int(t) for t in np.unique(np.linspace(0, num_timesteps - 1, steps).round())[::-1]]
+
     # ---- posterior q(x_{t-1} | x_t, x_0) ------------------------------------------------------
 
     def q_posterior(self, x0, x_t, t):
@@ -72,6 +125,15 @@ class GaussianDiffusion:
         mean = (extract(self.posterior_mean_coef1, t, x_t.shape) * x0
                 + extract(self.posterior_mean_coef2, t, x_t.shape) * x_t)
         return mean, extract(self.posterior_variance, t, x_t.shape)
+
+    def posterior(self, x0, x_t, t, s):
+        """q(x_s | x_t, x_0) for the next timestep s = t - 1 (the ancestral sampler's step)."""
+        return self.q_posterior(x0, x_t, t)
+
+    def transition(self, s, t):
+        """(a, variance) of q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I), for s = t - 1."""
+        beta = self.betas[t]
+        return (1 - beta).sqrt(), beta
 
     # ---- prediction targets -----------------------------------------------------------------
 

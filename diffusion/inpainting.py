@@ -6,13 +6,13 @@ so the network always sees the true image there at the right noise level. Every 
 updates x pixel by pixel, so replacing what the network sees is the same as replacing x itself
 for the unknown region; the finished samples get the known pixels back exactly.
 
-Resampling (RePaint, jump length 1), on the DDPM sampler: after a step from x_t to x_{t-1}, go back
-up with q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I) and step down again, `resample`
+Resampling (RePaint, jump length 1), on the DDPM sampler: after a step from x_t to x_s, go back up
+with q(x_t | x_s) (DDPM: N(sqrt(1 - beta_t) x_{t-1}, beta_t I)) and step down again, `resample`
 times in all, so that the unknown region can agree with the known one.
 """
 import torch
 
-from diffusion.samplers import Step, ancestral_step, make_timesteps, predict, sample
+from diffusion.samplers import Step, ancestral_step, following, make_timesteps, predict, sample
 
 
 def redraw_known(diffusion, x, t, known, mask, generator=None):
@@ -32,16 +32,18 @@ def replacing(denoise, diffusion, known, mask, generator=None):
 @torch.no_grad()
 def repaint(denoise, diffusion, known, mask, x, generator=None, resample=1):
     """RePaint on the ancestral DDPM sampler: Steps like the samplers', the last one finished."""
-    for t in make_timesteps("ddpm", diffusion, 0):
+    timesteps = make_timesteps("ddpm", diffusion, 0)
+    for i, t in enumerate(timesteps):
+        s = following(timesteps, i)
         for jump in range(resample):
             x = redraw_known(diffusion, x, t, known, mask, generator)
             x0, _ = predict(denoise, diffusion, x, t)
             if jump == 0:
                 yield Step(t, x, x0)
-            x_prev = ancestral_step(diffusion, x, t, x0, generator)
-            if jump + 1 < resample and t > 0:  # back up one step: q(x_t | x_{t-1})
-                beta = diffusion.betas[t]
-                x = (1 - beta).sqrt() * x_prev + beta.sqrt() * torch.randn(x.shape, generator=generator, device=x.device)
+            x_prev = ancestral_step(diffusion, x, t, s, x0, generator)
+            if jump + 1 < resample and s >= 0:  # back up one step: q(x_t | x_s)
+                a, variance = diffusion.transition(s, t)
+                x = a * x_prev + variance.sqrt() * torch.randn(x.shape, generator=generator, device=x.device)
         x = x_prev
     yield Step(-1, mask * known + (1 - mask) * x, x)
 

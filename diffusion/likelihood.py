@@ -1,6 +1,6 @@
 """The likelihood of images under a trained model, in nats; likelihood.py turns it into bits/dim.
 
-Two estimates of -log p(x) for 8-bit images x (pixel k in 0..255 is k / 127.5 - 1 in the model's range):
+Three estimates of -log p(x) for 8-bit images x (pixel k in 0..255 is k / 127.5 - 1 in the model's range):
 
 1. The variational bound of Ho et al. 2020 (eq. 5), term by term as in Nichol & Dhariwal 2021:
        -log p(x_0) <= L_prior + sum_{t >= 1} L_t + L_0
@@ -13,16 +13,20 @@ Two estimates of -log p(x) for 8-bit images x (pixel k in 0..255 is k / 127.5 - 
    In this code's indexing t runs over 0..T-1 and the paper's x_t is this code's x_{t-1}: the decoder
    term sits at t = 0 and the KL terms at t = 1..T-1.
 
-2. The probability-flow ODE (Song et al. 2021): x moves from the data at t = 0 to noise at t = T-1 along
-       dx/dt = f(x, t) = g(t) / 2 * (x - eps(x, t) / sigma_t),   g = d log(alpha_bar) / dt,
-   the ODE whose marginals are those of x_t = alpha_t x_0 + sigma_t eps (alpha_bar is interpolated
-   log-linearly between the integer steps the network was trained on). Then
-       log p_0(x(0)) = log N(x(T-1); 0, I) + integral_0^{T-1} div f(x(t), t) dt
-   with div f = g / 2 * (D - div eps / sigma_t) and div eps estimated by Hutchinson's trace estimator,
-   v^T (d eps / d x) v with one Rademacher probe v per image, fixed along the path (Grathwohl et al.
-   2019). p_0 is the model's density at its smallest noise level (sigma = sqrt(beta_1) = 0.01), as
-   Song et al. start at t = 1e-5; uniformly dequantised data (x + u) / 128 - 1, u ~ U[0, 1), gives
-   the bound -log P(x) <= -log p_0 + D log 128.
+2. The probability-flow ODE (Song et al. 2021) of any process x_t = alpha_t x_0 + sigma_t eps: x moves
+   from the data at the process's first ODE time t0 to noise at its last, t1, along
+       dx/dt = f(x, t) = a(t) x + b(t) eps(x, t),   a = alpha' / alpha,  b = sigma' - a sigma
+   (process.ode_drift; for DDPM, a = g / 2 and b = -g / (2 sigma_t) with g = d log(alpha_bar) / dt and
+   alpha_bar log-linear between the integer steps the network was trained on). Then
+       log p_t0(x(t0)) = log N(x(t1); 0, I) + integral_t0^t1 div f(x(t), t) dt
+   with div f = a D + b div eps and div eps estimated by Hutchinson's trace estimator, v^T (d eps /
+   d x) v with one Rademacher probe v per image, fixed along the path (Grathwohl et al. 2019).
+   p_t0 is the model's density at its smallest noise level (DDPM: sigma = sqrt(beta_1) = 0.01), as
+   Song et al. start at t = 1e-5; likelihood.py dequantises (uniformly, or for VDM through q(z_0 | x)
+   and its decoder) to bound -log P(x).
+
+3. VDM's continuous-time bound (Kingma et al. 2021, eqs. 11 and 17): prior KL + reconstruction by
+   its categorical decoder + 1/2 E_t[gamma'(t) ||eps - eps_hat||^2], Monte Carlo over t.
 """
 import math
 
@@ -82,38 +86,84 @@ def bound_terms(predict_x0, diffusion, x0, generator=None, batch_size=500):
     return terms
 
 
-def ode_log_likelihood(predict_eps, diffusion, x, generator=None, rtol=1e-5, atol=1e-5):
-    """(log p_0(x) in nats per image, function evaluations) by the probability-flow ODE with
-    Hutchinson's estimator; predict_eps(x_t, t) -> eps for a float (B,) tensor t.
-    Integrated with scipy's adaptive Runge-Kutta (RK45, Dormand-Prince) at rtol / atol."""
+def ode_log_likelihood(predict_eps, process, x, generator=None, rtol=1e-5, atol=1e-5):
+    """(log p(x) at the process's first ODE time, in nats per image; function evaluations) by the
+    probability-flow ODE dx/dt = a(t) x + b(t) eps_hat(x, t) (process.ode_drift), whose divergence
+    is a D + b div eps_hat, with Hutchinson's estimator; predict_eps(x_t, t) -> eps for a float (B,)
+    tensor t. Integrated with scipy's adaptive Runge-Kutta (RK45, Dormand-Prince) at rtol / atol
+    from the data to N(0, I) at the last ODE time."""
     num, dim = len(x), x[0].numel()
-    T = diffusion.num_timesteps
-    log_a_bar = torch.log(diffusion.alphas_cumprod.double().cpu()).numpy()
-    device = diffusion.betas.device
+    t0, t1 = process.ode_span()
+    device = process.device
     probe = (torch.randint(0, 2, x.shape, generator=generator) * 2 - 1).to(device, torch.float32)
 
     def drift(t, state):
         """f(x, t) and div f for the flat state [x (num * dim), log-density change (num)]."""
-        i = min(int(t), T - 2)
-        slope = log_a_bar[i + 1] - log_a_bar[i]  # g(t): log(alpha_bar) is linear between integer steps
-        sigma = math.sqrt(1 - math.exp(log_a_bar[i] + slope * (t - i)))
+        a, b = process.ode_drift(t)
         x_t = torch.tensor(state[:num * dim], dtype=torch.float32, device=device).view(x.shape)
         with torch.enable_grad():
             x_t.requires_grad_(True)
             eps = predict_eps(x_t, torch.full((num,), float(t), device=device))
             vjp, = torch.autograd.grad((eps * probe).sum(), x_t)
         div_eps = (vjp * probe).flatten(1).sum(1)
-        dx = slope / 2 * (x_t - eps / sigma)
-        div = slope / 2 * (dim - div_eps / sigma)
+        dx = a * x_t + b * eps
+        div = a * dim + b * div_eps
         return np.concatenate([dx.detach().double().cpu().flatten().numpy(), div.detach().double().cpu().numpy()])
 
     start = np.concatenate([x.double().cpu().flatten().numpy(), np.zeros(num)])
-    with tqdm(total=T - 1, desc="ODE: t", leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}]") as bar:
+    with tqdm(total=100, desc="ODE: % of t", leave=False, bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}]") as bar:
         def tracked(t, state):
-            bar.update(max(0.0, t - bar.n))
+            bar.update(max(0.0, 100 * (t - t0) / (t1 - t0) - bar.n))
             return drift(t, state)
-        solution = solve_ivp(tracked, (0.0, float(T - 1)), start, method="RK45", rtol=rtol, atol=atol)
+        solution = solve_ivp(tracked, (t0, t1), start, method="RK45", rtol=rtol, atol=atol)
     end = solution.y[:, -1]
     x_end = torch.from_numpy(end[:num * dim]).view(num, dim)
     log_prior = -0.5 * (x_end ** 2).sum(1) - 0.5 * dim * math.log(2 * math.pi)
     return log_prior + torch.from_numpy(end[num * dim:]), solution.nfev
+
+
+# ---- the continuous-time bound of a variational diffusion model (Kingma et al. 2021) --------------
+
+def vdm_decoder_log_likelihood(x, z0, alpha0, sigma0):
+    """log p(x | z_0) per image for VDM's decoder (Kingma et al. 2021, appendix B): each pixel a
+    categorical over the 256 values v_k = k / 127.5 - 1 with logits -(z_0 / alpha_0 - v_k)^2 /
+    (2 (sigma_0 / alpha_0)^2). x on that grid (else read as its nearest value), z_0 the same shape."""
+    values = torch.arange(256, dtype=torch.float64) / 127.5 - 1
+    scale = sigma0 / alpha0
+    logits = -0.5 * ((z0.double() / alpha0).unsqueeze(-1) - values) ** 2 / scale ** 2
+    index = torch.round((x.double() + 1) * 127.5).long().clamp(0, 255).unsqueeze(-1)  # the nearest value
+    return torch.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1).flatten(1).sum(1)
+
+
+@torch.no_grad()
+def vdm_bound_terms(predict_eps, process, x0, generator=None, t_samples=100, batch_size=500):
+    """The terms of VDM's bound for each image, in nats: (B, 3) = (prior, reconstruction, diffusion).
+
+        prior           KL(q(z_1 | x) || N(0, I))                            (eq. 11, first term)
+        reconstruction  -log p(x | z_0), z_0 ~ q(z_0 | x), one draw          (eq. 11, second term)
+        diffusion       1/2 E_{t ~ U(0, 1)} [gamma'(t) ||eps - eps_hat(z_t, t)||^2]   (eq. 17),
+                        `t_samples` low-discrepancy times per image (Monte Carlo; its noise is part
+                        of the spread over images)
+    predict_eps(z_t, t) -> eps for a float (N,) tensor of times in [0, 1]; x0 on the 8-bit grid."""
+    num, device = len(x0), process.device
+    x0 = x0.double()
+    one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    alpha1, sigma1 = process.alpha_sigma64(one)
+    alpha0, sigma0 = process.alpha_sigma64(zero)
+    prior = (0.5 * (sigma1 ** 2 + alpha1 ** 2 * x0 ** 2 - torch.log(sigma1 ** 2) - 1)).flatten(1).sum(1)
+    z0 = alpha0 * x0 + sigma0 * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
+    reconstruction = -vdm_decoder_log_likelihood(x0, z0, alpha0, sigma0)
+    dgamma = process.gamma_max - process.gamma_min
+    diffusion = torch.zeros(num, dtype=torch.float64)
+    u = torch.rand(num, generator=generator, dtype=torch.float64)
+    pairs = num * t_samples  # pair p: image p % num at its (p // num)-th time
+    for start in tqdm(range(0, pairs, batch_size), desc="bound: (image, t) pairs", leave=False):
+        pair = torch.arange(start, min(start + batch_size, pairs))
+        image, k = pair % num, pair // num
+        t = torch.remainder(u[image] + k / t_samples, 1.0)
+        alpha, sigma = process.alpha_sigma64(t)
+        noise = torch.randn((len(pair), *x0.shape[1:]), generator=generator, dtype=torch.float64)
+        z_t = alpha.view(-1, 1, 1, 1) * x0[image] + sigma.view(-1, 1, 1, 1) * noise
+        eps = predict_eps(z_t.float().to(device), t.float().to(device)).double().cpu()
+        diffusion.index_add_(0, image, 0.5 * dgamma * (noise - eps).pow(2).flatten(1).sum(1) / t_samples)
+    return torch.stack([prior, reconstruction, diffusion], dim=1)

@@ -13,23 +13,24 @@ from diffusion.samplers import sample
 from utils.config import SamplingConfig
 
 
-def make_denoiser(model, num_timesteps, labels=None, guidance=0.0, interval=(0.0, 1.0), autocast=None):
+def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.0), autocast=None):
     """denoise(x_t, t) for the samplers, with classifier-free guidance (Ho & Salimans 2022).
 
     Without labels the model is unconditional. With labels and guidance w > 0 the conditional and
     unconditional (null-label) outputs come from one batched forward pass and are combined as
         out = cond + w * (cond - uncond)        (w = 0: plain conditional sampling)
     which is the same in eps, x0 or v, since all three are affine in the output at fixed x_t.
-    `interval` = (lo, hi), fractions of T, limits guidance to the steps with lo <= t / T <= hi; the
-    others are plain conditional steps at half the cost (Kynkaanniemi et al. 2024).
+    `interval` = (lo, hi) limits guidance to the steps whose time is that fraction of the way from
+    the data to the noise (t / T for DDPM); the others are plain conditional steps at half the cost
+    (Kynkaanniemi et al. 2024). The network sees the process's model_time(t).
     """
     autocast = autocast or nullcontext
     null_label, num_classes = model.config.null_label, model.config.num_classes
 
     def denoise(x, t):
-        t_batch = torch.full((len(x),), t, device=x.device, dtype=torch.long)
+        t_batch = diffusion.model_time(t, len(x), x.device)
         with autocast():
-            if labels is None or guidance == 0 or not interval[0] <= t / num_timesteps <= interval[1]:
+            if labels is None or guidance == 0 or not interval[0] <= diffusion.fraction(t) <= interval[1]:
                 return model(x, t_batch, labels).float()
             null = torch.full_like(labels, null_label)
             if labels.is_floating_point():  # mixed labels (interpolation): the null label's weights
@@ -58,7 +59,7 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
     samplers.Step of the batch of samples first, first + 1, ... (for figures of the denoising).
     """
     sampling = sampling or SamplingConfig()
-    device = diffusion.betas.device
+    device = diffusion.device
     cfg = model.config
     if labels is None:
         labels = every_digit(num, cfg.num_classes, device)
@@ -68,7 +69,7 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
         n = min(batch_size, num - start)
         y = labels[start:start + n] if labels is not None else None
         noise = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator, device=device)
-        denoise = make_denoiser(model, diffusion.num_timesteps, y, sampling.guidance, sampling.guidance_interval,
+        denoise = make_denoiser(model, diffusion, y, sampling.guidance, sampling.guidance_interval,
                                 autocast)
         on_step = partial(callback, start) if callback else None
         batches.append(sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, sampling.eta, generator,

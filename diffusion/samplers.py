@@ -1,47 +1,41 @@
 """Samplers: DDPM ancestral (Ho et al. 2020), DDIM (Song et al. 2021), DPM-Solver++(2M) (Lu et al. 2022)
-as an ODE or an SDE solver. `eta` sets the noise of ddim and dpm++ (0: deterministic).
+as an ODE or an SDE solver, and Heun's method on the probability-flow ODE (Karras et al. 2022).
+`eta` sets the noise of ddim and dpm++ (0: deterministic).
 
 One interface. A sampler is a generator function
 
     sampler(denoise, diffusion, x, timesteps, generator=None, eta=0.0) -> iterator of Step
 
-where denoise(x_t, t) returns the network's raw output for the batch x_t at the integer timestep
-t (a Python int, the same for the whole batch), and `timesteps` is a descending sequence of
-training timesteps, e.g. [999, ..., 0]. Coefficients come from the diffusion process
-(`alpha_sigma(t)`, `log_snr`, `q_posterior`), never from indexing its arrays here.
-At each timestep the sampler yields Step(t, x_t, pred_x0) and then moves on ("predict, then
-step"); after the last one it yields Step(-1, x_0, x_0) with the finished samples. Nothing needs
-priming and nothing is kept between calls. `sample` runs one to the end; batching, labels, seeds,
+where denoise(x_t, t) returns the network's raw output for the batch x_t at time t (one Python
+number for the whole batch: DDPM's integer timestep, or a float in [0, 1] for a continuous-time
+process), and `timesteps` is the process's descending sampling grid (`make_timesteps`).
+Everything else comes from the process: alpha_sigma(t), lam(t) = log(alpha_t / sigma_t),
+posterior(x0, x_t, t, s), predict_x0_eps; t = -1 stands for the clean data. So every sampler
+runs on every process (diffusion/gaussian.py, diffusion/continuous.py).
+At each time the sampler yields Step(t, x_t, pred_x0) and then moves on ("predict, then step");
+after the last one it yields Step(-1, x_0, x_0) with the finished samples. Nothing needs priming
+and nothing is kept between calls. `sample` runs one to the end; batching, labels, seeds,
 guidance and progress bars live in diffusion/pipeline.py.
 """
 from typing import NamedTuple
 
-import numpy as np
 import torch
 
 
 class Step(NamedTuple):
-    t: int                 # timestep of x (-1 for the finished samples)
+    t: float               # time of x (-1 for the finished samples)
     x: torch.Tensor        # x_t, (B, C, H, W)
     pred_x0: torch.Tensor  # the model's estimate of x_0 from x_t
 
 
 def make_timesteps(sampler, diffusion, steps):
-    """Descending timesteps for a sampler: all T for ddpm; for ddim `steps` evenly spaced in
-    [T-1, 0] (Song et al. 2021); for dpm++ evenly spaced in log-SNR, lambda_t = log(alpha_t / sigma_t)
-    (Lu et al. 2022, the "logSNR" spacing), rounded to the nearest training timestep. Rounding can
-    merge two neighbours near t = 0 when steps is large; those are kept once."""
-    num_timesteps = diffusion.num_timesteps
-    if sampler == "ddpm":
-        return list(range(num_timesteps - 1, -1, -1))
-    if not 1 <= steps <= num_timesteps:
-        raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
-    if sampler == "dpm++" and steps > 1:
-        lam = diffusion.log_snr
-        targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
-        nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1)
-        return sorted({int(t) for t in nearest}, reverse=True)
-    return [int(t) for t in np.unique(np.linspace(0, num_timesteps - 1, steps).round())[::-1]]
+    """The process's descending sampling times for this sampler and number of steps."""
+    return diffusion.sampling_times(sampler, steps)
+
+
+def following(timesteps, i):
+    """The time after timesteps[i]: the next one, or -1 (the clean data) after the last."""
+    return timesteps[i + 1] if i + 1 < len(timesteps) else -1
 
 
 def predict(denoise, diffusion, x, t, clip=True):
@@ -54,40 +48,43 @@ def predict(denoise, diffusion, x, t, clip=True):
     return x0, eps
 
 
-def ancestral_step(diffusion, x, t, x0, generator=None):
-    """x_{t-1} ~ q(x_{t-1} | x_t, x0_hat) (Ho et al. 2020, Algorithm 2, line 4); no noise at t = 0."""
-    mean, variance = diffusion.q_posterior(x0, x, t)
-    noise = torch.randn(x.shape, generator=generator, device=x.device) if t > 0 else 0.0
+def ancestral_step(diffusion, x, t, s, x0, generator=None):
+    """x_s ~ q(x_s | x_t, x0_hat) (Ho et al. 2020, Algorithm 2, line 4); no noise is drawn where the
+    posterior has none (onto the clean data: DDPM's t = 0, or s = -1)."""
+    mean, variance = diffusion.posterior(x0, x, t, s)
+    noise = torch.randn(x.shape, generator=generator, device=x.device) if variance.max() > 0 else 0.0
     return mean + variance.sqrt() * noise
 
 
 @torch.no_grad()
 def ddpm(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
-    """Ancestral sampling (Ho et al. 2020, Algorithm 2), via the posterior q(x_{t-1} | x_t, x0_hat)."""
-    for t in timesteps:
+    """Ancestral sampling (Ho et al. 2020, Algorithm 2), via the posterior q(x_s | x_t, x0_hat)."""
+    for i, t in enumerate(timesteps):
         x0, _ = predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)
-        x = ancestral_step(diffusion, x, t, x0, generator)
+        x = ancestral_step(diffusion, x, t, following(timesteps, i), x0, generator)
     yield Step(-1, x, x)
 
 
 @torch.no_grad()
 def ddim(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
-    """DDIM (Song et al. 2021) on a subsequence of timesteps; eta = 0 deterministic, 1 DDPM-like.
+    """DDIM (Song et al. 2021) on a subsequence of times; eta = 0 deterministic, 1 DDPM-like. For
+    any alpha and sigma (eqs. 12 and 16, with alpha_bar = alpha^2 and 1 - alpha_bar = sigma^2 of
+    a variance-preserving process written out):
 
-        ab, ab_prev = alpha_bar at t and at the next (smaller) timestep; ab_prev = 1 after t = 0
-        sigma  = eta * sqrt((1 - ab_prev) / (1 - ab)) * sqrt(1 - ab / ab_prev)         (eq. 16)
-        x_prev = sqrt(ab_prev) x0 + sqrt(1 - ab_prev - sigma^2) eps + sigma z           (eq. 12)
+        s      = the next (smaller) time; alpha_s = 1, sigma_s = 0 after the last
+        c      = eta * sigma_s * sqrt(1 - (alpha_t sigma_s / (alpha_s sigma_t))^2)             (eq. 16)
+        x_s    = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z                                 (eq. 12)
     """
     for i, t in enumerate(timesteps):
         x0, eps = predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)
-        s = timesteps[i + 1] if i + 1 < len(timesteps) else -1  # -1: the clean data, ab_prev = 1
-        ab, ab_prev = diffusion.alpha_sigma(t)[0] ** 2, diffusion.alpha_sigma(s)[0] ** 2
-        sigma = eta * ((1 - ab_prev) / (1 - ab)).sqrt() * (1 - ab / ab_prev).sqrt()
-        x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma ** 2).clamp(min=0).sqrt() * eps
+        s = following(timesteps, i)
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = diffusion.alpha_sigma(t), diffusion.alpha_sigma(s)
+        c = eta * sigma_s * (1 - (alpha_t * sigma_s / (alpha_s * sigma_t)) ** 2).clamp(min=0).sqrt()
+        x = alpha_s * x0 + (sigma_s ** 2 - c ** 2).clamp(min=0).sqrt() * eps
         if eta > 0 and s >= 0:
-            x = x + sigma * torch.randn(x.shape, generator=generator, device=x.device)
+            x = x + c * torch.randn(x.shape, generator=generator, device=x.device)
     yield Step(-1, x, x)
 
 
@@ -106,7 +103,6 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
     sampling with a second-order correction. The step after t = 0 lands on clean data (sigma = 0,
     lambda = inf), where the update reduces to x = D; it is taken at first order (x = x0 at t = 0).
     """
-    lam = diffusion.log_snr.tolist()
     prev_x0, prev_h = None, None
     for i, t in enumerate(timesteps):
         x0, _ = predict(denoise, diffusion, x, t, clip)
@@ -115,7 +111,7 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
             x = x0
             break
         s = timesteps[i + 1]
-        h = torch.tensor(lam[s] - lam[t])
+        h = torch.tensor(diffusion.lam(s) - diffusion.lam(t))
         if prev_x0 is None:
             d = x0
         else:
@@ -130,7 +126,28 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
     yield Step(-1, x, x)
 
 
-SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp}
+@torch.no_grad()
+def heun(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
+    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1) in
+    the variables y = x / alpha and s = sigma / alpha, where it reads dy/ds = eps_hat: an Euler
+    step, then a correction with the slope at its end; the last step, onto the clean data, is
+    Euler's (y = x0_hat). Its Euler half alone is DDIM with eta = 0. Deterministic (eta unused);
+    2 network evaluations per step but the last."""
+    for i, t in enumerate(timesteps):
+        x0, eps = predict(denoise, diffusion, x, t, clip)
+        yield Step(t, x, x0)
+        s = following(timesteps, i)
+        (alpha_t, sigma_t), (alpha_s, sigma_s) = diffusion.alpha_sigma(t), diffusion.alpha_sigma(s)
+        ds = sigma_s / alpha_s - sigma_t / alpha_t
+        y = x / alpha_t + ds * eps                          # Euler
+        if s >= 0:
+            _, eps_s = predict(denoise, diffusion, alpha_s * y, s, clip)
+            y = x / alpha_t + ds * (eps + eps_s) / 2        # the trapezoid: Heun
+        x = alpha_s * y
+    yield Step(-1, x, x)
+
+
+SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp, "heun": heun}
 
 
 def sample(sampler, denoise, diffusion, noise, steps, eta=0.0, generator=None, clip=True, callback=None):

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.processes import make_process
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, DiffusionConfig, ModelConfig
@@ -17,12 +17,12 @@ SHIPPED_MODEL = Path(__file__).resolve().parent / "weights" / "ddpm_mnist.pt"
 
 
 def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
-    """(the U-Net, or what `make_model` builds, in eval mode on `device`; its GaussianDiffusion)
+    """(the U-Net, or what `make_model` builds, in eval mode on `device`; its process)
     for a checkpoint dict from utils.checkpoint.load_checkpoint and the file it came from."""
     device = torch.device(device)
     model = make_model(ModelConfig(**ckpt["model_config"]))
     load_weights(model, ckpt["ema" if use_ema else "model"], path)
-    return model.to(device).eval(), GaussianDiffusion(DiffusionConfig(**ckpt["diffusion_config"]), device)
+    return model.to(device).eval(), make_process(DiffusionConfig(**ckpt["diffusion_config"]), device)
 
 
 def checkpoint_or_shipped(path):

@@ -4,6 +4,7 @@ The network knows nothing of the noise schedule; it sees integer timesteps t in 
 Layout for the defaults (28x28, channel_mults 1 2 4: widths 16, 32, 64): 28 -> 14 -> 7 -> 14 -> 28,
 with a skip stack pushed on the way down and popped on the way up, and self-attention at 7x7.
 """
+import math
 from functools import partial
 
 import torch
@@ -29,7 +30,8 @@ class UNet(nn.Module):
             # one embedding per class and one for the null label (config.null_label)
             self.label_emb = nn.Embedding(config.num_classes + 1, emb_dim)
 
-        self.input_conv = nn.Conv2d(config.in_channels, ch, 3, padding=1)
+        features = 1 + 2 * len(config.fourier_features)  # x, then sin and cos per frequency
+        self.input_conv = nn.Conv2d(config.in_channels * features, ch, 3, padding=1)
 
         # Down path: each block's output is pushed on the skip stack.
         self.down = nn.ModuleList()
@@ -75,7 +77,7 @@ class UNet(nn.Module):
                 y = torch.full((len(x),), self.config.null_label, device=x.device)  # unconditional
             emb = emb + (y.to(emb.dtype) @ self.label_emb.weight if y.is_floating_point() else self.label_emb(y))
 
-        h = self.input_conv(x)
+        h = self.input_conv(fourier_features(x, self.config.fourier_features))
         skips = [h]
         for layers in self.down:
             for layer in layers:
@@ -91,6 +93,16 @@ class UNet(nn.Module):
                 h = layer(h, emb) if isinstance(layer, ResBlock) else layer(h)
 
         return self.out_conv(F.silu(self.out_norm(h)))
+
+
+def fourier_features(x, exponents):
+    """x with sin(2^n pi x) and cos(2^n pi x) for each n as extra channels (Kingma et al. 2021,
+    appendix C): at n = 7, 8 one pixel level (2/255) turns the phase by about pi and 2 pi."""
+    if not exponents:
+        return x
+    freqs = torch.tensor([2.0 ** n * math.pi for n in exponents], device=x.device, dtype=x.dtype)
+    angles = x.unsqueeze(1) * freqs.view(1, -1, 1, 1, 1)  # (B, K, C, H, W)
+    return torch.cat([x, angles.sin().flatten(1, 2), angles.cos().flatten(1, 2)], dim=1)
 
 
 def count_parameters(model):

@@ -73,7 +73,7 @@ def test_interpolation_end_frames_are_the_plain_samples(tmp_path, between):
     cfg = SamplingConfig()
     for noise, labels, frame in ((start, torch.tensor([3] * 4) if between else every_digit(4, 10), 0),
                                  (start if between else end, torch.tensor([8] * 4) if between else every_digit(4, 10), 3)):
-        denoise = make_denoiser(model, diffusion.num_timesteps, labels, cfg.guidance, cfg.guidance_interval)
+        denoise = make_denoiser(model, diffusion, labels, cfg.guidance, cfg.guidance_interval)
         plain = sample(cfg.sampler, denoise, diffusion, noise, cfg.steps, 0.0)
         # the same computation in another batch: bit for bit where the CPU kernels do not depend on the
         # batch size (AVX-512 here); within 6e-6 under PyTorch capped at AVX2

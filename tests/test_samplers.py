@@ -91,16 +91,16 @@ class FakeModel:
 
 def test_guidance_is_one_batched_pass_with_null_label():
     model, labels = FakeModel(), torch.tensor([1, 2])
-    out = make_denoiser(model, 1000, labels, guidance=2.0)(torch.zeros(2, 1, 2, 2), 500)
+    out = make_denoiser(model, GaussianDiffusion(DiffusionConfig()), labels, guidance=2.0)(torch.zeros(2, 1, 2, 2), 500)
     assert len(model.calls) == 1 and model.calls[0][1].tolist() == [1, 2, 10, 10]
     assert torch.allclose(out, torch.full_like(out, 3 + 2 * (3 - 1)))  # cond + w (cond - uncond)
-    out0 = make_denoiser(model, 1000, labels, guidance=0.0)(torch.zeros(2, 1, 2, 2), 500)
+    out0 = make_denoiser(model, GaussianDiffusion(DiffusionConfig()), labels, guidance=0.0)(torch.zeros(2, 1, 2, 2), 500)
     assert torch.allclose(out0, torch.full_like(out0, 3.0))
 
 
 def test_guidance_interval_guides_only_the_steps_inside_it():
     model, d = FakeModel(), GaussianDiffusion(DiffusionConfig())
-    denoise = make_denoiser(model, d.num_timesteps, torch.tensor([3, 4]), guidance=0.5, interval=(0.25, 0.7))
+    denoise = make_denoiser(model, d, torch.tensor([3, 4]), guidance=0.5, interval=(0.25, 0.7))
     sample("dpm++", denoise, d, torch.randn(2, 1, 2, 2), steps=20)
     batches = [(t, len(y)) for t, y in model.calls]
     guided = [t for t, n in batches if n == 4]  # cond and uncond batched together

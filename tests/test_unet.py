@@ -6,8 +6,9 @@ import torch
 from training.batches import Batches
 from utils.datasets import Data
 from diffusion.pipeline import make_denoiser
+from diffusion.gaussian import GaussianDiffusion
 from models.unet import UNet
-from utils.config import ModelConfig
+from utils.config import DiffusionConfig, ModelConfig
 
 SMALL = dict(base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,), norm_groups=4, num_heads=2)
 
@@ -48,7 +49,7 @@ def test_the_label_changes_the_output_and_the_null_label_is_the_unconditional_on
     # what the samplers pass for "unconditional" in classifier-free guidance is this same null label
     seen = []
     model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[2]))
-    make_denoiser(model, 1000, torch.full((4,), 3), guidance=1.0)(x, 300)
+    make_denoiser(model, GaussianDiffusion(DiffusionConfig()), torch.full((4,), 3), guidance=1.0)(x, 300)
     assert seen[0][4:].tolist() == null.tolist()
 
 
@@ -57,8 +58,8 @@ def test_label_dropout_in_training_uses_the_null_label(mnist_dir):
     from utils.data import load_mnist
     images, labels = load_mnist(mnist_dir, train=True)
     cfg = TrainConfig(batch_size=256, p_uncond=0.5, epochs=1)
-    batches = Batches(Data(images.unsqueeze(1), labels, ()), cfg, rank=0, world_size=1, num_timesteps=1000,
-                      null_label=ModelConfig().null_label)
+    batches = Batches(Data(images.unsqueeze(1), labels, ()), cfg, rank=0, world_size=1,
+                      process=GaussianDiffusion(DiffusionConfig()), null_label=ModelConfig().null_label)
     _, y, _, _ = batches.get(0)
     dropped = y == 10
     assert 0.3 < dropped.float().mean() < 0.7 and y[~dropped].max() <= 9

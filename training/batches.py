@@ -42,11 +42,12 @@ def fit_batch(batch_size, num_images, world_size, name):
 
 
 class Batches:
-    def __init__(self, data, cfg, rank, world_size, num_timesteps, null_label):
+    def __init__(self, data, cfg, rank, world_size, process, null_label):
         """data: a utils.datasets.Data on the training device; cfg: the TrainConfig (batch_size,
-        seed, p_uncond); null_label: the label that stands for "none" (None: an unconditional model)."""
+        seed, p_uncond); process: what draws the times (diffusion/processes.py); null_label: the
+        label that stands for "none" (None: an unconditional model)."""
         self.images, self.labels, self.cfg = data.images, data.labels, cfg
-        self.num_timesteps, self.null_label = num_timesteps, null_label
+        self.process, self.null_label = process, null_label
         local = cfg.batch_size // world_size
         self.part = slice(rank * local, (rank + 1) * local)
         self.steps_per_epoch = len(self.images) // cfg.batch_size
@@ -55,7 +56,7 @@ class Batches:
 
     def get(self, step):
         """(x0, y, noise, t) of optimizer step `step`: x0 (B, C, H, W) in [-1, 1], y (B,) labels with
-        the null label where dropped (None for an unconditional model), t (B,) integer timesteps."""
+        the null label where dropped (None for an unconditional model), t (B,) the process's times."""
         cfg, device = self.cfg, self.images.device
         epoch, index = divmod(step, self.steps_per_epoch)
         if epoch != self.epoch:
@@ -68,7 +69,7 @@ class Batches:
         # noise, timesteps and label dropout for the whole global batch; keep this process's part
         self.noise_gen.manual_seed(step_noise_seed(cfg.seed, step))
         noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=self.noise_gen, device=device)[self.part]
-        t = torch.randint(0, self.num_timesteps, (cfg.batch_size,), generator=self.noise_gen, device=device)[self.part]
+        t = self.process.draw_t(cfg.batch_size, self.noise_gen, device)[self.part]
         drop = torch.rand(cfg.batch_size, generator=self.noise_gen, device=device)[self.part] < cfg.p_uncond
         y = torch.where(drop, self.null_label, y) if self.null_label is not None else None
         return x0, y, noise, t

@@ -118,7 +118,7 @@ class Progress:
     def __init__(self, cfg, model_cfg, diffusion, amp, steps_per_epoch):
         self.cfg, self.diffusion, self.amp, self.steps_per_epoch = cfg, diffusion, amp, steps_per_epoch
         self.out_dir = Path(cfg.output_dir)
-        self.quick_fid = QuickFid(diffusion.betas.device, cfg, model_cfg) if cfg.eval_every else None
+        self.quick_fid = QuickFid(diffusion.device, cfg, model_cfg) if cfg.eval_every else None
         self.grid_every = steps_per_epoch * -(-GRID_EVERY // steps_per_epoch)  # whole epochs
 
     def sample(self, model, step, last, log):

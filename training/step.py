@@ -11,7 +11,7 @@ loss, the network (models/) the prediction.
 """
 import torch
 
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.processes import Process
 from training.schedule import update_ema
 from training.state import RunState
 from utils.device import autocast
@@ -23,14 +23,14 @@ def make_optimizer(model, cfg, device, capturable=False):
                              capturable=capturable and device.type == "cuda")
 
 
-def one_step(state: RunState, diffusion: GaussianDiffusion, batch, amp, grad_clip, ema_rate):
+def one_step(state: RunState, diffusion: Process, batch, amp, grad_clip, ema_rate):
     """Forward, backward, AdamW and EMA on one batch, for the RunState `state` (training/state.py).
     `ema_rate` is a 0-d device tensor holding 1 - decay of this step. Returns (loss, gradient
     norm, finite) as device tensors."""
     x0, y, noise, t = batch
     x_t = diffusion.q_sample(x0, t, noise)
     with amp():
-        prediction = state.net(x_t, t, y)
+        prediction = state.net(x_t, diffusion.model_time(t, len(t), t.device), y)
     loss = diffusion.loss(prediction, x0, noise, t)
     optimizer, scaler = state.optimizer, state.scaler
     optimizer.zero_grad(set_to_none=True)
@@ -49,7 +49,7 @@ def one_step(state: RunState, diffusion: GaussianDiffusion, batch, amp, grad_cli
     return loss.detach(), grad_norm, finite
 
 
-def make_step(state: RunState, diffusion: GaussianDiffusion, amp_dtype, grad_clip, example_batch, graphed):
+def make_step(state: RunState, diffusion: Process, amp_dtype, grad_clip, example_batch, graphed):
     """step(batch, lr, ema_rate) -> (loss, gradient norm, finite), for float lr and ema_rate = 1 -
     decay: the eager `one_step`, or with `graphed` the same step replayed as a CUDA graph (which
     needs the autocast cache off and an optimizer made with capturable=True)."""

@@ -239,8 +239,8 @@ REQUIRED = ("format_version", "model_config", "diffusion_config", "model", "ema"
 
 def migrate(ckpt, path):
     """Bring a checkpoint of an earlier format up to this one, in memory. Version 1: the run's data
-    set is MNIST unless saved; lr_scheduler holds timm's scheduler state; a run whose train_config
-    lacks seed_scheme 2 drew its data order and noise from other seeds, so it
+    set is MNIST unless saved; its process is DDPM; lr_scheduler holds timm's scheduler state; a run
+    whose train_config lacks seed_scheme 2 drew its data order and noise from other seeds, so it
     samples and evaluates as before but cannot resume exactly (not_resumable says why)."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
@@ -252,7 +252,8 @@ def migrate(ckpt, path):
                                      "form, so a resumed run would not continue it exactly; it still samples and "
                                      "evaluates")
         train_cfg.pop("class_cond", None)
-        ckpt.update(format_version=FORMAT_VERSION, train_config=train_cfg)
+        diffusion_cfg = {"process": "ddpm", **ckpt["diffusion_config"]}  # every version-1 model is a DDPM
+        ckpt.update(format_version=FORMAT_VERSION, train_config=train_cfg, diffusion_config=diffusion_cfg)
     return ckpt
 
 

@@ -52,7 +52,7 @@ def check_fields(config):
     refused everywhere."""
     for f in dataclasses.fields(config):
         value, bounds = getattr(config, f.name), f.metadata["bounds"]
-        for number in value if isinstance(value, tuple) else (value,):
+        for number in value if isinstance(value, (tuple, list)) else (value,):
             if isinstance(number, bool) or not isinstance(number, (int, float)):
                 continue
             if not math.isfinite(number):
@@ -89,6 +89,9 @@ class ModelConfig:
     num_heads: int = option(4, "attention heads", bounds="[1, inf)")
     dropout: float = option(0.0, "dropout inside residual blocks", bounds="[0, 1)")
     norm_groups: int = option(8, "GroupNorm groups; must divide every channel width", bounds="[1, inf)")
+    fourier_features: tuple = option((), "exponents n of extra input channels sin(2^n pi x) and cos(2^n pi x), "
+                                     "which see the finest pixel differences (Kingma et al. 2021, appendix C; e.g. 7 8)",
+                                     bounds="[0, 30]")
     num_classes: int = option(10, "class labels the model is told, with a label dropped for classifier-free "
                               "guidance (Ho & Salimans 2022); train.py, unless typed: the data set's classes (0 for "
                               "unlabelled images); 0 = the unconditional DDPM of Ho et al. 2020",
@@ -102,6 +105,7 @@ class ModelConfig:
         if self.attention_resolutions is None:  # attention at the smallest feature map
             self.attention_resolutions = (self.image_size // 2 ** (levels - 1),)
         self.attention_resolutions = tuple(self.attention_resolutions)
+        self.fourier_features = tuple(self.fourier_features)
         check_fields(self)
         if self.image_size % 2 ** (levels - 1):
             raise UserError(f"image_size {self.image_size} must be divisible by 2**(levels-1) = "
@@ -126,20 +130,32 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    num_timesteps: int = option(1000, "T, the number of diffusion steps (Ho et al. 2020: 1000)", bounds="[2, inf)")
-    schedule: str = option("linear", "beta schedule: linear (Ho et al. 2020) or cosine (Nichol & Dhariwal 2021)",
+    process: str = option("ddpm", "the noise process: ddpm (discrete, Ho et al. 2020), vdm (continuous time, the "
+                          "ELBO loss; Kingma et al. 2021) or flow (flow matching / rectified flow; Lipman et al. "
+                          "2023, Liu et al. 2023)", choices=("ddpm", "vdm", "flow"))
+    num_timesteps: int = option(1000, "ddpm: T, the number of diffusion steps (Ho et al. 2020: 1000)", bounds="[2, inf)")
+    schedule: str = option("linear", "ddpm: beta schedule, linear (Ho et al. 2020) or cosine (Nichol & Dhariwal 2021)",
                            choices=("linear", "cosine"))
-    beta_start: float = option(1e-4, "first beta of the linear schedule", bounds="(0, 1)")
-    beta_end: float = option(0.02, "last beta of the linear schedule", bounds="(0, 1)")
-    prediction: str = option("eps", "what the network predicts: eps (noise), x0, or v (Salimans & Ho 2022)",
-                             choices=("eps", "x0", "v"))
-    min_snr_gamma: float = option(5.0, "min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE as in Ho et al.",
-                                  bounds="[0, inf)")
+    beta_start: float = option(1e-4, "ddpm: first beta of the linear schedule", bounds="(0, 1)")
+    beta_end: float = option(0.02, "ddpm: last beta of the linear schedule", bounds="(0, 1)")
+    gamma_min: float = option(-13.3, "vdm: gamma = -log SNR at t = 0 (Kingma et al. 2021: -13.3, sigma about 1e-3)",
+                              bounds="(-inf, inf)")
+    gamma_max: float = option(5.0, "vdm: gamma at t = 1 (Kingma et al. 2021: 5)", bounds="(-inf, inf)")
+    prediction: str = option(None, "what the network predicts: eps (noise), x0, v (Salimans & Ho 2022) or velocity "
+                             "(dx_t/dt); default: velocity for flow, else eps", choices=("eps", "x0", "v", "velocity"))
+    min_snr_gamma: float = option(5.0, "ddpm: min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE as in "
+                                  "Ho et al. (vdm and flow have their own: the ELBO, flow matching)", bounds="[0, inf)")
 
     def __post_init__(self):
+        if self.prediction is None:
+            self.prediction = "velocity" if self.process == "flow" else "eps"
         check_fields(self)
         if self.beta_start > self.beta_end:
             raise UserError("need beta_start <= beta_end")
+        if self.gamma_min >= self.gamma_max:
+            raise UserError("need gamma_min < gamma_max")
+        if self.process == "ddpm" and self.prediction == "velocity":
+            raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
 
 
 # The U-Net settings of a data set whose images need another shape than MNIST's, for each not typed
@@ -210,9 +226,11 @@ class TrainConfig:
 @dataclass
 class SamplingConfig:
     """How samples are drawn; shared by inference.py, evaluate.py, training's grids and the benchmarks."""
-    sampler: str = option("dpm++", "dpm++ (DPM-Solver++(2M), Lu et al. 2022), ddim (Song et al. 2021) or ddpm "
-                          "(ancestral, Ho et al. 2020; always all T steps)", choices=("ddpm", "ddim", "dpm++"))
-    steps: int = option(8, "steps of ddim and dpm++ (dpm++: evenly spaced in log-SNR, ddim: in t)", bounds="[1, inf)")
+    sampler: str = option("dpm++", "dpm++ (DPM-Solver++(2M), Lu et al. 2022), ddim (Song et al. 2021), heun (the "
+                          "probability-flow ODE, Karras et al. 2022) or ddpm (ancestral, Ho et al. 2020; always all "
+                          "T steps, 1000 for continuous time)", choices=("ddpm", "ddim", "dpm++", "heun"))
+    steps: int = option(8, "steps of ddim, dpm++ and heun (dpm++: evenly spaced in log-SNR, the others in t)",
+                        bounds="[1, inf)")
     eta: float = option(1.0, "noise of the ddim and dpm++ steps: 0 = deterministic (the probability-flow ODE), "
                         "1 = stochastic (the DDPM posterior / the reverse SDE)", bounds="[0, 1]")
     guidance: float = option(0.1, "classifier-free guidance w for class-conditional models: out = cond + w (cond - "
@@ -261,7 +279,10 @@ class InferenceConfig:
     gif_every: int = option(0, "one GIF frame every this many steps (0 = about 50 frames)", bounds="[0, inf)")
     inpaint: str = option("", "complete images: the region to fill in, left, right, top, bottom (halves) or center, "
                           "or a PNG mask (white = keep, black = fill in); of test images, or of --image")
-    image: str = option("", "with --inpaint: the image (PNG, JPEG, ...) to complete, instead of test images")
+    image: str = option("", "an image (PNG, JPEG, ...) to edit (SDEdit, Meng et al. 2022: noised to --strength, then "
+                        "denoised, toward --digit if given; writes editing.png), or with --inpaint to complete")
+    strength: float = option(0.5, "with --image: how far toward noise the image goes before it is denoised (0 keeps "
+                             "it, 1 draws anew)", bounds="(0, 1]")
     resample: int = option(1, "with --inpaint --sampler ddpm: RePaint's resamplings per step (Lugmayr et al. 2022 "
                            "use 10); the other samplers replace the known region once per step", bounds="[1, inf)")
     interpolate: int = option(0, "frames of an interpolation between two starting noises (spherical), decoded with "
@@ -272,8 +293,8 @@ class InferenceConfig:
 
     def __post_init__(self):
         check_fields(self)
-        if self.inpaint and self.interpolate:
-            raise UserError("--inpaint and --interpolate are separate runs; give one")
+        if (self.inpaint or self.image) and self.interpolate:
+            raise UserError("--inpaint or --image, and --interpolate, are separate runs; give one")
         if self.interpolate == 1:
             raise UserError("--interpolate needs at least 2 frames")
         if self.between and (len(self.between) != 2 or not self.interpolate):
@@ -285,7 +306,10 @@ class LikelihoodConfig:
     checkpoint_path: str = checkpoint_option()
     method: str = option("both", "bound (the variational bound), ode (the probability-flow ODE) or both",
                          choices=("both", "bound", "ode"))
-    num_images: int = option(100, "test images for the bound (each costs T network evaluations)", bounds="[1, inf)")
+    num_images: int = option(100, "test images for the bound (each costs T network evaluations; vdm: --t_samples)",
+                             bounds="[1, inf)")
+    t_samples: int = option(100, "vdm: times t per image for the Monte Carlo estimate of the bound's diffusion term",
+                            bounds="[1, inf)")
     ode_images: int = option(16, "test images for the ODE (each costs one forward and backward pass per solver "
                              "evaluation)", bounds="[1, inf)")
     rtol: float = option(1e-5, "relative tolerance of the ODE solver (RK45)", bounds="(0, 1)")
@@ -390,4 +414,5 @@ def _show(value):
 def from_args(config_cls, args, **overrides):
     """Build config_cls from the parsed flags that belong to it (plus `overrides`)."""
     names = {f.name for f in dataclasses.fields(config_cls)}
-    return config_cls(**{**{k: v for k, v in vars(args).items() if k in names}, **overrides})
+    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}  # nargs: lists
+    return config_cls(**{**given, **overrides})

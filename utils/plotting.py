@@ -58,7 +58,7 @@ def step_figure(steps, path, show=False, with_x0=True, row_names=None):
                 ax.set_xticks([])
                 ax.set_yticks([])
                 if i == 0 and kind == 0:
-                    ax.set_title("final" if step.t < 0 else f"t={step.t}", fontsize=8)
+                    ax.set_title("final" if step.t < 0 else f"t={step.t:.3g}", fontsize=8)
                 if col == 0:
                     name = f"{row_names[i]}: " if row_names and kind == 0 else ""
                     ax.set_ylabel(name + ("x_t" if kind == 0 else "pred x0"), fontsize=7)

@@ -1,0 +1,197 @@
+"""Continuous-time Gaussian processes: x_t = alpha(t) x_0 + sigma(t) eps for t in [0, 1], described by
+the log-SNR lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t (Kingma et al. 2021, sec. 3).
+
+    VDM    variance preserving, gamma(t) = -lambda(t) linear from gamma_min to gamma_max
+           (Kingma et al. 2021: -13.3 to 5), alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma);
+           the loss is the continuous-time ELBO's diffusion term, eq. 17:
+               L_inf = 1/2 E_{t ~ U(0, 1)} [gamma'(t) ||eps - eps_hat(x_t, t)||^2]
+    Flow   flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): alpha = 1 - t,
+           sigma = t, the network predicts the velocity dx_t/dt = eps - x_0; loss ||v - v_hat||^2.
+
+Conventions as in diffusion/gaussian.py: tensors are (B, C, H, W); t is a (B,) float tensor or one
+Python float for the whole batch; t = -1 stands for the clean data after the last sampling step.
+The network sees t * TIME_SCALE, so its sinusoidal embedding spans the range DDPM's integer
+timesteps do. The samplers ask a process only for alpha, sigma, lambda, its time grid and its
+prediction conversions (diffusion/samplers.py), so every sampler works on every process.
+"""
+import math
+
+import torch
+
+TIME_SCALE = 1000.0  # what the network is told: t * TIME_SCALE, as DDPM's integer timesteps
+
+
+def bcast(v, shape):
+    """A scalar or (B,) tensor reshaped to broadcast over a batch of this shape."""
+    v = torch.as_tensor(v)
+    return v.reshape(-1, *([1] * (len(shape) - 1))) if v.dim() else v
+
+
+class ContinuousProcess:
+    t_min, t_max = 0.0, 1.0  # the sampling range: from t_max (noise) to t_min (nearly clean)
+    prediction = "eps"
+
+    def __init__(self, config, device="cpu"):
+        self.config, self.device = config, torch.device(device)
+        self.prediction = config.prediction
+
+    # ---- the schedule: subclasses define alpha(t), sigma(t) and their derivatives -----------------
+
+    def alpha_sigma(self, t):
+        """(alpha_t, sigma_t) as float32 tensors on the device (t = -1: the clean data, (1, 0))."""
+        if isinstance(t, (int, float)) and t < 0:
+            return torch.ones((), device=self.device), torch.zeros((), device=self.device)
+        t = torch.as_tensor(t, dtype=torch.float64)
+        alpha, sigma = self.alpha_sigma64(t)
+        return alpha.float().to(self.device), sigma.float().to(self.device)
+
+    def lam(self, t):
+        """lambda_t = log(alpha_t / sigma_t) = log-SNR / 2, DPM-Solver's time variable, as a float."""
+        alpha, sigma = self.alpha_sigma64(torch.tensor(float(t), dtype=torch.float64))
+        return math.log(alpha.item()) - math.log(sigma.item())
+
+    def fraction(self, t):
+        """Where t sits in the sampling range, 0 (clean) to 1 (noise): the guidance interval's scale."""
+        return (t - self.t_min) / (self.t_max - self.t_min)
+
+    def model_time(self, t, batch, device):
+        """The (B,) time input of the network for a float t or a (B,) tensor."""
+        t = torch.as_tensor(t, dtype=torch.float32, device=device)
+        return (t.expand(batch) if t.dim() == 0 else t) * TIME_SCALE
+
+    def draw_t(self, batch, generator, device):
+        """Training times, low-discrepancy (Kingma et al. 2021, appendix I.1): (u + i / B) mod 1,
+        scaled to [t_min, t_max]; one uniform number per batch."""
+        u = torch.rand((), generator=generator, device=device)
+        t = torch.remainder(u + torch.arange(batch, device=device) / batch, 1.0)
+        return self.t_min + (self.t_max - self.t_min) * t
+
+    def sampling_times(self, sampler, steps):
+        """Descending times from t_max to t_min: evenly spaced in lambda for dpm++ (Lu et al. 2022),
+        in t for the others (ddpm: 1000 steps, as DDPM's T)."""
+        steps = 1000 if sampler == "ddpm" else steps
+        if steps < 1:
+            raise ValueError(f"steps must be at least 1, got {steps}")
+        if sampler == "dpm++" and steps > 1:
+            lams = torch.linspace(self.lam(self.t_max), self.lam(self.t_min), steps, dtype=torch.float64)
+            return [self.time_of_lam(v.item()) for v in lams]
+        return torch.linspace(self.t_max, self.t_min, steps, dtype=torch.float64).tolist()
+
+    def ode_span(self):
+        return self.t_min, self.t_max
+
+    def ode_drift(self, t):
+        """(a, b) of the probability-flow ODE dx/dt = alpha' x0_hat + sigma' eps_hat written in x_t:
+        a = alpha' / alpha, b = sigma' - alpha' sigma / alpha."""
+        t = torch.tensor(float(t), dtype=torch.float64)
+        (alpha, sigma), (d_alpha, d_sigma) = self.alpha_sigma64(t), self.derivatives(t)
+        a = d_alpha / alpha
+        return a.item(), (d_sigma - a * sigma).item()
+
+    # ---- q(x_t | x_0) and the posterior ------------------------------------------------------------
+
+    def q_sample(self, x0, t, noise):
+        alpha, sigma = self.alpha_sigma(t)
+        return bcast(alpha, x0.shape) * x0 + bcast(sigma, x0.shape) * noise
+
+    def posterior(self, x0, x_t, t, s):
+        """Mean and variance of q(x_s | x_t, x_0) for s < t (Kingma et al. 2021, eq. 31); s = -1:
+        the clean data, variance 0."""
+        alpha_t, sigma_t = self.alpha_sigma(t)
+        alpha_s, sigma_s = self.alpha_sigma(s)
+        a_ts = alpha_t / alpha_s                      # alpha_{t|s}
+        var_ts = sigma_t ** 2 - a_ts ** 2 * sigma_s ** 2  # sigma_{t|s}^2
+        mean = (a_ts * sigma_s ** 2 / sigma_t ** 2) * x_t + (alpha_s * var_ts / sigma_t ** 2) * x0
+        return mean, var_ts * sigma_s ** 2 / sigma_t ** 2
+
+    def transition(self, s, t):
+        """(a, variance) of q(x_t | x_s) = N(a x_s, variance) for s < t."""
+        alpha_t, sigma_t = self.alpha_sigma(t)
+        alpha_s, sigma_s = self.alpha_sigma(s)
+        a = alpha_t / alpha_s
+        return a, sigma_t ** 2 - a ** 2 * sigma_s ** 2
+
+    # ---- predictions -------------------------------------------------------------------------------
+
+    def velocity(self, x0, noise, t):
+        """dx_t/dt = alpha'(t) x_0 + sigma'(t) eps."""
+        d_alpha, d_sigma = (v.float().to(self.device) for v in self.derivatives(torch.as_tensor(t, dtype=torch.float64)))
+        return bcast(d_alpha, x0.shape) * x0 + bcast(d_sigma, x0.shape) * noise
+
+    def target(self, x0, noise, t):
+        if self.prediction == "eps":
+            return noise
+        if self.prediction == "x0":
+            return x0
+        if self.prediction == "velocity":
+            return self.velocity(x0, noise, t)
+        alpha, sigma = self.alpha_sigma(t)  # v (Salimans & Ho 2022)
+        return bcast(alpha, x0.shape) * noise - bcast(sigma, x0.shape) * x0
+
+    def predict_x0_eps(self, x_t, t, out):
+        """(x0, eps) estimates from the network's output, whatever it predicts."""
+        alpha, sigma = (bcast(v, x_t.shape) for v in self.alpha_sigma(t))
+        if self.prediction == "eps":
+            return (x_t - sigma * out) / alpha, out
+        if self.prediction == "x0":
+            return out, (x_t - alpha * out) / sigma
+        if self.prediction == "v":
+            return alpha * x_t - sigma * out, sigma * x_t + alpha * out
+        d_alpha, d_sigma = (bcast(v.float().to(self.device), x_t.shape)
+                            for v in self.derivatives(torch.as_tensor(t, dtype=torch.float64)))
+        # x_t = alpha x0 + sigma eps and out = alpha' x0 + sigma' eps, solved for x0 and eps
+        det = alpha * d_sigma - sigma * d_alpha
+        return (d_sigma * x_t - sigma * out) / det, (alpha * out - d_alpha * x_t) / det
+
+
+class VDM(ContinuousProcess):
+    """Variational diffusion model with a fixed linear gamma (Kingma et al. 2021)."""
+
+    def __init__(self, config, device="cpu"):
+        super().__init__(config, device)
+        self.gamma_min, self.gamma_max = config.gamma_min, config.gamma_max
+
+    def gamma(self, t):
+        return self.gamma_min + (self.gamma_max - self.gamma_min) * t
+
+    def alpha_sigma64(self, t):
+        g = self.gamma(t)
+        return torch.sigmoid(-g).sqrt(), torch.sigmoid(g).sqrt()
+
+    def derivatives(self, t):
+        """(alpha'(t), sigma'(t)): d sqrt(sigmoid(-g)) / dt = -1/2 alpha sigma^2 g', and the mirror."""
+        alpha, sigma = self.alpha_sigma64(t)
+        dg = self.gamma_max - self.gamma_min
+        return -0.5 * alpha * sigma ** 2 * dg, 0.5 * sigma * alpha ** 2 * dg
+
+    def time_of_lam(self, lam):
+        return (-2 * lam - self.gamma_min) / (self.gamma_max - self.gamma_min)
+
+    def loss(self, out, x0, noise, t):
+        """The diffusion term of the continuous ELBO per pixel, averaged over the batch: 1/2 gamma'
+        ||eps - eps_hat||^2 / D (eq. 17, in nats per dimension); for other targets, their MSE
+        weighted the same way through eps_hat."""
+        eps = out.float()
+        if self.prediction != "eps":
+            eps = self.predict_x0_eps(self.q_sample(x0, t, noise), t, eps)[1]
+        per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
+        return (0.5 * (self.gamma_max - self.gamma_min) * per_sample).mean()
+
+
+class Flow(ContinuousProcess):
+    """Flow matching on the straight path x_t = (1 - t) x_0 + t eps (rectified flow)."""
+    t_min, t_max = 1e-4, 1.0 - 1e-4  # sigma(0) = 0 and alpha(1) = 0 would make lambda infinite
+
+    def alpha_sigma64(self, t):
+        return 1 - t, t.clamp(min=1e-12)
+
+    def derivatives(self, t):
+        return -torch.ones_like(t), torch.ones_like(t)
+
+    def time_of_lam(self, lam):
+        return 1 / (1 + math.exp(lam))  # lambda = log((1 - t) / t)
+
+    def loss(self, out, x0, noise, t):
+        """The mean squared error to the target per pixel: with the velocity, v = eps - x_0, the
+        conditional flow matching loss (Lipman et al. 2023, eq. 23)."""
+        return (out.float() - self.target(x0, noise, t)).pow(2).mean()
