@@ -83,7 +83,7 @@ def labels_for(cfg, model_cfg, device, classes):
 
 
 def spread(timesteps, count):
-    """`count` timesteps spread evenly from the first (T-1) to the last (0) of the sampler's."""
+    """`count` times spread evenly from the first (the noise) to the last (the data) of the sampler's."""
     picks = np.unique(np.linspace(0, len(timesteps) - 1, min(count, len(timesteps))).round().astype(int))
     return {timesteps[i] for i in picks}
 

@@ -19,7 +19,7 @@ if [ -n "${MNIST_GZ:-}" ]; then
   for f in "$MNIST_GZ"/*.gz; do gunzip -c "$f" > "data/MNIST/raw/$(basename "$f" .gz)"; done
 fi
 nvidia-smi -L | tee -a "$S"
-python -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__)" | tee -a "$S"
+python -c "import torch; print('torch', torch.__version__)" | tee -a "$S"
 
 log "graph vs eager, guard in the graph, determinism (30 steps, batch 1024, bf16)"
 timeout 120 python -m benchmarks.gpu_step_check --steps 30 --batch_size 1024 2>"$OUT/step_check.err" | tee -a "$S"

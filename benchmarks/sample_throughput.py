@@ -73,7 +73,7 @@ def main():
         images[0] = 0
         seconds = median([timed(lambda: run(sampling), device) for _ in range(repeats)])
         nfe = images[0] / (repeats * args.num_samples)  # network evaluations per digit
-        steps = diffusion.num_timesteps if sampler == "ddpm" else sampling.steps
+        steps = len(diffusion.sampling_times(sampler, sampling.steps))
         print(f"{sampler:8s} {steps:>6d} {nfe:>5g} {sampling.eta:>4g} {seconds:>9.1f} "
               f"{nfe * args.num_samples / seconds:>10.0f}", flush=True)
 

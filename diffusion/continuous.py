@@ -39,7 +39,7 @@ class ContinuousProcess:
 
     def alpha_sigma(self, t):
         """(alpha_t, sigma_t) as float32 tensors on the device (t = -1: the clean data, (1, 0))."""
-        if isinstance(t, (int, float)) and t < 0:
+        if isinstance(t, (int, float)) and t == -1:
             return torch.ones((), device=self.device), torch.zeros((), device=self.device)
         t = torch.as_tensor(t, dtype=torch.float64)
         alpha, sigma = self.alpha_sigma64(t)
@@ -74,7 +74,8 @@ class ContinuousProcess:
             raise ValueError(f"steps must be at least 1, got {steps}")
         if sampler == "dpm++" and steps > 1:
             lams = torch.linspace(self.lam(self.t_max), self.lam(self.t_min), steps, dtype=torch.float64)
-            return [self.time_of_lam(v.item()) for v in lams]
+            times = [min(max(self.time_of_lam(v.item()), self.t_min), self.t_max) for v in lams]
+            return [self.t_max, *times[1:-1], self.t_min]  # the ends exactly, not through a round trip
         return torch.linspace(self.t_max, self.t_min, steps, dtype=torch.float64).tolist()
 
     def ode_span(self):
@@ -135,8 +136,9 @@ class ContinuousProcess:
             return (x_t - sigma * out) / alpha, out
         if self.prediction == "x0":
             return out, (x_t - alpha * out) / sigma
-        if self.prediction == "v":
-            return alpha * x_t - sigma * out, sigma * x_t + alpha * out
+        if self.prediction == "v":  # v = alpha eps - sigma x0 (Salimans & Ho 2022), for any alpha and sigma
+            norm = alpha ** 2 + sigma ** 2
+            return (alpha * x_t - sigma * out) / norm, (sigma * x_t + alpha * out) / norm
         d_alpha, d_sigma = (bcast(v.float().to(self.device), x_t.shape)
                             for v in self.derivatives(torch.as_tensor(t, dtype=torch.float64)))
         # x_t = alpha x0 + sigma eps and out = alpha' x0 + sigma' eps, solved for x0 and eps

@@ -93,7 +93,7 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), a second-order multistep solver in x0;
     eta = 0 solves the probability-flow ODE, eta = 1 the reverse SDE (the paper's SDE-DPM-Solver++(2M)).
 
-        alpha_t = sqrt(ab_t), sigma_t = sqrt(1 - ab_t), lambda_t = log(alpha_t / sigma_t)
+        alpha_t, sigma_t from the process (DDPM: sqrt(ab_t), sqrt(1 - ab_t)), lambda_t = log(alpha_t / sigma_t)
         h_i = lambda_{t_i} - lambda_{t_{i-1}},   r_i = h_{i-1} / h_i
         D_i = (1 + 1 / (2 r_i)) x0_{i-1} - (1 / (2 r_i)) x0_{i-2}          (first step: D_1 = x0_0)
         x_{t_i} = (sigma_{t_i} / sigma_{t_{i-1}}) e^{-eta h_i} x_{t_{i-1}}

@@ -11,7 +11,7 @@ from torch import nn
 
 
 def timestep_embedding(t, dim, max_period=10000):
-    """Sinusoidal embedding of integer timesteps (Vaswani et al. 2017; Ho et al. 2020).
+    """Sinusoidal embedding of timesteps, integer or not (Vaswani et al. 2017; Ho et al. 2020).
 
     emb[:, i]         = cos(t * max_period^(-i / half))   for i < half
     emb[:, half + i]  = sin(t * max_period^(-i / half))

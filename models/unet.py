@@ -1,6 +1,7 @@
 """The U-Net: f(x_t, t[, y]) -> prediction with the shape of x_t.
 
-The network knows nothing of the noise schedule; it sees integer timesteps t in [0, T).
+The network knows nothing of the noise process; it sees a time per image (DDPM's integer timestep,
+or 1000 t for a continuous-time process).
 Layout for the defaults (28x28, channel_mults 1 2 4: widths 16, 32, 64): 28 -> 14 -> 7 -> 14 -> 28,
 with a skip stack pushed on the way down and popped on the way up, and self-attention at 7x7.
 """

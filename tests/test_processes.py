@@ -15,7 +15,7 @@ from diffusion.likelihood import ode_log_likelihood, vdm_bound_terms
 from diffusion.samplers import SAMPLERS, make_timesteps, sample
 from test_train import assert_same_state
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig
+from utils.config import DiffusionConfig, from_args, parse_flags
 
 PROCESSES = {"ddpm": lambda: GaussianDiffusion(DiffusionConfig()),
              "vdm": lambda: VDM(DiffusionConfig(process="vdm")),
@@ -130,3 +130,25 @@ def test_a_short_run_trains_resumes_exactly_samples_edits_and_gives_bits_per_dim
                                "--out", str(tmp_path / "lk.json")])
     assert math.isfinite(results["ode"]["bits_per_dim"]) and results["ode"]["bits_per_dim"] > 0
     assert ("bound" in results) == (process == "vdm")
+
+
+@pytest.mark.parametrize("process", ["vdm", "flow"])
+@pytest.mark.parametrize("prediction", ["eps", "x0", "v", "velocity"])
+def test_every_target_turns_back_into_x0_and_eps(process, prediction):
+    """--prediction parses for every process, and predict_x0_eps inverts target() at any time."""
+    args, _ = parse_flags("train", [DiffusionConfig], ["--process", process, "--prediction", prediction])
+    d = PROCESSES[process]()
+    d.prediction = from_args(DiffusionConfig, args).prediction
+    x0, noise = torch.randn(3, 1, 2, 2), torch.randn(3, 1, 2, 2)
+    t = torch.tensor([0.05, 0.5, 0.95])
+    x0_hat, eps_hat = d.predict_x0_eps(d.q_sample(x0, t, noise), t, d.target(x0, noise, t))
+    torch.testing.assert_close(x0_hat, x0, rtol=0, atol=1e-4)
+    torch.testing.assert_close(eps_hat, noise, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("gamma", [(-13.3, 5.0), (-10.0, 10.0), (-7.0, 3.0)])
+def test_sampling_times_stay_inside_the_process_range(gamma):
+    for d in (VDM(DiffusionConfig(process="vdm", gamma_min=gamma[0], gamma_max=gamma[1])), PROCESSES["flow"]()):
+        for sampler in ("dpm++", "ddim", "heun"):
+            times = make_timesteps(sampler, d, 8)
+            assert times[0] == d.t_max and times[-1] == d.t_min and times == sorted(times, reverse=True)

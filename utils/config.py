@@ -236,8 +236,8 @@ class SamplingConfig:
     guidance: float = option(0.1, "classifier-free guidance w for class-conditional models: out = cond + w (cond - "
                              "uncond); 0 = plain conditional sampling, 1-3 = crisper digits, less variety",
                              bounds="[0, inf)")
-    guidance_interval: tuple = option((0.25, 0.7), "guide only the steps with t / T in [LO, HI] (Kynkaanniemi et "
-                                      "al. 2024); a guided step costs two network evaluations (0 1 = every step)",
+    guidance_interval: tuple = option((0.25, 0.7), "guide only the steps whose time is LO to HI of the way from "
+                                      "the data to the noise (t / T for ddpm; Kynkaanniemi et al. 2024); a guided step costs two network evaluations (0 1 = every step)",
                                       bounds="[0, 1]")
     seed: int = option(0, "seed of the starting noise (same seed, same noise, same samples) and of --inpaint's "
                        "choice of test images", bounds="[0, inf)")
@@ -250,11 +250,11 @@ class SamplingConfig:
                             + " ".join(map(str, self.guidance_interval)))
 
     def describe(self, conditional=True):
-        """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t/T in [0.25, 0.7]'."""
+        """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t in [0.25, 0.7] of the way'."""
         text = f"{self.sampler} " + ("all steps" if self.sampler == "ddpm" else f"{self.steps} steps eta {self.eta:g}")
         if conditional:
             lo, hi = self.guidance_interval
-            text += f", guidance {self.guidance:g}" + (f" for t/T in [{lo:g}, {hi:g}]" if self.guidance else "")
+            text += f", guidance {self.guidance:g}" + (f" for t in [{lo:g}, {hi:g}] of the way" if self.guidance else "")
         return text
 
 
@@ -271,7 +271,7 @@ class InferenceConfig:
     output_dir: str = option(OUTPUT_DIR, "where samples.png, denoising_steps.png, inpainting.png or interpolation.png "
                              "and .gif are written")
     figure_samples: int = option(6, "samples (rows) in the denoising-steps figure", bounds="[1, inf)")
-    figure_steps: int = option(10, "timesteps (columns) in the denoising-steps figure, from T-1 down to 0",
+    figure_steps: int = option(10, "times (columns) in the denoising-steps figure, from the noise down to the data",
                                bounds="[1, inf)")
     show_x0: bool = option(True, "add a row of the predicted x0 under each x_t in the figure")
     no_show: bool = option(False, "only save the figures, never open a window (automatic when headless)")
@@ -382,7 +382,7 @@ def add_arguments(parser, config_cls, skip=()):
         elif f.type in (tuple, "tuple"):  # numbers, typed like the default's (integers if it has none)
             kwargs.update(nargs="*", type=type(f.default[0]) if f.default else int)
         else:
-            kwargs["type"] = type(f.default)
+            kwargs["type"] = f.type  # the field's declared type (its default may be None)
         group.add_argument(f"--{f.name}", **kwargs)
 
 
