@@ -114,6 +114,10 @@ class ContinuousProcess:
 
     # ---- predictions -------------------------------------------------------------------------------
 
+    def velocity_of(self, x0, eps, t):
+        """dx_t/dt = alpha'(t) x_0 + sigma'(t) eps at one time t (the samplers' ODE)."""
+        return self.velocity(x0, eps, t)
+
     def velocity(self, x0, noise, t):
         """dx_t/dt = alpha'(t) x_0 + sigma'(t) eps."""
         d_alpha, d_sigma = (v.float().to(self.device) for v in self.derivatives(torch.as_tensor(t, dtype=torch.float64)))

@@ -101,6 +101,13 @@ class GaussianDiffusion:
         sigma = math.sqrt(1 - math.exp(log_a_bar[i] + slope * (t - i)))
         return slope / 2, -slope / (2 * sigma)
 
+    def velocity_of(self, x0, eps, t):
+        """dx_t/dt = alpha'(t) x0 + sigma'(t) eps at a time t, from ode_drift: a x_t + b eps with
+        x_t = alpha x0 + sigma eps gives alpha' = a alpha and sigma' = a sigma + b."""
+        a, b = self.ode_drift(float(t))
+        alpha, sigma = self.alpha_sigma(t)
+        return a * alpha * x0 + (a * sigma + b) * eps
+
     def sampling_times(self, sampler, steps):
         """Descending timesteps for a sampler: all T for ddpm; for dpm++ `steps` evenly spaced in
         log-SNR, lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022, the "logSNR" spacing), rounded to

@@ -128,22 +128,25 @@ def dpm_solver_pp(denoise, diffusion, x, timesteps, generator=None, eta=0.0, cli
 
 @torch.no_grad()
 def heun(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
-    """Heun's second-order method on the probability-flow ODE (Karras et al. 2022, Algorithm 1) in
-    the variables y = x / alpha and s = sigma / alpha, where it reads dy/ds = eps_hat: an Euler
-    step, then a correction with the slope at its end; the last step, onto the clean data, is
-    Euler's (y = x0_hat). Its Euler half alone is DDIM with eta = 0. Deterministic (eta unused);
-    2 network evaluations per step but the last."""
+    """Heun's second-order method on the probability-flow ODE in the process's own time (Karras et
+    al. 2022, Algorithm 1; for flow matching, the Euler/Heun sampler of rectified flow):
+
+        dx/dt = alpha'(t) x0_hat + sigma'(t) eps_hat          (the velocity; flow: eps_hat - x0_hat)
+        x_s = x_t + (s - t) (v_t + v(x_euler, s)) / 2,   x_euler = x_t + (s - t) v_t
+
+    The last step, onto the clean data, is x = x0_hat. Deterministic (eta unused); two network
+    evaluations per step but the last."""
     for i, t in enumerate(timesteps):
         x0, eps = predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)
         s = following(timesteps, i)
-        (alpha_t, sigma_t), (alpha_s, sigma_s) = diffusion.alpha_sigma(t), diffusion.alpha_sigma(s)
-        ds = sigma_s / alpha_s - sigma_t / alpha_t
-        y = x / alpha_t + ds * eps                          # Euler
-        if s >= 0:
-            _, eps_s = predict(denoise, diffusion, alpha_s * y, s, clip)
-            y = x / alpha_t + ds * (eps + eps_s) / 2        # the trapezoid: Heun
-        x = alpha_s * y
+        if s < 0:
+            x = x0
+            continue
+        velocity = diffusion.velocity_of(x0, eps, t)
+        euler = x + (s - t) * velocity
+        x0_s, eps_s = predict(denoise, diffusion, euler, s, clip)
+        x = x + (s - t) * (velocity + diffusion.velocity_of(x0_s, eps_s, s)) / 2
     yield Step(-1, x, x)
 
 
