@@ -111,19 +111,19 @@ def tiny_run(tmp_path, mnist_dir, *extra):
             "--checkpoint_path", str(tmp_path / "ck"), "--output_dir", str(tmp_path / "out"), *extra]
 
 
-def test_a_full_disk_while_saving_is_one_line_and_loses_nothing(tmp_path, mnist_dir):
+def test_a_full_disk_while_saving_is_one_line_and_loses_nothing(tmp_path, mnist_dir, capsys):
     """A file-size limit (ulimit -f) makes torch.save fail as a full disk does, with a RuntimeError."""
     train.main(tiny_run(tmp_path, mnist_dir, "--max_steps", "2"))
     before = (tmp_path / "ck").read_bytes()
     limit = len(before) // 2
-
-    def small_files():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    result = subprocess.run([sys.executable, "train.py", *tiny_run(tmp_path, mnist_dir, "--max_steps", "4")],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120, preexec_fn=small_files)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    message, = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))  # Python ignores SIGXFSZ: writes fail with EFBIG
+    try:
+        code, err = exit_code(train.main, tiny_run(tmp_path, mnist_dir, "--max_steps", "4"), capsys)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert code == 2 and "Traceback" not in err
+    message, = [line for line in err.splitlines() if line.startswith("error:")]
     assert "the disk is full" in message and f"the last good checkpoint is {tmp_path / 'ck'}" in message
     assert (tmp_path / "ck").read_bytes() == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
