@@ -261,15 +261,15 @@ class SamplingConfig:
 @dataclass
 class InferenceConfig:
     checkpoint_path: str = checkpoint_option()
-    num_samples: int = option(64, "digits in the final grid (with --inpaint: images to complete; --interpolate draws "
-                              "4 rows)", bounds="[1, inf)")
+    num_samples: int = option(64, "digits in the final grid (with --inpaint: images to complete; with --image: "
+                              "edits; --interpolate draws 4 rows)", bounds="[1, inf)")
     digit: str = option("", "class-conditional checkpoints: a class (a digit 0-9, or its index or name for other "
                         "data), 'all' for one row per class, or empty for every class in turn, one per column")
     device: str = device_option()
     precision: str = precision_option()
     use_ema: bool = option(True, "sample with the EMA weights (else the raw weights)")
-    output_dir: str = option(OUTPUT_DIR, "where samples.png, denoising_steps.png, inpainting.png or interpolation.png "
-                             "and .gif are written")
+    output_dir: str = option(OUTPUT_DIR, "where samples.png, denoising_steps.png, inpainting.png, editing.png or "
+                             "interpolation.png and .gif are written")
     figure_samples: int = option(6, "samples (rows) in the denoising-steps figure", bounds="[1, inf)")
     figure_steps: int = option(10, "times (columns) in the denoising-steps figure, from the noise down to the data",
                                bounds="[1, inf)")
