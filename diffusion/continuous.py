@@ -114,12 +114,8 @@ class ContinuousProcess:
 
     # ---- predictions -------------------------------------------------------------------------------
 
-    def velocity_of(self, x0, eps, t):
-        """dx_t/dt = alpha'(t) x_0 + sigma'(t) eps at one time t (the samplers' ODE)."""
-        return self.velocity(x0, eps, t)
-
-    def velocity(self, x0, noise, t):
-        """dx_t/dt = alpha'(t) x_0 + sigma'(t) eps."""
+    def velocity_of(self, x0, noise, t):
+        """dx_t/dt = alpha'(t) x_0 + sigma'(t) eps: the velocity target, and the samplers' ODE."""
         d_alpha, d_sigma = (v.float().to(self.device) for v in self.derivatives(torch.as_tensor(t, dtype=torch.float64)))
         return bcast(d_alpha, x0.shape) * x0 + bcast(d_sigma, x0.shape) * noise
 
@@ -129,7 +125,7 @@ class ContinuousProcess:
         if self.prediction == "x0":
             return x0
         if self.prediction == "velocity":
-            return self.velocity(x0, noise, t)
+            return self.velocity_of(x0, noise, t)
         alpha, sigma = self.alpha_sigma(t)  # v (Salimans & Ho 2022)
         return bcast(alpha, x0.shape) * noise - bcast(sigma, x0.shape) * x0
 
