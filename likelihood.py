@@ -54,9 +54,7 @@ def network(model, diffusion):
         with torch.no_grad():
             return diffusion.predict_x0_eps(x, t, output(x, t))[0]
 
-    def predict_eps(x, t):
-        if diffusion.prediction == "eps":
-            return output(x, t)
+    def predict_eps(x, t):  # through the process: VDM's clip_x0 moves eps too
         coefficients_t = t.floor().long().clamp(max=diffusion.num_timesteps - 1) if discrete else t
         return diffusion.predict_x0_eps(x, coefficients_t, output(x, t))[1]
 

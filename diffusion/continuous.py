@@ -147,11 +147,18 @@ class ContinuousProcess:
 
 
 class VDM(ContinuousProcess):
-    """Variational diffusion model with a fixed linear gamma (Kingma et al. 2021)."""
+    """Variational diffusion model with a fixed linear gamma (Kingma et al. 2021).
+
+    With config.clip_x0 the denoiser knows the data range: its x0 estimate is clamped to [-1, 1]
+    and eps follows from it, eps_hat = (x_t - alpha clamp(x0_hat)) / sigma. As x_0 lies in [-1, 1],
+    the clamp never moves x0_hat away from it, and ||eps - eps_hat|| = alpha / sigma ||x_0 - x0_hat||
+    never grows: the loss and the bound are of this clamped denoiser, the one the samplers use.
+    """
 
     def __init__(self, config, device="cpu"):
         super().__init__(config, device)
         self.gamma_min, self.gamma_max = config.gamma_min, config.gamma_max
+        self.clip_x0 = config.clip_x0
 
     def gamma(self, t):
         return self.gamma_min + (self.gamma_max - self.gamma_min) * t
@@ -169,13 +176,26 @@ class VDM(ContinuousProcess):
     def time_of_lam(self, lam):
         return (-2 * lam - self.gamma_min) / (self.gamma_max - self.gamma_min)
 
+    def predict_x0_eps(self, x_t, t, out, straight_through=False):
+        """(x0, eps) estimates; with clip_x0, x0 clamped to [-1, 1] and eps moved by alpha / sigma
+        times what the clamp took off (no cancellation at small sigma). straight_through: the clamp
+        passes gradients as the identity (the loss: no dead gradient where x0_hat overshoots)."""
+        x0, eps = super().predict_x0_eps(x_t, t, out)
+        if not self.clip_x0:
+            return x0, eps
+        overshoot = x0 - x0.clamp(-1, 1)
+        if straight_through:
+            overshoot = overshoot.detach()
+        alpha, sigma = (bcast(v, x_t.shape) for v in self.alpha_sigma(t))
+        return x0 - overshoot, eps + alpha / sigma * overshoot
+
     def loss(self, out, x0, noise, t):
         """The diffusion term of the continuous ELBO per pixel, averaged over the batch: 1/2 gamma'
         ||eps - eps_hat||^2 / D (eq. 17, in nats per dimension); for other targets, their MSE
         weighted the same way through eps_hat."""
         eps = out.float()
-        if self.prediction != "eps":
-            eps = self.predict_x0_eps(self.q_sample(x0, t, noise), t, eps)[1]
+        if self.prediction != "eps" or self.clip_x0:
+            eps = self.predict_x0_eps(self.q_sample(x0, t, noise), t, eps, straight_through=True)[1]
         per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
         return (0.5 * (self.gamma_max - self.gamma_min) * per_sample).mean()
 

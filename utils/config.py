@@ -141,6 +141,8 @@ class DiffusionConfig:
     gamma_min: float = option(-13.3, "vdm: gamma = -log SNR at t = 0 (Kingma et al. 2021: -13.3, sigma about 1e-3)",
                               bounds="(-inf, inf)")
     gamma_max: float = option(5.0, "vdm: gamma at t = 1 (Kingma et al. 2021: 5)", bounds="(-inf, inf)")
+    clip_x0: bool = option(False, "vdm: the denoiser clamps its x0 estimate to the data range [-1, 1] in the loss and "
+                           "the likelihood too, as the samplers always do (never a worse bound)")
     prediction: str = option(None, "what the network predicts: eps (noise), x0, v (Salimans & Ho 2022) or velocity "
                              "(dx_t/dt); default: velocity for flow, else eps", choices=("eps", "x0", "v", "velocity"))
     min_snr_gamma: float = option(5.0, "ddpm: min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE as in "
