@@ -5,9 +5,11 @@ import pytest
 import torch
 
 import likelihood
+import train
 from diffusion.continuous import VDM
 from diffusion.likelihood import ode_log_likelihood, vdm_bound_terms
 from models.unet import UNet
+from test_train import exit_code
 from utils.config import DiffusionConfig, ModelConfig
 
 
@@ -100,3 +102,11 @@ def test_the_ode_of_the_clamped_denoiser_takes_the_clamps_divergence():
     log_p, _ = ode_log_likelihood(clamped, process, x, torch.Generator().manual_seed(3), 1e-6, 1e-6)
     expected, _ = ode_log_likelihood(direct, process, x, torch.Generator().manual_seed(3), 1e-6, 1e-6)
     torch.testing.assert_close(log_p, expected, rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("process", ["ddpm", "flow"])
+def test_clip_x0_on_another_process_is_refused_in_one_line(process, tmp_path, capsys):
+    argv = ["--process", process, "--clip_x0", "--checkpoint_path", str(tmp_path / "ck"), "--max_steps", "1"]
+    code, err = exit_code(train.main, argv, capsys)  # (were it accepted, one step and no SystemExit: a failure)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --clip_x0 is for --process vdm (the samplers of every process clamp x0 already)"]

@@ -158,6 +158,8 @@ class DiffusionConfig:
             raise UserError("need gamma_min < gamma_max")
         if self.process == "ddpm" and self.prediction == "velocity":
             raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
+        if self.clip_x0 and self.process != "vdm":
+            raise UserError("--clip_x0 is for --process vdm (the samplers of every process clamp x0 already)")
 
 
 # The U-Net settings of a data set whose images need another shape than MNIST's, for each not typed
