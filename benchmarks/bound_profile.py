@@ -18,8 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from diffusion.processes import make_process
-from models.load import load_model
-from utils.checkpoint import load_checkpoint
+from models.load import checkpoint_or_shipped, load_model
 from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data
@@ -67,7 +66,7 @@ def main(argv=None):
     cfg = from_args(Flags, args)
     device = select_device(cfg.device)
     set_cpu_threads()
-    ckpt, path = load_checkpoint(cfg.checkpoint_path)
+    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
     model, process = load_model(ckpt, path, True, device)
     if process.config.process != "vdm":
         raise UserError(f"{path} is a {process.config.process} model; the profile is of VDM's bound")
