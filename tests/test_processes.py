@@ -70,6 +70,28 @@ def test_the_vdm_diffusion_term_of_the_exact_denoiser_matches_its_closed_form():
     assert abs(terms[:, 0].mean() - expected_prior) < 4 * terms[:, 0].std() / math.sqrt(len(x))
 
 
+def test_the_endpoint_study_integrates_each_slice_and_moves_the_prior_as_the_closed_form():
+    """benchmarks/vdm_endpoints.py for data N(0, c2 I) and the exact eps: the integral over [lo, hi]
+    is D/2 [log(1 + c2 e^-gamma(lo)) - log(1 + c2 e^-gamma(hi))], and lowering gamma_max to gamma(b)
+    changes the bound by prior(b) - prior(1) minus the integral over [b, 1]."""
+    from benchmarks.vdm_endpoints import HIGH, changes, integral, prior
+    process, c2, dim = PROCESSES["vdm"](), 0.3, 4
+    x = torch.randn(2000, 1, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    x *= math.sqrt(c2 / x.pow(2).mean())  # both sides are linear in x^2: the sample's mean square is c2
+    generator, eps = torch.Generator().manual_seed(4), exact_eps(process, c2)
+
+    def closed_form(lo, hi):
+        return dim / 2 * (math.log(1 + c2 * math.exp(-process.gamma(lo))) - math.log(1 + c2 * math.exp(-process.gamma(hi))))
+
+    for lo, hi in ((0.0, 0.05), (0.3, 0.6), (0.9, 1.0)):
+        values = integral(eps, process, x, lo, hi, 4, generator)
+        assert abs(values.mean().item() - closed_form(lo, hi)) < 4 * values.std().item() / math.sqrt(len(x))
+    result = changes(eps, process, x, 4, generator)
+    for b in HIGH:
+        expected = (prior(process, x, b) - prior(process, x, 1.0)).mean().item() - closed_form(b, 1.0)
+        assert abs(result[b].mean().item() - expected) < 4 * result[b].std().item() / math.sqrt(len(x)) + 1e-9
+
+
 @pytest.mark.parametrize("sampler, steps", [("heun", 40), ("dpm++", 40), ("ddim", 100)])
 def test_the_exact_flow_velocity_carries_noise_to_the_data_gaussian(sampler, steps):
     """Flow matching's exact velocity for data N(0, c2 I), E[eps - x0 | x_t] = (t - (1 - t) c2) /

@@ -1,0 +1,120 @@
+"""What other endpoints of gamma would buy a trained VDM: its bound with gamma_min raised or gamma_max lowered.
+
+    python -m benchmarks.vdm_endpoints --checkpoint_path checkpoints/vdm
+
+VDM's bound (Kingma et al. 2021, eqs. 11 and 17) is prior(gamma_max) + reconstruction(gamma_min) +
+1/2 integral gamma'(t) E||eps - eps_hat(z_t, t)||^2 dt over [0, 1]. Keeping the trained network and
+its schedule between new endpoints gamma(a) and gamma(b), 0 <= a < b <= 1, is a model of its own,
+and its bound is that of the checkpoint with the integral over [0, a] replaced by the decoder at
+gamma(a), and that over [b, 1] by the prior at gamma(b):
+    change(a) = reconstruction(gamma(a)) - reconstruction(gamma_min) - integral_0^a
+    change(b) = prior(gamma(b)) - prior(gamma_max) - integral_b^1
+A negative change is what learned endpoints would gain, the network fixed. The other direction
+(gamma_min lower, gamma_max higher) can gain no more than the reconstruction and prior terms
+themselves, which likelihood.py prints. Each integral is a Monte Carlo average over --times
+stratified times per image and slice, on the test images in the order of `likelihood.py --seed S`.
+The network runs as in likelihood.py: fp32, the null label.
+"""
+import math
+from dataclasses import dataclass
+
+import torch
+
+from diffusion.likelihood import vdm_decoder_log_likelihood
+from likelihood import network
+from models.load import checkpoint_or_shipped, load_model
+from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
+from utils.data import to_model_range
+from utils.datasets import checkpoint_data
+from utils.device import select_device, set_cpu_threads
+from utils.errors import UserError, exit_on_user_error
+
+LOW = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1)  # candidate a: gamma_min moved up to gamma(a)
+HIGH = (0.99, 0.98, 0.95, 0.9)              # candidate b: gamma_max moved down to gamma(b)
+
+
+@dataclass
+class Flags:
+    checkpoint_path: str = checkpoint_option("a VDM checkpoint")
+    num_images: int = option(100, "test images", bounds="[1, 10000]")
+    times: int = option(8, "times per image in each slice between two candidate endpoints", bounds="[1, inf)")
+    seed: int = option(0, "image order (as likelihood.py's) and noise", bounds="[0, inf)")
+    data_dir: str = data_dir_option()
+    device: str = device_option()
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+def integral(predict_eps, process, images, lo, hi, times, generator):
+    """1/2 integral_lo^hi gamma' E||eps - eps_hat||^2 dt per image in nats: `times` stratified times."""
+    total = torch.zeros(len(images), dtype=torch.float64)
+    dgamma = process.gamma_max - process.gamma_min
+    for k in range(times):
+        t = lo + (hi - lo) * (k + torch.rand(len(images), generator=generator, dtype=torch.float64)) / times
+        alpha, sigma = process.alpha_sigma64(t)
+        noise = torch.randn(images.shape, generator=generator, dtype=torch.float64)
+        z = alpha.view(-1, 1, 1, 1) * images + sigma.view(-1, 1, 1, 1) * noise
+        with torch.no_grad():
+            eps = predict_eps(z.float().to(process.device), t.float().to(process.device)).double().cpu()
+        total += 0.5 * dgamma * (hi - lo) * (noise - eps).pow(2).flatten(1).sum(1) / times
+    return total
+
+
+def reconstruction(process, images, t, generator):
+    """-log p(x | z) per image in nats, VDM's decoder at gamma(t), one draw of z ~ q(z_t | x)."""
+    alpha, sigma = process.alpha_sigma64(torch.tensor(t, dtype=torch.float64))
+    z = alpha * images + sigma * torch.randn(images.shape, generator=generator, dtype=torch.float64)
+    return -vdm_decoder_log_likelihood(images, z, alpha, sigma)
+
+
+def prior(process, images, t):
+    """KL(q(z_t | x) || N(0, I)) per image in nats."""
+    alpha, sigma = process.alpha_sigma64(torch.tensor(t, dtype=torch.float64))
+    return (0.5 * (sigma ** 2 + alpha ** 2 * images ** 2 - torch.log(sigma ** 2) - 1)).flatten(1).sum(1)
+
+
+def changes(predict_eps, process, images, times, generator):
+    """{candidate time: per-image change of the bound in nats} for both ends."""
+    out, below, previous = {}, torch.zeros(len(images), dtype=torch.float64), 0.0
+    base = reconstruction(process, images, 0.0, generator)
+    for a in LOW:
+        below += integral(predict_eps, process, images, previous, a, times, generator)
+        out[a] = reconstruction(process, images, a, generator) - base - below
+        previous = a
+    above, previous, base = torch.zeros(len(images), dtype=torch.float64), 1.0, prior(process, images, 1.0)
+    for b in HIGH:
+        above += integral(predict_eps, process, images, b, previous, times, generator)
+        out[b] = prior(process, images, b) - base - above
+        previous = b
+    return out
+
+
+def main(argv=None):
+    args, _ = parse_flags(__doc__.splitlines()[0], [Flags], argv)
+    cfg = from_args(Flags, args)
+    device = select_device(cfg.device)
+    set_cpu_threads()
+    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
+    model, process = load_model(ckpt, path, True, device)
+    if process.config.process != "vdm":
+        raise UserError(f"{path} is a {process.config.process} model; the endpoints are VDM's")
+    _, test = checkpoint_data(ckpt, False, cfg.data_dir)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(test.images), generator=generator)
+    images = to_model_range(test.images[order[:cfg.num_images]]).double()
+    per_dim = images[0].numel() * math.log(2)
+    print(f"{path}: {len(images)} test images; gamma from {process.gamma_min} to {process.gamma_max}")
+    print(f"{'end':>13s} {'t':>6s} {'gamma':>7s} | change of the bound, bits/dim")
+    result = {}
+    for t, change in changes(network(model, process)[1], process, images, cfg.times, generator).items():
+        bits = change / per_dim
+        error = bits.std().item() / math.sqrt(len(bits)) if len(bits) > 1 else float("nan")
+        end = "gamma_min" if t < 0.5 else "gamma_max"
+        print(f"{end:>13s} {t:6.3f} {process.gamma(t):7.2f} | {bits.mean().item():+.4f} ± {error:.4f}")
+        result[t] = (bits.mean().item(), error)
+    return result
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
