@@ -7,7 +7,8 @@ For test images in the order of `likelihood.py --seed S`, one time at the middle
 equal slices of [0, 1] and one noise draw per image and time, it prints the integrand of the
 diffusion term, 1/2 gamma' ||eps - eps_hat(z_t, t)||^2 (Kingma et al. 2021, eq. 17), in bits per
 dimension of the image, split over the pixels that are background (value -1), saturated (1) and in
-between, with the checkpoint's denoiser and with its x0 estimate clamped to [-1, 1] (--clip_x0).
+between, with its x0 estimate as the network gives it and clamped to [-1, 1] (--clip_x0; a network
+trained with the clamp overshoots the background freely, so only its clamped reading is its model).
 The mean over the slices estimates the diffusion term (likelihood.py gives the bound with its error).
 The network runs as in likelihood.py: fp32, the null label.
 """
@@ -76,14 +77,14 @@ def main(argv=None):
     images = to_model_range(test.images[order[:cfg.num_images]]).to(device)
     between = ((images > -1) & (images < 1)).float().mean().item()
     print(f"{path}: {len(images)} test images, clip_x0 {process.clip_x0}; {100 * between:.1f}% of pixels in between")
-    print(f"{'t':>5s} | {'as trained':>10s} {'clamped':>8s} | " + " | ".join(f"{k:>19s}" for k in KINDS))
+    print(f"{'t':>5s} | {'unclamped':>10s} {'clamped':>8s} | " + " | ".join(f"{k:>19s}" for k in KINDS))
     grid, rows = profile(model, process, images, cfg.times, generator)
     for t, row in zip(grid, rows):
         kinds = " | ".join(f"{row[False][k]:9.3f} {row[True][k]:9.3f}" for k in range(3))
         print(f"{t:5.3f} | {sum(row[False]):10.3f} {sum(row[True]):8.3f} | {kinds}")
     means = [sum(sum(row[clip]) for row in rows) / len(rows) for clip in (False, True)]
-    print(f"mean over t, bits/dim: {means[0]:.3f} as trained, {means[1]:.3f} clamped "
-          "(each kind: as trained, clamped)")
+    print(f"mean over t, bits/dim: {means[0]:.3f} unclamped, {means[1]:.3f} clamped "
+          "(each kind: unclamped, clamped; a --clip_x0 checkpoint's own reading is the clamped one)")
     return grid, rows
 
 
