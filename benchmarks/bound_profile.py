@@ -18,13 +18,10 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmarks.common import vdm_and_test_images
 from diffusion.processes import make_process
-from models.load import checkpoint_or_shipped, load_model
 from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
-from utils.data import to_model_range
-from utils.datasets import checkpoint_data
-from utils.device import select_device, set_cpu_threads
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import exit_on_user_error
 
 KINDS = ("background", "saturated", "in between")
 
@@ -65,16 +62,7 @@ def profile(model, process, images, times, generator):
 def main(argv=None):
     args, _ = parse_flags(__doc__.splitlines()[0], [Flags], argv)
     cfg = from_args(Flags, args)
-    device = select_device(cfg.device)
-    set_cpu_threads()
-    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
-    model, process = load_model(ckpt, path, True, device)
-    if process.config.process != "vdm":
-        raise UserError(f"{path} is a {process.config.process} model; the profile is of VDM's bound")
-    _, test = checkpoint_data(ckpt, False, cfg.data_dir)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(test.images), generator=generator)
-    images = to_model_range(test.images[order[:cfg.num_images]]).to(device)
+    model, process, images, generator, path = vdm_and_test_images(cfg, "the profile")
     between = ((images > -1) & (images < 1)).float().mean().item()
     print(f"{path}: {len(images)} test images, clip_x0 {process.clip_x0}; {100 * between:.1f}% of pixels in between")
     print(f"{'t':>5s} | {'unclamped':>10s} {'clamped':>8s} | " + " | ".join(f"{k:>19s}" for k in KINDS))

@@ -1,8 +1,14 @@
 """Shared pieces of the benchmarks (run from the project root as python -m benchmarks.NAME): the
-peer model and a timing helper."""
+peer model, a timing helper and the loading of a VDM checkpoint with its test images."""
 import time
 
 import torch
+
+from models.load import checkpoint_or_shipped, load_model
+from utils.data import to_model_range
+from utils.datasets import checkpoint_data
+from utils.device import select_device, set_cpu_threads
+from utils.errors import UserError
 
 # diffusers' UNet2DModel as commonly configured for 28x28 MNIST: 4.0M parameters.
 PEER_CONFIG = dict(sample_size=28, in_channels=1, out_channels=1, layers_per_block=2,
@@ -59,3 +65,19 @@ def matmul_peak(device, precision="fp32", sizes=None, repeats=3):
         best = max(best, 2 * n ** 3 / seconds / 1e9)
     return best
 
+
+def vdm_and_test_images(cfg, what):
+    """(model, process, images, generator, path) for a benchmark of a VDM checkpoint: cfg gives
+    checkpoint_path, device, data_dir, seed and num_images; the test images in the order of
+    `likelihood.py --seed S`, in the model's range on the device; what: the benchmark, for the
+    one-line refusal of another process."""
+    device = select_device(cfg.device)
+    set_cpu_threads()
+    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
+    model, process = load_model(ckpt, path, True, device)
+    if process.config.process != "vdm":
+        raise UserError(f"{path} is a {process.config.process} model; {what} is of VDM's bound")
+    _, test = checkpoint_data(ckpt, False, cfg.data_dir)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    order = torch.randperm(len(test.images), generator=generator)
+    return model, process, to_model_range(test.images[order[:cfg.num_images]]).to(device), generator, path

@@ -20,14 +20,11 @@ from dataclasses import dataclass
 
 import torch
 
+from benchmarks.common import vdm_and_test_images
 from diffusion.likelihood import vdm_decoder_log_likelihood
 from likelihood import network
-from models.load import checkpoint_or_shipped, load_model
 from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
-from utils.data import to_model_range
-from utils.datasets import checkpoint_data
-from utils.device import select_device, set_cpu_threads
-from utils.errors import UserError, exit_on_user_error
+from utils.errors import exit_on_user_error
 
 LOW = (0.01, 0.02, 0.03, 0.05, 0.075, 0.1)  # candidate a: gamma_min moved up to gamma(a)
 HIGH = (0.99, 0.98, 0.95, 0.9)              # candidate b: gamma_max moved down to gamma(b)
@@ -93,16 +90,8 @@ def changes(predict_eps, process, images, times, generator):
 def main(argv=None):
     args, _ = parse_flags(__doc__.splitlines()[0], [Flags], argv)
     cfg = from_args(Flags, args)
-    device = select_device(cfg.device)
-    set_cpu_threads()
-    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
-    model, process = load_model(ckpt, path, True, device)
-    if process.config.process != "vdm":
-        raise UserError(f"{path} is a {process.config.process} model; the endpoints are VDM's")
-    _, test = checkpoint_data(ckpt, False, cfg.data_dir)
-    generator = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(test.images), generator=generator)
-    images = to_model_range(test.images[order[:cfg.num_images]]).double()
+    model, process, images, generator, path = vdm_and_test_images(cfg, "the endpoint study")
+    images = images.double().cpu()
     per_dim = images[0].numel() * math.log(2)
     print(f"{path}: {len(images)} test images; gamma from {process.gamma_min} to {process.gamma_max}")
     print(f"{'end':>13s} {'t':>6s} {'gamma':>7s} | change of the bound, bits/dim")
