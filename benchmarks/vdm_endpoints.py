@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.common import vdm_and_test_images
-from diffusion.likelihood import vdm_decoder_log_likelihood
+from diffusion.likelihood import vdm_decoder_log_likelihood, vdm_prior_kl
 from likelihood import network
 from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
 from utils.errors import exit_on_user_error
@@ -67,8 +67,7 @@ def reconstruction(process, images, t, generator):
 
 def prior(process, images, t):
     """KL(q(z_t | x) || N(0, I)) per image in nats."""
-    alpha, sigma = process.alpha_sigma64(torch.tensor(t, dtype=torch.float64))
-    return (0.5 * (sigma ** 2 + alpha ** 2 * images ** 2 - torch.log(sigma ** 2) - 1)).flatten(1).sum(1)
+    return vdm_prior_kl(images, *process.alpha_sigma64(torch.tensor(t, dtype=torch.float64)))
 
 
 def changes(predict_eps, process, images, times, generator):

@@ -135,6 +135,12 @@ def vdm_decoder_log_likelihood(x, z0, alpha0, sigma0):
     return torch.log_softmax(logits, dim=-1).gather(-1, index).squeeze(-1).flatten(1).sum(1)
 
 
+def vdm_prior_kl(x, alpha, sigma):
+    """KL(q(z | x) || N(0, I)) per image in nats, q(z | x) = N(alpha x, sigma^2 I): VDM's prior term
+    at its last time (Kingma et al. 2021, eq. 11)."""
+    return (0.5 * (sigma ** 2 + alpha ** 2 * x ** 2 - torch.log(sigma ** 2) - 1)).flatten(1).sum(1)
+
+
 @torch.no_grad()
 def vdm_bound_terms(predict_eps, process, x0, generator=None, t_samples=100, batch_size=500):
     """The terms of VDM's bound for each image, in nats: (B, 3) = (prior, reconstruction, diffusion).
@@ -150,7 +156,7 @@ def vdm_bound_terms(predict_eps, process, x0, generator=None, t_samples=100, bat
     one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
     alpha1, sigma1 = process.alpha_sigma64(one)
     alpha0, sigma0 = process.alpha_sigma64(zero)
-    prior = (0.5 * (sigma1 ** 2 + alpha1 ** 2 * x0 ** 2 - torch.log(sigma1 ** 2) - 1)).flatten(1).sum(1)
+    prior = vdm_prior_kl(x0, alpha1, sigma1)
     z0 = alpha0 * x0 + sigma0 * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
     reconstruction = -vdm_decoder_log_likelihood(x0, z0, alpha0, sigma0)
     dgamma = process.gamma_max - process.gamma_min
