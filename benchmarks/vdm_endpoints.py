@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from benchmarks.common import vdm_and_test_images
-from diffusion.likelihood import vdm_decoder_log_likelihood, vdm_prior_kl
+from diffusion.likelihood import vdm_diffusion_term, vdm_prior_kl, vdm_reconstruction
 from likelihood import network
 from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
 from utils.errors import exit_on_user_error
@@ -43,26 +43,9 @@ class Flags:
         check_fields(self)
 
 
-def integral(predict_eps, process, images, lo, hi, times, generator):
-    """1/2 integral_lo^hi gamma' E||eps - eps_hat||^2 dt per image in nats: `times` stratified times."""
-    total = torch.zeros(len(images), dtype=torch.float64)
-    dgamma = process.gamma_max - process.gamma_min
-    for k in range(times):
-        t = lo + (hi - lo) * (k + torch.rand(len(images), generator=generator, dtype=torch.float64)) / times
-        alpha, sigma = process.alpha_sigma64(t)
-        noise = torch.randn(images.shape, generator=generator, dtype=torch.float64)
-        z = alpha.view(-1, 1, 1, 1) * images + sigma.view(-1, 1, 1, 1) * noise
-        with torch.no_grad():
-            eps = predict_eps(z.float().to(process.device), t.float().to(process.device)).double().cpu()
-        total += 0.5 * dgamma * (hi - lo) * (noise - eps).pow(2).flatten(1).sum(1) / times
-    return total
-
-
 def reconstruction(process, images, t, generator):
     """-log p(x | z) per image in nats, VDM's decoder at gamma(t), one draw of z ~ q(z_t | x)."""
-    alpha, sigma = process.alpha_sigma64(torch.tensor(t, dtype=torch.float64))
-    z = alpha * images + sigma * torch.randn(images.shape, generator=generator, dtype=torch.float64)
-    return -vdm_decoder_log_likelihood(images, z, alpha, sigma)
+    return vdm_reconstruction(images, *process.alpha_sigma64(torch.tensor(t, dtype=torch.float64)), generator)
 
 
 def prior(process, images, t):
@@ -75,12 +58,12 @@ def changes(predict_eps, process, images, times, generator):
     out, below, previous = {}, torch.zeros(len(images), dtype=torch.float64), 0.0
     base = reconstruction(process, images, 0.0, generator)
     for a in LOW:
-        below += integral(predict_eps, process, images, previous, a, times, generator)
+        below += vdm_diffusion_term(predict_eps, process, images, generator, times, lo=previous, hi=a)
         out[a] = reconstruction(process, images, a, generator) - base - below
         previous = a
     above, previous, base = torch.zeros(len(images), dtype=torch.float64), 1.0, prior(process, images, 1.0)
     for b in HIGH:
-        above += integral(predict_eps, process, images, b, previous, times, generator)
+        above += vdm_diffusion_term(predict_eps, process, images, generator, times, lo=b, hi=previous)
         out[b] = prior(process, images, b) - base - above
         previous = b
     return out

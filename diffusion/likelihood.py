@@ -151,14 +151,27 @@ def vdm_bound_terms(predict_eps, process, x0, generator=None, t_samples=100, bat
                         `t_samples` low-discrepancy times per image (Monte Carlo; its noise is part
                         of the spread over images)
     predict_eps(z_t, t) -> eps for a float (N,) tensor of times in [0, 1]; x0 on the 8-bit grid."""
-    num, device = len(x0), process.device
     x0 = x0.double()
     one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
     alpha1, sigma1 = process.alpha_sigma64(one)
     alpha0, sigma0 = process.alpha_sigma64(zero)
     prior = vdm_prior_kl(x0, alpha1, sigma1)
+    reconstruction = vdm_reconstruction(x0, alpha0, sigma0, generator)
+    diffusion = vdm_diffusion_term(predict_eps, process, x0, generator, t_samples, batch_size)
+    return torch.stack([prior, reconstruction, diffusion], dim=1)
+
+
+def vdm_reconstruction(x0, alpha0, sigma0, generator=None):
+    """-log p(x | z_0) per image in nats for one draw z_0 ~ q(z_0 | x) = N(alpha0 x, sigma0^2 I)."""
     z0 = alpha0 * x0 + sigma0 * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
-    reconstruction = -vdm_decoder_log_likelihood(x0, z0, alpha0, sigma0)
+    return -vdm_decoder_log_likelihood(x0, z0, alpha0, sigma0)
+
+
+@torch.no_grad()
+def vdm_diffusion_term(predict_eps, process, x0, generator=None, t_samples=100, batch_size=500, lo=0.0, hi=1.0):
+    """1/2 integral_lo^hi gamma'(t) ||eps - eps_hat(z_t, t)||^2 dt per image in nats (eq. 17 over
+    [lo, hi]): `t_samples` low-discrepancy times per image in [lo, hi], one noise draw each."""
+    num, device = len(x0), process.device
     dgamma = process.gamma_max - process.gamma_min
     diffusion = torch.zeros(num, dtype=torch.float64)
     u = torch.rand(num, generator=generator, dtype=torch.float64)
@@ -166,10 +179,10 @@ def vdm_bound_terms(predict_eps, process, x0, generator=None, t_samples=100, bat
     for start in tqdm(range(0, pairs, batch_size), desc="bound: (image, t) pairs", leave=False):
         pair = torch.arange(start, min(start + batch_size, pairs))
         image, k = pair % num, pair // num
-        t = torch.remainder(u[image] + k / t_samples, 1.0)
+        t = lo + (hi - lo) * torch.remainder(u[image] + k / t_samples, 1.0)
         alpha, sigma = process.alpha_sigma64(t)
         noise = torch.randn((len(pair), *x0.shape[1:]), generator=generator, dtype=torch.float64)
         z_t = alpha.view(-1, 1, 1, 1) * x0[image] + sigma.view(-1, 1, 1, 1) * noise
         eps = predict_eps(z_t.float().to(device), t.float().to(device)).double().cpu()
-        diffusion.index_add_(0, image, 0.5 * dgamma * (noise - eps).pow(2).flatten(1).sum(1) / t_samples)
-    return torch.stack([prior, reconstruction, diffusion], dim=1)
+        diffusion.index_add_(0, image, 0.5 * dgamma * (hi - lo) * (noise - eps).pow(2).flatten(1).sum(1) / t_samples)
+    return diffusion

@@ -11,7 +11,7 @@ import train
 from conftest import TINY_MODEL
 from diffusion.continuous import VDM, Flow
 from diffusion.gaussian import GaussianDiffusion
-from diffusion.likelihood import ode_log_likelihood, vdm_bound_terms
+from diffusion.likelihood import ode_log_likelihood, vdm_bound_terms, vdm_diffusion_term
 from diffusion.samplers import SAMPLERS, make_timesteps, sample
 from test_train import assert_same_state
 from utils.checkpoint import load_checkpoint
@@ -71,20 +71,21 @@ def test_the_vdm_diffusion_term_of_the_exact_denoiser_matches_its_closed_form():
 
 
 def test_the_endpoint_study_integrates_each_slice_and_moves_the_prior_as_the_closed_form():
-    """benchmarks/vdm_endpoints.py for data N(0, c2 I) and the exact eps: the integral over [lo, hi]
+    """benchmarks/vdm_endpoints.py for data N(0, c2 I) and the exact eps: the diffusion term over [lo, hi]
     is D/2 [log(1 + c2 e^-gamma(lo)) - log(1 + c2 e^-gamma(hi))], and lowering gamma_max to gamma(b)
     changes the bound by prior(b) - prior(1) minus the integral over [b, 1]."""
-    from benchmarks.vdm_endpoints import HIGH, changes, integral, prior
+    from benchmarks.vdm_endpoints import HIGH, changes, prior
     process, c2, dim = PROCESSES["vdm"](), 0.3, 4
     x = torch.randn(2000, 1, 2, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     x *= math.sqrt(c2 / x.pow(2).mean())  # both sides are linear in x^2: the sample's mean square is c2
     generator, eps = torch.Generator().manual_seed(4), exact_eps(process, c2)
 
     def closed_form(lo, hi):
-        return dim / 2 * (math.log(1 + c2 * math.exp(-process.gamma(lo))) - math.log(1 + c2 * math.exp(-process.gamma(hi))))
+        log_snr_term = [math.log(1 + c2 * math.exp(-process.gamma(t))) for t in (lo, hi)]
+        return dim / 2 * (log_snr_term[0] - log_snr_term[1])
 
     for lo, hi in ((0.0, 0.05), (0.3, 0.6), (0.9, 1.0)):
-        values = integral(eps, process, x, lo, hi, 4, generator)
+        values = vdm_diffusion_term(eps, process, x, generator, 4, lo=lo, hi=hi)
         assert abs(values.mean().item() - closed_form(lo, hi)) < 4 * values.std().item() / math.sqrt(len(x))
     result = changes(eps, process, x, 4, generator)
     for b in HIGH:
