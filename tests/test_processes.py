@@ -129,7 +129,8 @@ def test_ddim_keeps_the_variance_preserving_formula_of_song_et_al():
     torch.testing.assert_close(ours, x, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("process, flags", [("vdm", ()), ("vdm", ("--clip_x0",)), ("flow", ())])
+@pytest.mark.parametrize("process, flags", [("vdm", ()), ("vdm", ("--clip_x0", "--t_density", "1", "3", "2")),
+                                            ("flow", ())])
 def test_a_short_run_trains_resumes_exactly_samples_edits_and_gives_bits_per_dim(process, flags, tmp_path, mnist_dir,
                                                                                  capsys):
     def run(name, *extra):
@@ -143,6 +144,7 @@ def test_a_short_run_trains_resumes_exactly_samples_edits_and_gives_bits_per_dim
     straight = load_checkpoint(tmp_path / "straight")[0]
     assert straight["diffusion_config"]["process"] == process
     assert straight["diffusion_config"]["clip_x0"] == ("--clip_x0" in flags)
+    assert straight["diffusion_config"]["t_density"] == ((1.0, 3.0, 2.0) if "--t_density" in flags else ())
     assert_same_state(straight, load_checkpoint(tmp_path / "resumed")[0])
     common = ["--checkpoint_path", str(tmp_path / "straight"), "--num_samples", "2", "--steps", "3", "--no_show",
               "--data_dir", mnist_dir]

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from utils.errors import UserError
 
 
-def option(default, help, choices=None, bounds=None):
+def option(default, help, choices=None, bounds=None, item=None):
     """A config field with its --help text, allowed values, and for numbers the allowed range as
-    an interval, e.g. "[0, 1)" or "(0, inf)" (checked for every number, tuples element-wise)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds})
+    an interval, e.g. "[0, 1)" or "(0, inf)" (checked for every number, tuples element-wise);
+    item: the type of a tuple's elements on the command line (default: the default's, else int)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds, "item": item})
 
 
 # The project's folders, relative to where a script runs.
@@ -143,6 +144,10 @@ class DiffusionConfig:
     gamma_max: float = option(5.0, "vdm: gamma at t = 1 (Kingma et al. 2021: 5)", bounds="(-inf, inf)")
     clip_x0: bool = option(False, "vdm: the denoiser clamps its x0 estimate to the data range [-1, 1] in the loss and "
                            "the likelihood too, as the samplers always do (never a worse bound)")
+    t_density: tuple = option((), "vdm: train on times t drawn from this piecewise-constant density over equal bins "
+                              "of [0, 1], one relative weight per bin, each loss divided by the density (importance "
+                              "sampling: the same ELBO, a less noisy gradient; benchmarks/t_density.py measures the "
+                              "weights for a checkpoint); empty: uniform", bounds="(0, inf)", item=float)
     prediction: str = option(None, "what the network predicts: eps (noise), x0, v (Salimans & Ho 2022) or velocity "
                              "(dx_t/dt); default: velocity for flow, else eps", choices=("eps", "x0", "v", "velocity"))
     min_snr_gamma: float = option(5.0, "ddpm: min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE as in "
@@ -160,6 +165,9 @@ class DiffusionConfig:
             raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
         if self.clip_x0 and self.process != "vdm":
             raise UserError("--clip_x0 is for --process vdm (the samplers of every process clamp x0 already)")
+        self.t_density = tuple(float(w) for w in self.t_density)
+        if self.t_density and self.process != "vdm":
+            raise UserError("--t_density is for --process vdm (its ELBO weights every t alike)")
 
 
 # The U-Net settings of a data set whose images need another shape than MNIST's, for each not typed
@@ -383,8 +391,8 @@ def add_arguments(parser, config_cls, skip=()):
             kwargs["choices"] = f.metadata["choices"]
         if isinstance(f.default, bool):  # --x / --no-x, except fields already named no_x
             kwargs["action"] = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
-        elif f.type in (tuple, "tuple"):  # numbers, typed like the default's (integers if it has none)
-            kwargs.update(nargs="*", type=type(f.default[0]) if f.default else int)
+        elif f.type in (tuple, "tuple"):
+            kwargs.update(nargs="*", type=f.metadata["item"] or (type(f.default[0]) if f.default else int))
         else:
             kwargs["type"] = f.type  # the field's declared type (its default may be None)
         group.add_argument(f"--{f.name}", **kwargs)
