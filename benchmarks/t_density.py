@@ -1,0 +1,102 @@
+"""The density of training times that makes a VDM's gradient least noisy, measured on its checkpoint.
+
+    python -m benchmarks.t_density --checkpoint_path checkpoints/vdm
+
+VDM's loss is an expectation over t ~ U(0, 1); drawn instead from a density p and divided by p(t)
+(train.py --t_density), it keeps its mean, and a one-sample gradient g has the second moment
+    E_p[||g(t)||^2 / p(t)^2] = integral_0^1 m(t) / p(t) dt,    m(t) = E[||g(t)||^2 | t]
+(image and noise drawn), least for p proportional to sqrt(m), where it is (integral sqrt(m) dt)^2:
+importance sampling. On a trained model the mean gradient is small beside a sample's, so this
+second moment is the gradient's noise, the thing a larger batch divides. The tool estimates m in
+--bins equal bins of t from --samples one-image gradients each (training images, the raw weights
+the optimizer moves, fp32, the checkpoint's labels, t stratified in each bin; the loss as trained,
+before any division by p), and prints the weights of p proportional to sqrt(m) for --t_density with
+the second moment under uniform t, under the checkpoint's own density and under the proposed one.
+The proposal is fitted to the same gradients it is scored on: rerun with another --seed to check.
+"""
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from tqdm import tqdm
+
+from diffusion.processes import make_process
+from models.load import checkpoint_or_shipped, load_model
+from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
+from utils.data import to_model_range
+from utils.datasets import checkpoint_data
+from utils.device import select_device, set_cpu_threads
+from utils.errors import UserError, exit_on_user_error
+
+
+@dataclass
+class Flags:
+    checkpoint_path: str = checkpoint_option("a VDM checkpoint")
+    bins: int = option(20, "equal bins of t, one weight each", bounds="[1, 1000]")
+    samples: int = option(64, "one-image gradients per bin", bounds="[2, inf)")
+    seed: int = option(0, "images, times and noise", bounds="[0, inf)")
+    data_dir: str = data_dir_option()
+    device: str = device_option()
+
+    def __post_init__(self):
+        check_fields(self)
+
+
+def gradient_moments(model, process, images, labels, bins, samples, generator):
+    """(B,) m_k: the mean squared norm of one-image gradients of process.loss in each of the bins."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    moments = torch.zeros(bins, dtype=torch.float64)
+    with tqdm(total=bins * samples, desc="gradients") as bar:
+        for k in range(bins):
+            for _ in range(samples):
+                i = torch.randint(len(images), (1,), generator=generator)
+                x0 = to_model_range(images[i]).to(process.device)
+                y = labels[i].to(process.device) if labels is not None else None
+                noise = torch.randn(x0.shape, generator=generator).to(process.device)
+                t = ((k + torch.rand(1, generator=generator, dtype=torch.float64)) / bins).float().to(process.device)
+                out = model(process.q_sample(x0, t, noise), process.model_time(t, 1, t.device), y)
+                grads = torch.autograd.grad(process.loss(out, x0, noise, t), params)
+                moments[k] += sum(g.double().pow(2).sum() for g in grads).item() / samples
+                bar.update()
+    return moments
+
+
+def second_moment(moments, density):
+    """integral m / p dt over the bins, for p(t) = density[k] in bin k (mean 1)."""
+    return (moments / density).mean().item()
+
+
+def main(argv=None):
+    args, _ = parse_flags(__doc__.splitlines()[0], [Flags], argv)
+    cfg = from_args(Flags, args)
+    device = select_device(cfg.device)
+    set_cpu_threads()
+    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
+    model, process = load_model(ckpt, path, False, device)
+    if process.config.process != "vdm":
+        raise UserError(f"{path} is a {process.config.process} model; --t_density is VDM's")
+    own = process.t_density
+    uniform = make_process(dataclasses.replace(process.config, t_density=()), device)
+    _, data = checkpoint_data(ckpt, True, cfg.data_dir)
+    labels = data.labels if ckpt["model_config"].get("num_classes") else None
+    generator = torch.Generator().manual_seed(cfg.seed)
+    moments = gradient_moments(model.float(), uniform, data.images, labels, cfg.bins, cfg.samples, generator)
+
+    proposed = moments.sqrt() / moments.sqrt().mean()
+    centres = (torch.arange(cfg.bins, dtype=torch.float64) + 0.5) / cfg.bins
+    base = second_moment(moments, torch.ones(cfg.bins, dtype=torch.float64))
+    print(f"{path}: {cfg.bins} bins of t, {cfg.samples} one-image gradients each (seed {cfg.seed})")
+    print(f"{'t':>6s} {'gamma':>7s} {'E||g||^2':>10s} {'weight':>7s}")
+    for t, m, w in zip(centres.tolist(), moments.tolist(), proposed.tolist()):
+        print(f"{t:6.3f} {process.gamma(t):7.2f} {m:10.4g} {w:7.3f}")
+    shares = {}
+    if own is not None:
+        shares["the checkpoint's --t_density"] = second_moment(moments, own(centres.to(device)).cpu()) / base
+    shares["the proposed density"] = second_moment(moments, proposed) / base
+    print("second moment of a one-image gradient, as a share of uniform t's: "
+          + ", ".join(f"{name} {share:.3f} ({1 / share:.2f}x)" for name, share in shares.items()))
+    print("--t_density " + " ".join(f"{w:.2f}" for w in proposed.clamp(min=0.01).tolist()))
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
