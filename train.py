@@ -41,6 +41,7 @@ from utils.errors import UserError, ensure_writable, exit_on_user_error
 from utils.plotting import loss_curve
 
 CONFIGS = (TrainConfig, ModelConfig, DiffusionConfig)
+RESUMABLE_CHANGES = {"t_density"}  # diffusion settings of how to train, not of the model: a resume may change them
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
@@ -130,25 +131,28 @@ def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
 def resolve_configs(argv):
     """Configs from the flags, or from the checkpoint being resumed (plus flags typed now)."""
     args, typed = parse_flags("Train a diffusion model.", CONFIGS, argv)
-    cfg, model_cfg, diffusion_cfg = (from_args(cls, args) for cls in CONFIGS)
+    cfg = from_args(TrainConfig, args)
     if Path(cfg.checkpoint_path).resolve() == SHIPPED_MODEL.resolve():
         raise UserError(f"{SHIPPED_MODEL} is the shipped model; train into another --checkpoint_path")
     if not (Path(cfg.checkpoint_path).exists() or cfg.checkpoint_path == "latest"):
-        return cfg, model_cfg, diffusion_cfg, None, typed
+        return cfg, from_args(ModelConfig, args), from_args(DiffusionConfig, args), None, typed
 
     ckpt, source = load_checkpoint(cfg.checkpoint_path)
-    requested = {**dataclasses.asdict(model_cfg), **dataclasses.asdict(diffusion_cfg)}
     saved = {**ckpt["model_config"], **ckpt["diffusion_config"]}
-    mismatch = config_mismatch(saved, requested, sorted(typed & set(saved)))
+    process = {} if "process" in typed else {"process": saved["process"]}  # flags read as of the saved process
+    requested = {**dataclasses.asdict(from_args(ModelConfig, args)),
+                 **dataclasses.asdict(from_args(DiffusionConfig, args, **process))}
+    mismatch = config_mismatch(saved, requested, sorted(typed & set(saved) - RESUMABLE_CHANGES))
     if mismatch:
         raise UserError(f"{source} was trained with a different architecture: {'; '.join(mismatch)}")
+    diffusion = {**ckpt["diffusion_config"], **{k: requested[k] for k in typed & RESUMABLE_CHANGES}}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     changes = {k: getattr(args, k) for k in typed & known}
     if typed & {"epochs", "minutes"} and "total_steps" not in typed:
         changes["total_steps"] = 0  # a new length for the run: from the typed --epochs or --minutes
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
-    return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**ckpt["diffusion_config"]), ckpt, typed
+    return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**diffusion), ckpt, typed
 
 
 def training_data(cfg, model_cfg, typed, device):

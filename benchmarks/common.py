@@ -66,14 +66,14 @@ def matmul_peak(device, precision="fp32", sizes=None, repeats=3):
     return best
 
 
-def vdm_and_test_images(cfg, what):
+def vdm_and_test_images(cfg, what, checkpoint_path=None):
     """(model, process, images, generator, path) for a benchmark of a VDM checkpoint: cfg gives
-    checkpoint_path, device, data_dir, seed and num_images; the test images in the order of
-    `likelihood.py --seed S`, in the model's range on the device; what: the benchmark, for the
-    one-line refusal of another process."""
+    device, data_dir, seed, num_images and checkpoint_path (unless given here); the test images in
+    the order of `likelihood.py --seed S`, in the model's range on the device; what: the benchmark,
+    for the one-line refusal of another process."""
     device = select_device(cfg.device)
     set_cpu_threads()
-    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
+    ckpt, path = checkpoint_or_shipped(checkpoint_path or cfg.checkpoint_path)
     model, process = load_model(ckpt, path, True, device)
     if process.config.process != "vdm":
         raise UserError(f"{path} is a {process.config.process} model; {what} is of VDM's bound")

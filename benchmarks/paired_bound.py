@@ -8,10 +8,10 @@ with the same draws of t and noise (likelihood.py's order and generator for --se
 differences of the bound cancel what the images share, and their mean has a standard error of its
 own, often ten times smaller. The first checkpoint is the reference.
 """
-import dataclasses
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
+
+import torch
 
 from benchmarks.common import vdm_and_test_images
 from diffusion.likelihood import vdm_bound_terms
@@ -36,29 +36,30 @@ class Flags:
             raise UserError("--checkpoints needs two or more VDM checkpoints, the reference first")
 
 
-def per_image_bits(cfg, path):
-    """(VDM's bound per image in bits/dim, the path read) on the test images of cfg.seed."""
-    one = SimpleNamespace(**dataclasses.asdict(cfg), checkpoint_path=path)
-    model, process, images, generator, read = vdm_and_test_images(one, "the paired comparison")
+def per_image_bits(cfg, checkpoint_path):
+    """(VDM's bound per image in bits/dim, the test images, the path read) for cfg.seed."""
+    model, process, images, generator, path = vdm_and_test_images(cfg, "the paired comparison", checkpoint_path)
     terms = vdm_bound_terms(network(model, process)[1], process, images, generator, cfg.t_samples, cfg.batch_size)
-    return terms.sum(1) / (images[0].numel() * math.log(2)), read
+    return terms.sum(1) / (images[0].numel() * math.log(2)), images, path
 
 
 def main(argv=None):
     args, _ = parse_flags(__doc__.splitlines()[0], [Flags], argv)
     cfg = from_args(Flags, args)
-    bits = [per_image_bits(cfg, path) for path in cfg.checkpoints]
-    reference = bits[0][0]
+    scored = [per_image_bits(cfg, path) for path in cfg.checkpoints]
+    reference, images = scored[0][:2]
+    for _, other, path in scored[1:]:
+        if other.shape != images.shape or not torch.equal(other, images):
+            raise UserError(f"{path} reads other test images than {scored[0][2]}: no pairs to compare")
     print(f"VDM bound on {cfg.num_images} test images (seed {cfg.seed}), {cfg.t_samples} t per image, bits/dim")
     rows = []
-    for values, path in bits:
+    for values, _, path in scored:
         mean, error = mean_and_error(values)
         change, change_error = mean_and_error(values - reference)
         rows.append({"checkpoint": str(path), "bits_per_dim": mean, "standard_error": error,
                      "paired_difference": change, "paired_error": change_error})
         print(f"{str(path):40s} {mean:.4f} ± {error:.4f}   against the first {change:+.4f} ± {change_error:.4f}")
     return rows
-
 
 if __name__ == "__main__":
     exit_on_user_error(main)

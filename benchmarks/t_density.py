@@ -7,12 +7,14 @@ VDM's loss is an expectation over t ~ U(0, 1); drawn instead from a density p an
     E_p[||g(t)||^2 / p(t)^2] = integral_0^1 m(t) / p(t) dt,    m(t) = E[||g(t)||^2 | t]
 (image and noise drawn), least for p proportional to sqrt(m), where it is (integral sqrt(m) dt)^2:
 importance sampling. On a trained model the mean gradient is small beside a sample's, so this
-second moment is the gradient's noise, the thing a larger batch divides. The tool estimates m in
---bins equal bins of t from --samples one-image gradients each (training images, the raw weights
-the optimizer moves, fp32, the checkpoint's labels, t stratified in each bin; the loss as trained,
-before any division by p), and prints the weights of p proportional to sqrt(m) for --t_density with
-the second moment under uniform t, under the checkpoint's own density and under the proposed one.
-The proposal is fitted to the same gradients it is scored on: rerun with another --seed to check.
+second moment is the gradient's noise. (Training's low-discrepancy times already spread each
+batch over t; what remains, and what p lowers, is the noise within each time.) The tool estimates
+m in --bins equal bins of t from --samples one-image gradients each: training images at random with
+their own labels (no label dropout), t uniform within the bin, the raw weights the optimizer moves
+in fp32 and eval mode (no dropout), the loss as trained before any division by p. It prints m per
+bin, the weights of p proportional to sqrt(m) as --t_density takes them, and the second moment
+under those weights (and under the checkpoint's own density, if it has one) as a share of uniform
+t's. The weights are fitted to the same gradients they are scored on: rerun with another --seed.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from diffusion.continuous import TimeDensity
 from diffusion.processes import make_process
 from models.load import checkpoint_or_shipped, load_model
 from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
@@ -61,9 +64,12 @@ def gradient_moments(model, process, images, labels, bins, samples, generator):
     return moments
 
 
-def second_moment(moments, density):
-    """integral m / p dt over the bins, for p(t) = density[k] in bin k (mean 1)."""
-    return (moments / density).mean().item()
+def second_moment(moments, density, points=1000):
+    """integral m / p dt for m constant in each of its bins and p any density on [0, 1] (a function
+    of a tensor of times), by the midpoint rule with `points` times per bin."""
+    bins = len(moments)
+    t = (torch.arange(bins * points, dtype=torch.float64) + 0.5) / (bins * points)
+    return (moments.repeat_interleave(points) / density(t).double()).mean().item()
 
 
 def main(argv=None):
@@ -75,27 +81,27 @@ def main(argv=None):
     model, process = load_model(ckpt, path, False, device)
     if process.config.process != "vdm":
         raise UserError(f"{path} is a {process.config.process} model; --t_density is VDM's")
-    own = process.t_density
     uniform = make_process(dataclasses.replace(process.config, t_density=()), device)
     _, data = checkpoint_data(ckpt, True, cfg.data_dir)
     labels = data.labels if ckpt["model_config"].get("num_classes") else None
     generator = torch.Generator().manual_seed(cfg.seed)
     moments = gradient_moments(model.float(), uniform, data.images, labels, cfg.bins, cfg.samples, generator)
 
-    proposed = moments.sqrt() / moments.sqrt().mean()
-    centres = (torch.arange(cfg.bins, dtype=torch.float64) + 0.5) / cfg.bins
-    base = second_moment(moments, torch.ones(cfg.bins, dtype=torch.float64))
+    weights = [float(f"{w:.3g}") for w in (moments.sqrt() / moments.sqrt().mean()).clamp(min=1e-3).tolist()]
+    base = moments.mean().item()
     print(f"{path}: {cfg.bins} bins of t, {cfg.samples} one-image gradients each (seed {cfg.seed})")
     print(f"{'t':>6s} {'gamma':>7s} {'E||g||^2':>10s} {'weight':>7s}")
-    for t, m, w in zip(centres.tolist(), moments.tolist(), proposed.tolist()):
-        print(f"{t:6.3f} {process.gamma(t):7.2f} {m:10.4g} {w:7.3f}")
-    shares = {}
-    if own is not None:
-        shares["the checkpoint's --t_density"] = second_moment(moments, own(centres.to(device)).cpu()) / base
-    shares["the proposed density"] = second_moment(moments, proposed) / base
+    for k, (m, w) in enumerate(zip(moments.tolist(), weights)):
+        t = (k + 0.5) / cfg.bins
+        print(f"{t:6.3f} {process.gamma(t):7.2f} {m:10.4g} {w:7.3g}")
+    densities = {"the proposed density": TimeDensity(weights, "cpu")}
+    if process.config.t_density:
+        densities = {"the checkpoint's --t_density": TimeDensity(process.config.t_density, "cpu"), **densities}
+    shares = {name: second_moment(moments, density) / base for name, density in densities.items()}
     print("second moment of a one-image gradient, as a share of uniform t's: "
-          + ", ".join(f"{name} {share:.3f} ({1 / share:.2f}x)" for name, share in shares.items()))
-    print("--t_density " + " ".join(f"{w:.2f}" for w in proposed.clamp(min=0.01).tolist()))
+          + ", ".join(f"{name} {share:.3f} ({1 / share:.2f}x less)" for name, share in shares.items()))
+    print("--t_density " + " ".join(f"{w:g}" for w in weights))
+    return weights, shares
 
 
 if __name__ == "__main__":

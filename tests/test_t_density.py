@@ -1,5 +1,6 @@
 """VDM's --t_density: training times drawn from a piecewise-constant density, each loss divided by it."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from benchmarks import paired_bound, t_density
 from conftest import TINY_MODEL
 from diffusion.continuous import VDM, TimeDensity
 from test_train import exit_code
+from utils.checkpoint import load_checkpoint
 from utils.config import DiffusionConfig, from_args, parse_flags
 
 WEIGHTS = (0.5, 3.0, 1.0, 0.25, 2.0)
@@ -21,6 +23,16 @@ def test_the_density_integrates_to_one_and_its_inverse_cdf_inverts_the_cdf():
     assert abs(density(t).mean().item() - 1) < 1e-9
     cdf = torch.cumsum(density(t), 0) / len(t)  # F(t) by the midpoint rule
     torch.testing.assert_close(density.inverse_cdf(cdf.clamp(max=1 - 1e-12)), t, rtol=0, atol=2e-5)
+
+
+def test_the_density_of_a_drawn_time_is_its_bin_s_and_the_edges_map_to_the_bin_edges():
+    density = TimeDensity(WEIGHTS, "cpu")
+    u = torch.rand(1000, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    bin_of_u = torch.searchsorted(density.edges[1:-1], u, right=True)
+    torch.testing.assert_close(density(density.inverse_cdf(u)), len(WEIGHTS) * density.mass[bin_of_u])
+    torch.testing.assert_close(density.inverse_cdf(density.edges), torch.linspace(0, 1, len(WEIGHTS) + 1,
+                                                                                  dtype=torch.float64))
+    assert density(torch.tensor([1.0], dtype=torch.float64)).item() == pytest.approx(len(WEIGHTS) * WEIGHTS[-1] / sum(WEIGHTS))
 
 
 def test_drawn_times_fill_each_bin_in_proportion_to_its_weight():
@@ -76,8 +88,8 @@ def test_the_flag_parses_as_numbers_and_is_saved_in_the_diffusion_config():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--process", "ddpm", "--t_density", "1", "2"], "error: --t_density is for --process vdm (its ELBO weights "
-                                                     "every t alike)"),
+    (["--process", "ddpm", "--t_density", "1", "2"], "error: --t_density is for --process vdm (importance sampling "
+                                                     "of its ELBO's times)"),
     (["--process", "vdm", "--t_density", "1", "0"], "error: --t_density must be positive, got 0"),
 ])
 def test_a_bad_density_is_refused_in_one_line(argv, message, tmp_path, capsys):
@@ -97,12 +109,14 @@ def tiny_vdm(tmp_path_factory, mnist_dir):
 
 def test_the_benchmark_proposes_a_density_the_flag_takes(tiny_vdm, mnist_dir, capsys):
     capsys.readouterr()
-    t_density.main(["--checkpoint_path", tiny_vdm, "--bins", "3", "--samples", "2", "--data_dir", mnist_dir])
+    weights, shares = t_density.main(["--checkpoint_path", tiny_vdm, "--bins", "3", "--samples", "2", "--data_dir",
+                                      mnist_dir])
     out = capsys.readouterr().out
     assert "the checkpoint's --t_density" in out and "the proposed density" in out
+    assert shares["the proposed density"] <= 1.0 + 1e-3  # p = sqrt(m) / Z is the least, uniform t among them
     flag = out.strip().splitlines()[-1].split()
     args, _ = parse_flags("train", [DiffusionConfig], ["--process", "vdm", *flag])
-    assert flag[0] == "--t_density" and len(from_args(DiffusionConfig, args).t_density) == 3
+    assert flag[0] == "--t_density" and from_args(DiffusionConfig, args).t_density == tuple(weights)
 
 
 def test_the_paired_comparison_scores_likelihood_py_s_bound_on_the_same_draws(tiny_vdm, mnist_dir, tmp_path):
@@ -120,3 +134,12 @@ def test_the_paired_comparison_needs_two_checkpoints(tiny_vdm, capsys):
     code, err = exit_code(paired_bound.main, ["--checkpoints", tiny_vdm], capsys)
     assert code == 2 and err.strip().splitlines() == [
         "error: --checkpoints needs two or more VDM checkpoints, the reference first"]
+
+
+def test_a_resumed_run_may_change_the_density_and_saves_the_new_one(tiny_vdm, mnist_dir, tmp_path):
+    resumed = tmp_path / "resumed"
+    resumed.write_bytes(Path(tiny_vdm).read_bytes())
+    train.main(["--checkpoint_path", str(resumed), "--max_steps", "3", "--total_steps", "3", "--t_density", "2", "1",
+                "1", "--data_dir", mnist_dir, "--output_dir", str(tmp_path / "out")])
+    ckpt = load_checkpoint(resumed)[0]
+    assert ckpt["step"] == 3 and ckpt["diffusion_config"]["t_density"] == (2.0, 1.0, 1.0)
