@@ -1,4 +1,4 @@
-"""The density of training times that makes a VDM's gradient least noisy, measured on its checkpoint.
+"""The density of training times that makes a VDM's updates least noisy, measured on its checkpoint.
 
     python -m benchmarks.t_density --checkpoint_path checkpoints/vdm
 
@@ -6,15 +6,18 @@ VDM's loss is an expectation over t ~ U(0, 1); drawn instead from a density p an
 (train.py --t_density), it keeps its mean, and a one-sample gradient g has the second moment
     E_p[||g(t)||^2 / p(t)^2] = integral_0^1 m(t) / p(t) dt,    m(t) = E[||g(t)||^2 | t]
 (image and noise drawn), least for p proportional to sqrt(m), where it is (integral sqrt(m) dt)^2:
-importance sampling. On a trained model the mean gradient is small beside a sample's, so this
-second moment is the gradient's noise. (Training's low-discrepancy times already spread each
-batch over t; what remains, and what p lowers, is the noise within each time.) The tool estimates
-m in --bins equal bins of t from --samples one-image gradients each: training images at random with
-their own labels (no label dropout), t uniform within the bin, the raw weights the optimizer moves
-in fp32 and eval mode (no dropout), the loss as trained before any division by p. It prints m per
-bin, the weights of p proportional to sqrt(m) as --t_density takes them, and the second moment
-under those weights (and under the checkpoint's own density, if it has one) as a share of uniform
-t's. The weights are fitted to the same gradients they are scored on: rerun with another --seed.
+importance sampling. The norm that matters is the optimizer's: AdamW moves each weight by its
+gradient over sqrt(v), v the running mean of its squared gradient (Kingma & Ba 2015), so the noise
+of an update is that of g / (sqrt(v) + eps), and m is taken in that norm, v from the checkpoint's
+optimizer state. (In the plain norm the gradients of t near 0.1 dominate, and the density that
+follows them makes AdamW's updates noisier: docs/RESULTS.md, "Importance sampling of VDM's times".)
+The tool estimates m in --bins equal bins of t from --samples one-image gradients each: training
+images at random with their own labels (no label dropout), t uniform within the bin, the raw
+weights in fp32 and eval mode (no dropout), the loss as trained before any division by p. It prints
+both norms' m per bin, the weights of p proportional to sqrt(m) in AdamW's norm as --t_density
+takes them, and the second moment of the proposed density (and of the checkpoint's own, if it has
+one) as a share of uniform t's in both norms. The weights are fitted to the same gradients they
+are scored on: rerun with another --seed.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -45,10 +48,22 @@ class Flags:
         check_fields(self)
 
 
-def gradient_moments(model, process, images, labels, bins, samples, generator):
-    """(B,) m_k: the mean squared norm of one-image gradients of process.loss in each of the bins."""
+def update_scale(ckpt, params):
+    """sqrt(v_hat) + eps of each parameter, from the checkpoint's AdamW state (bias-corrected)."""
+    state, group = ckpt["optimizer"]["state"], ckpt["optimizer"]["param_groups"][0]
+    beta2, eps = group["betas"][1], group["eps"]
+    scales = []
+    for index, param in enumerate(params):
+        v, step = state[index]["exp_avg_sq"].double(), float(state[index]["step"])
+        scales.append((v / (1 - beta2 ** step)).sqrt().to(param.device) + eps)
+    return scales
+
+
+def gradient_moments(model, process, images, labels, scales, bins, samples, generator):
+    """((B,) plain, (B,) AdamW's): in each bin of t, the mean squared norm of one-image gradients of
+    process.loss, as they are and divided by the optimizer's per-weight scale."""
     params = [p for p in model.parameters() if p.requires_grad]
-    moments = torch.zeros(bins, dtype=torch.float64)
+    plain, adam = torch.zeros(bins, dtype=torch.float64), torch.zeros(bins, dtype=torch.float64)
     with tqdm(total=bins * samples, desc="gradients") as bar:
         for k in range(bins):
             for _ in range(samples):
@@ -58,10 +73,11 @@ def gradient_moments(model, process, images, labels, bins, samples, generator):
                 noise = torch.randn(x0.shape, generator=generator).to(process.device)
                 t = ((k + torch.rand(1, generator=generator, dtype=torch.float64)) / bins).float().to(process.device)
                 out = model(process.q_sample(x0, t, noise), process.model_time(t, 1, t.device), y)
-                grads = torch.autograd.grad(process.loss(out, x0, noise, t), params)
-                moments[k] += sum(g.double().pow(2).sum() for g in grads).item() / samples
+                grads = [g.double() for g in torch.autograd.grad(process.loss(out, x0, noise, t), params)]
+                plain[k] += sum(g.pow(2).sum() for g in grads).item() / samples
+                adam[k] += sum((g / s).pow(2).sum() for g, s in zip(grads, scales)).item() / samples
                 bar.update()
-    return moments
+    return plain, adam
 
 
 def second_moment(moments, density, points=1000):
@@ -81,28 +97,32 @@ def main(argv=None):
     model, process = load_model(ckpt, path, False, device)
     if process.config.process != "vdm":
         raise UserError(f"{path} is a {process.config.process} model; --t_density is VDM's")
+    if not ckpt.get("optimizer"):
+        raise UserError(f"{path} holds no optimizer state; the tool needs a training checkpoint of train.py")
     uniform = make_process(dataclasses.replace(process.config, t_density=()), device)
     _, data = checkpoint_data(ckpt, True, cfg.data_dir)
     labels = data.labels if ckpt["model_config"].get("num_classes") else None
+    params = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(cfg.seed)
-    moments = gradient_moments(model.float(), uniform, data.images, labels, cfg.bins, cfg.samples, generator)
+    plain, adam = gradient_moments(model.float(), uniform, data.images, labels, update_scale(ckpt, params), cfg.bins,
+                                   cfg.samples, generator)
 
-    weights = [float(f"{w:.3g}") for w in (moments.sqrt() / moments.sqrt().mean()).clamp(min=1e-3).tolist()]
-    base = moments.mean().item()
+    weights = [float(f"{w:.3g}") for w in (adam.sqrt() / adam.sqrt().mean()).clamp(min=1e-3).tolist()]
     print(f"{path}: {cfg.bins} bins of t, {cfg.samples} one-image gradients each (seed {cfg.seed})")
-    print(f"{'t':>6s} {'gamma':>7s} {'E||g||^2':>10s} {'weight':>7s}")
-    for k, (m, w) in enumerate(zip(moments.tolist(), weights)):
+    print(f"{'t':>6s} {'gamma':>7s} {'E||g||^2':>10s} {'AdamW':>10s} {'weight':>7s}")
+    for k, (m, a, w) in enumerate(zip(plain.tolist(), adam.tolist(), weights)):
         t = (k + 0.5) / cfg.bins
-        print(f"{t:6.3f} {process.gamma(t):7.2f} {m:10.4g} {w:7.3g}")
+        print(f"{t:6.3f} {process.gamma(t):7.2f} {m:10.4g} {a:10.4g} {w:7.3g}")
     densities = {"the proposed density": TimeDensity(weights, "cpu")}
     if process.config.t_density:
         densities = {"the checkpoint's --t_density": TimeDensity(process.config.t_density, "cpu"), **densities}
-    shares = {name: second_moment(moments, density) / base for name, density in densities.items()}
-    print("second moment of a one-image gradient, as a share of uniform t's: "
-          + ", ".join(f"{name} {share:.3f} ({1 / share:.2f}x less)" for name, share in shares.items()))
+    shares = {}
+    for name, density in densities.items():
+        shares[name] = {norm: second_moment(m, density) / m.mean().item() for norm, m in (("adam", adam), ("plain", plain))}
+        print(f"{name}: second moment of a one-image update {shares[name]['adam']:.3f} of uniform t's in AdamW's "
+              f"norm, {shares[name]['plain']:.3f} in the plain one")
     print("--t_density " + " ".join(f"{w:g}" for w in weights))
     return weights, shares
-
 
 if __name__ == "__main__":
     exit_on_user_error(main)

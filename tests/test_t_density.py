@@ -113,7 +113,7 @@ def test_the_benchmark_proposes_a_density_the_flag_takes(tiny_vdm, mnist_dir, ca
                                       mnist_dir])
     out = capsys.readouterr().out
     assert "the checkpoint's --t_density" in out and "the proposed density" in out
-    assert shares["the proposed density"] <= 1.0 + 1e-3  # p = sqrt(m) / Z is the least, uniform t among them
+    assert shares["the proposed density"]["adam"] <= 1.0 + 1e-3  # p = sqrt(m) / Z is the least, uniform t among them
     flag = out.strip().splitlines()[-1].split()
     args, _ = parse_flags("train", [DiffusionConfig], ["--process", "vdm", *flag])
     assert flag[0] == "--t_density" and from_args(DiffusionConfig, args).t_density == tuple(weights)
