@@ -146,8 +146,9 @@ class DiffusionConfig:
                            "the likelihood too, as the samplers always do (never a worse bound)")
     t_density: tuple = option((), "vdm: train on times t drawn from this piecewise-constant density over equal bins "
                               "of [0, 1], one relative weight per bin, each loss divided by the density (importance "
-                              "sampling: the same ELBO, a less noisy gradient; benchmarks/t_density.py measures the "
-                              "weights for a checkpoint); empty: uniform", bounds="(0, inf)", item=float)
+                              "sampling: the same ELBO, less noisy updates where the density fits; "
+                              "benchmarks/t_density.py measures the weights for a checkpoint); empty: uniform",
+                              bounds="(0, inf)", item=float)
     prediction: str = option(None, "what the network predicts: eps (noise), x0, v (Salimans & Ho 2022) or velocity "
                              "(dx_t/dt); default: velocity for flow, else eps", choices=("eps", "x0", "v", "velocity"))
     min_snr_gamma: float = option(5.0, "ddpm: min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE as in "
