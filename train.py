@@ -139,7 +139,7 @@ def resolve_configs(argv):
 
     ckpt, source = load_checkpoint(cfg.checkpoint_path)
     saved = {**ckpt["model_config"], **ckpt["diffusion_config"]}
-    process = {} if "process" in typed else {"process": saved["process"]}  # flags read as of the saved process
+    process = {} if "process" in typed else {"process": saved.get("process", "ddpm")}  # flags read as of the saved process
     requested = {**dataclasses.asdict(from_args(ModelConfig, args)),
                  **dataclasses.asdict(from_args(DiffusionConfig, args, **process))}
     mismatch = config_mismatch(saved, requested, sorted(typed & set(saved) - RESUMABLE_CHANGES))

@@ -7,7 +7,7 @@ the log-SNR lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t (Kingma et
                L_inf = 1/2 E_{t ~ U(0, 1)} [gamma'(t) ||eps - eps_hat(x_t, t)||^2]
              = 1/2 E_{t ~ p} [gamma'(t) / p(t) ||eps - eps_hat(x_t, t)||^2]   for any density p > 0
            (importance sampling; config.t_density, a piecewise-constant p: the same loss in
-           expectation, a gradient of less variance when p(t) follows its size at t)
+           expectation, less noisy updates when p(t) follows their noise at t; benchmarks/t_density.py)
     Flow   flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): alpha = 1 - t,
            sigma = t, the network predicts the velocity dx_t/dt = eps - x_0; loss ||v - v_hat||^2.
 
@@ -152,8 +152,9 @@ class ContinuousProcess:
 class TimeDensity:
     """A piecewise-constant density on [0, 1]: K equal bins with relative weights w_k, so
     p(t) = K w_k / sum(w) in bin k. Drawing t = F^-1(u) for uniform u (low-discrepancy u stays
-    stratified) is the same as training on the monotone piecewise-linear schedule gamma(F^-1(u)),
-    the freedom Kingma et al. (2021, sec. 5.2) use to lower the variance of the loss estimate."""
+    stratified) is the same as training on the monotone piecewise-linear schedule gamma(F^-1(u)):
+    the loss is the same for every schedule, only its variance changes (Kingma et al. 2021, who
+    learn the schedule to lower it)."""
 
     def __init__(self, weights, device):
         w = torch.tensor(weights, dtype=torch.float64)
