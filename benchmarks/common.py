@@ -66,18 +66,26 @@ def matmul_peak(device, precision="fp32", sizes=None, repeats=3):
     return best
 
 
-def vdm_and_test_images(cfg, what, checkpoint_path=None):
-    """(model, process, images, generator, path) for a benchmark of a VDM checkpoint: cfg gives
-    device, data_dir, seed, num_images and checkpoint_path (unless given here); the test images in
-    the order of `likelihood.py --seed S`, in the model's range on the device; what: the benchmark,
-    for the one-line refusal of another process."""
+def vdm_checkpoint(cfg, refusal, use_ema=True, checkpoint_path=None):
+    """(ckpt, model, process, path) of a VDM checkpoint for a benchmark, on cfg.device: the EMA
+    weights or the raw ones; checkpoint_path or cfg.checkpoint_path; refusal: what the one-line
+    refusal of another process says after its name."""
     device = select_device(cfg.device)
     set_cpu_threads()
     ckpt, path = checkpoint_or_shipped(checkpoint_path or cfg.checkpoint_path)
-    model, process = load_model(ckpt, path, True, device)
+    model, process = load_model(ckpt, path, use_ema, device)
     if process.config.process != "vdm":
-        raise UserError(f"{path} is a {process.config.process} model; {what} is of VDM's bound")
+        raise UserError(f"{path} is a {process.config.process} model; {refusal}")
+    return ckpt, model, process, path
+
+
+def vdm_and_test_images(cfg, what, checkpoint_path=None):
+    """(model, process, images, generator, path) for a benchmark of a VDM checkpoint's bound: cfg
+    gives device, data_dir, seed, num_images and checkpoint_path (unless given here); the test
+    images in the order of `likelihood.py --seed S`, in the model's range on the device; what: the
+    benchmark, for the one-line refusal of another process."""
+    ckpt, model, process, path = vdm_checkpoint(cfg, f"{what} is of VDM's bound", True, checkpoint_path)
     _, test = checkpoint_data(ckpt, False, cfg.data_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(test.images), generator=generator)
-    return model, process, to_model_range(test.images[order[:cfg.num_images]]).to(device), generator, path
+    return model, process, to_model_range(test.images[order[:cfg.num_images]]).to(process.device), generator, path

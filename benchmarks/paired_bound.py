@@ -61,5 +61,6 @@ def main(argv=None):
         print(f"{str(path):40s} {mean:.4f} ± {error:.4f}   against the first {change:+.4f} ± {change_error:.4f}")
     return rows
 
+
 if __name__ == "__main__":
     exit_on_user_error(main)

@@ -25,13 +25,12 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
+from benchmarks.common import vdm_checkpoint
 from diffusion.continuous import TimeDensity
 from diffusion.processes import make_process
-from models.load import checkpoint_or_shipped, load_model
 from utils.config import check_fields, checkpoint_option, data_dir_option, device_option, from_args, option, parse_flags
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data
-from utils.device import select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
 
 
@@ -59,10 +58,11 @@ def update_scale(ckpt, params):
     return scales
 
 
-def gradient_moments(model, process, images, labels, scales, bins, samples, generator):
+def gradient_moments(model, ckpt, process, images, labels, bins, samples, generator):
     """((B,) plain, (B,) AdamW's): in each bin of t, the mean squared norm of one-image gradients of
-    process.loss, as they are and divided by the optimizer's per-weight scale."""
+    process.loss, as they are and divided by the per-weight scale of ckpt's optimizer."""
     params = [p for p in model.parameters() if p.requires_grad]
+    scales = update_scale(ckpt, params)
     plain, adam = torch.zeros(bins, dtype=torch.float64), torch.zeros(bins, dtype=torch.float64)
     with tqdm(total=bins * samples, desc="gradients") as bar:
         for k in range(bins):
@@ -91,21 +91,14 @@ def second_moment(moments, density, points=1000):
 def main(argv=None):
     args, _ = parse_flags(__doc__.splitlines()[0], [Flags], argv)
     cfg = from_args(Flags, args)
-    device = select_device(cfg.device)
-    set_cpu_threads()
-    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
-    model, process = load_model(ckpt, path, False, device)
-    if process.config.process != "vdm":
-        raise UserError(f"{path} is a {process.config.process} model; --t_density is VDM's")
+    ckpt, model, process, path = vdm_checkpoint(cfg, "--t_density is VDM's", use_ema=False)
     if not ckpt.get("optimizer"):
         raise UserError(f"{path} holds no optimizer state; the tool needs a training checkpoint of train.py")
-    uniform = make_process(dataclasses.replace(process.config, t_density=()), device)
+    uniform = make_process(dataclasses.replace(process.config, t_density=()), process.device)
     _, data = checkpoint_data(ckpt, True, cfg.data_dir)
     labels = data.labels if ckpt["model_config"].get("num_classes") else None
-    params = [p for p in model.parameters() if p.requires_grad]
     generator = torch.Generator().manual_seed(cfg.seed)
-    plain, adam = gradient_moments(model.float(), uniform, data.images, labels, update_scale(ckpt, params), cfg.bins,
-                                   cfg.samples, generator)
+    plain, adam = gradient_moments(model.float(), ckpt, uniform, data.images, labels, cfg.bins, cfg.samples, generator)
 
     weights = [float(f"{w:.3g}") for w in (adam.sqrt() / adam.sqrt().mean()).clamp(min=1e-3).tolist()]
     print(f"{path}: {cfg.bins} bins of t, {cfg.samples} one-image gradients each (seed {cfg.seed})")
@@ -123,6 +116,7 @@ def main(argv=None):
               f"norm, {shares[name]['plain']:.3f} in the plain one")
     print("--t_density " + " ".join(f"{w:g}" for w in weights))
     return weights, shares
+
 
 if __name__ == "__main__":
     exit_on_user_error(main)

@@ -157,7 +157,9 @@ class DiffusionConfig:
     def __post_init__(self):
         if self.prediction is None:
             self.prediction = "velocity" if self.process == "flow" else "eps"
-        self.t_density = tuple(self.t_density)
+        if any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in self.t_density):
+            raise UserError(f"--t_density takes positive numbers, got {tuple(self.t_density)}")
+        self.t_density = tuple(float(w) for w in self.t_density)
         check_fields(self)
         if self.beta_start > self.beta_end:
             raise UserError("need beta_start <= beta_end")
@@ -167,9 +169,6 @@ class DiffusionConfig:
             raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
         if self.clip_x0 and self.process != "vdm":
             raise UserError("--clip_x0 is for --process vdm (the samplers of every process clamp x0 already)")
-        if any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in self.t_density):
-            raise UserError(f"--t_density takes positive numbers, got {self.t_density}")
-        self.t_density = tuple(float(w) for w in self.t_density)
         if self.t_density and self.process != "vdm":
             raise UserError("--t_density is for --process vdm (importance sampling of its ELBO's times)")
 
