@@ -172,6 +172,23 @@ def test_every_target_turns_back_into_x0_and_eps(process, prediction):
     torch.testing.assert_close(eps_hat, noise, rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("prediction", ["x0", "v", "velocity"])
+def test_vdm_loss_is_the_same_elbo_whatever_the_network_predicts(prediction, clip):
+    """The network's target is a parameterisation, not a weighting: an output meaning the same
+    denoiser as an eps output (the target of its x0 and eps estimates) has the same loss."""
+    reference, other = (VDM(DiffusionConfig(process="vdm", clip_x0=clip, prediction=p)) for p in ("eps", prediction))
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1, torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.tensor([0.01, 0.1, 0.3, 0.5, 0.8, 0.99])
+    eps_out = noise + 0.3 * torch.randn(noise.shape, generator=g)  # a denoiser that misses, some x0 out of range
+    x0_hat, eps_hat = reference.predict_x0_eps(reference.q_sample(x0, t, noise), t, eps_out)
+    out = other.target(x0_hat.double(), eps_hat.double(), t.double()).float()
+    loss = reference.loss(eps_out, x0, noise, t)
+    assert loss > 0.1  # far from zero: the match below is not 0 = 0
+    torch.testing.assert_close(other.loss(out, x0, noise, t), loss, rtol=1e-4, atol=0)
+
+
 @pytest.mark.parametrize("gamma", [(-13.3, 5.0), (-10.0, 10.0), (-7.0, 3.0)])
 def test_sampling_times_stay_inside_the_process_range(gamma):
     for d in (VDM(DiffusionConfig(process="vdm", gamma_min=gamma[0], gamma_max=gamma[1])), PROCESSES["flow"]()):
