@@ -14,11 +14,7 @@ ev() {  # evaluate.py, one line of its results
   python -c "import json,sys; r=json.load(open(sys.argv[1])); print({k: r.get(k) for k in \
 ('fid','confident','sample_seconds','total_seconds','num_samples')})" "${@: -1}" | tee -a "$S"
 }
-if [ -n "${MNIST_GZ:-}" ]; then
-  mkdir -p data/MNIST/raw
-  for f in "$MNIST_GZ"/*.gz; do gunzip -c "$f" > "data/MNIST/raw/$(basename "$f" .gz)"; done
-fi
-nvidia-smi -L | tee -a "$S"
+source "$(dirname "$0")/gpu_common.sh"
 python -c "import torch; print('torch', torch.__version__)" | tee -a "$S"
 
 log "graph vs eager, guard in the graph, determinism (30 steps, batch 1024, bf16)"

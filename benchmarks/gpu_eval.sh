@@ -6,11 +6,7 @@ set -uo pipefail
 OUT=${OUT:-gpu_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 CKPT=${CKPT:-checkpoints/ddpm_checkpoint}; N=${N:-5000}
 log() { echo "== $*" | tee -a "$OUT/summary.txt"; }
-if [ -n "${MNIST_GZ:-}" ]; then
-  mkdir -p data/MNIST/raw
-  for f in "$MNIST_GZ"/*.gz; do gunzip -c "$f" > "data/MNIST/raw/$(basename "$f" .gz)"; done
-fi
-nvidia-smi -L | tee -a "$OUT/summary.txt"
+source "$(dirname "$0")/gpu_common.sh"
 ev() { python evaluate.py --batch_size $N "$@" 2>&1 | grep -E -A1 "^ +fid|sampling .* s" | grep -v "^ \+fid" | tee -a "$OUT/summary.txt"; }
 log "evaluate, $N samples each"
 ev --real --num_samples $N --out /tmp/real.json

@@ -11,11 +11,7 @@ OUT=${OUT:-gpu_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 S="$OUT/summary.txt"; CK=${CK:-/tmp/gpu_vdm}; rm -rf "$CK"; mkdir -p "$CK"
 B=${B:-256}; LR=${LR:-2e-3}; MINUTES=${MINUTES:-7}; SAVE=${SAVE:-4000}; DEVICE=${DEVICE:-auto}; IMAGES=${IMAGES:-200}
 log() { echo "== $* [$(date +%T)]" | tee -a "$S"; }
-if [ -n "${MNIST_GZ:-}" ]; then
-  mkdir -p data/MNIST/raw
-  for f in "$MNIST_GZ"/*.gz; do gunzip -c "$f" > "data/MNIST/raw/$(basename "$f" .gz)"; done
-fi
-nvidia-smi -L 2>/dev/null | tee -a "$S"
+source "$(dirname "$0")/gpu_common.sh"
 
 log "VDM, batch $B, LR $LR, $MINUTES minutes"
 python train.py --process vdm --fourier_features 7 8 --batch_size "$B" --base_channels 32 --channel_mults 1 2 2 \
@@ -25,7 +21,7 @@ python train.py --process vdm --fourier_features 7 8 --batch_size "$B" --base_ch
 
 log "VDM's bound of each saved step, paired ($IMAGES test images, 20 t, seed 0)"
 python -m benchmarks.paired_bound --device "$DEVICE" --num_images "$IMAGES" --t_samples 20 \
-  --checkpoints $(ls "$CK"/vdm_step* | sort) 2>&1 | tr '\r' '\n' | grep -v "pairs:" | tee -a "$S"
+  --checkpoints $(ls "$CK"/vdm_step* | sort) 2>&1 | tr '\r' '\n' | grep -v -e "pairs:" -e "^ *$" | tee -a "$S"
 log "the final checkpoint, 100 t, with its terms"
 python likelihood.py --checkpoint_path "$CK/vdm" --device "$DEVICE" --method bound --num_images "$IMAGES" --t_samples 100 \
   2>&1 | tr '\r' '\n' | grep -E "^VDM bound|terms|rror" | tee -a "$S"
