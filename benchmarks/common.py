@@ -79,13 +79,13 @@ def vdm_checkpoint(cfg, refusal, use_ema=True, checkpoint_path=None):
     return ckpt, model, process, path
 
 
-def vdm_and_test_images(cfg, what, checkpoint_path=None):
+def vdm_and_test_images(cfg, what, checkpoint_path=None, split="test"):
     """(model, process, images, generator, path) for a benchmark of a VDM checkpoint's bound: cfg
     gives device, data_dir, seed, num_images and checkpoint_path (unless given here); the test
-    images in the order of `likelihood.py --seed S`, in the model's range on the device; what: the
-    benchmark, for the one-line refusal of another process."""
+    images (split="train": the training images) in the order of `likelihood.py --seed S`, in the
+    model's range on the device; what: the benchmark, for the one-line refusal of another process."""
     ckpt, model, process, path = vdm_checkpoint(cfg, f"{what} is of VDM's bound", True, checkpoint_path)
-    _, test = checkpoint_data(ckpt, False, cfg.data_dir)
+    _, data = checkpoint_data(ckpt, split == "train", cfg.data_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
-    order = torch.randperm(len(test.images), generator=generator)
-    return model, process, to_model_range(test.images[order[:cfg.num_images]]).to(process.device), generator, path
+    order = torch.randperm(len(data.images), generator=generator)
+    return model, process, to_model_range(data.images[order[:cfg.num_images]]).to(process.device), generator, path

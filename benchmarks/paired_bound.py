@@ -6,7 +6,9 @@ Two runs of a recipe scored apart differ by the spread of the test images (about
 standard error at 200 images) far more than by a change to the recipe. Scored on the same images
 with the same draws of t and noise (likelihood.py's order and generator for --seed), the per-image
 differences of the bound cancel what the images share, and their mean has a standard error of its
-own, often ten times smaller. The first checkpoint is the reference.
+own, often ten times smaller. The first checkpoint is the reference. With --split train the same
+comparison runs on training images: the bound there against the test set's is how far a run has
+overfitted.
 """
 import math
 from dataclasses import dataclass
@@ -23,7 +25,8 @@ from utils.errors import UserError, exit_on_user_error
 @dataclass
 class Flags:
     checkpoints: tuple = option((), "VDM checkpoints, the reference first", item=str)
-    num_images: int = option(200, "test images", bounds="[2, 10000]")
+    num_images: int = option(200, "images scored", bounds="[2, 10000]")
+    split: str = option("test", "score test images, or training images (to see overfitting)", choices=("test", "train"))
     t_samples: int = option(20, "times per image of the bound's Monte Carlo integral", bounds="[1, inf)")
     batch_size: int = option(500, "network evaluations per batch", bounds="[1, inf)")
     seed: int = option(0, "image order (as likelihood.py's), times and noise", bounds="[0, inf)")
@@ -38,7 +41,7 @@ class Flags:
 
 def per_image_bits(cfg, checkpoint_path):
     """(VDM's bound per image in bits/dim, the test images, the path read) for cfg.seed."""
-    model, process, images, generator, path = vdm_and_test_images(cfg, "the paired comparison", checkpoint_path)
+    model, process, images, generator, path = vdm_and_test_images(cfg, "the paired comparison", checkpoint_path, cfg.split)
     terms = vdm_bound_terms(network(model, process)[1], process, images, generator, cfg.t_samples, cfg.batch_size)
     return terms.sum(1) / (images[0].numel() * math.log(2)), images, path
 
@@ -50,8 +53,8 @@ def main(argv=None):
     reference, images = scored[0][:2]
     for _, other, path in scored[1:]:
         if other.shape != images.shape or not torch.equal(other, images):
-            raise UserError(f"{path} reads other test images than {scored[0][2]}: no pairs to compare")
-    print(f"VDM bound on {cfg.num_images} test images (seed {cfg.seed}), {cfg.t_samples} t per image, bits/dim")
+            raise UserError(f"{path} reads other {cfg.split} images than {scored[0][2]}: no pairs to compare")
+    print(f"VDM bound on {cfg.num_images} {cfg.split} images (seed {cfg.seed}), {cfg.t_samples} t per image, bits/dim")
     rows = []
     for values, _, path in scored:
         mean, error = mean_and_error(values)

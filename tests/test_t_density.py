@@ -1,6 +1,7 @@
 """VDM's --t_density: training times drawn from a piecewise-constant density, each loss divided by it."""
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -8,11 +9,15 @@ import torch
 import likelihood
 import train
 from benchmarks import paired_bound, t_density
+from benchmarks.common import vdm_checkpoint
 from conftest import TINY_MODEL
 from diffusion.continuous import VDM, TimeDensity
+from diffusion.likelihood import vdm_bound_terms
 from test_train import exit_code
 from utils.checkpoint import load_checkpoint
 from utils.config import DiffusionConfig, from_args, parse_flags
+from utils.data import to_model_range
+from utils.datasets import load_dataset
 
 WEIGHTS = (0.5, 3.0, 1.0, 0.25, 2.0)
 
@@ -128,6 +133,21 @@ def test_the_paired_comparison_scores_likelihood_py_s_bound_on_the_same_draws(ti
     alone = likelihood.main(["--checkpoint_path", tiny_vdm, "--method", "bound", *common, "--out",
                              str(tmp_path / "lk.json")])
     assert rows[0]["bits_per_dim"] == pytest.approx(alone["bound"]["bits_per_dim"], rel=1e-12)
+
+
+def test_the_paired_comparison_with_split_train_scores_the_training_images(tiny_vdm, mnist_dir):
+    """--split train: the same bound, on the training images likelihood.py's order picks for the seed."""
+    common = ["--checkpoints", tiny_vdm, tiny_vdm, "--num_images", "3", "--t_samples", "2", "--seed", "4",
+              "--data_dir", mnist_dir]
+    test_rows, train_rows = paired_bound.main(common), paired_bound.main([*common, "--split", "train"])
+    ckpt, model, process, _ = vdm_checkpoint(SimpleNamespace(device="cpu"), "", True, tiny_vdm)
+    generator = torch.Generator().manual_seed(4)
+    images = load_dataset("mnist", mnist_dir, train=True).images
+    images = to_model_range(images[torch.randperm(len(images), generator=generator)[:3]])
+    terms = vdm_bound_terms(likelihood.network(model, process)[1], process, images, generator, 2, 500)
+    expected = (terms.sum(1) / (images[0].numel() * math.log(2))).mean().item()
+    assert train_rows[0]["bits_per_dim"] == pytest.approx(expected, rel=1e-12)
+    assert train_rows[0]["bits_per_dim"] != pytest.approx(test_rows[0]["bits_per_dim"], rel=1e-3)
 
 
 def test_the_paired_comparison_needs_two_checkpoints(tiny_vdm, capsys):
