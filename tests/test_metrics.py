@@ -63,9 +63,15 @@ def classifier():
     return load_classifier("cpu")
 
 
-def test_shipped_classifier_is_accurate(classifier, mnist_dir):
+@pytest.fixture(scope="module")
+def test_set_outputs(classifier, mnist_dir):
+    """(features, probabilities, labels) of the shipped classifier on the 10,000 test images, once."""
     images, labels = load_mnist(mnist_dir, train=False)
-    _, probs = classify(classifier, to_model_range(images), "cpu")
+    return (*classify(classifier, to_model_range(images), "cpu"), labels)
+
+
+def test_shipped_classifier_is_accurate(test_set_outputs):
+    _, probs, labels = test_set_outputs
     assert (probs.argmax(1) == labels).double().mean() >= 0.993
     assert WEIGHTS.stat().st_size < 2 * 1024 * 1024
 
@@ -75,10 +81,9 @@ def test_classifier_with_wrong_checksum_is_refused():
         load_classifier("cpu", sha256="0" * 64)
 
 
-def test_one_digit_set_has_low_recall_and_large_class_kl(classifier, mnist_dir, tmp_path):
+def test_one_digit_set_has_low_recall_and_large_class_kl(classifier, test_set_outputs, mnist_dir):
     train, train_labels = load_mnist(mnist_dir, train=True)
-    test, _ = load_mnist(mnist_dir, train=False)
-    test_features, _ = classify(classifier, to_model_range(test), "cpu")  # once, for both sets
+    test_features = test_set_outputs[0]
 
     def metrics(samples):  # what evaluate_samples reports, without its memorisation (not asserted here)
         features, probs = classify(classifier, samples, "cpu")
