@@ -26,7 +26,8 @@ from utils.errors import UserError, exit_on_user_error
 class Flags:
     checkpoints: tuple = option((), "VDM checkpoints, the reference first", item=str)
     num_images: int = option(200, "images scored", bounds="[2, 10000]")
-    split: str = option("test", "score test images, or training images (to see overfitting)", choices=("test", "train"))
+    split: str = option("test", "score test images, or training images (to see overfitting)",
+                        choices=("test", "train"))
     t_samples: int = option(20, "times per image of the bound's Monte Carlo integral", bounds="[1, inf)")
     batch_size: int = option(500, "network evaluations per batch", bounds="[1, inf)")
     seed: int = option(0, "image order (as likelihood.py's), times and noise", bounds="[0, inf)")
@@ -40,8 +41,9 @@ class Flags:
 
 
 def per_image_bits(cfg, checkpoint_path):
-    """(VDM's bound per image in bits/dim, the test images, the path read) for cfg.seed."""
-    model, process, images, generator, path = vdm_and_test_images(cfg, "the paired comparison", checkpoint_path, cfg.split)
+    """(VDM's bound per image in bits/dim, the images of cfg.split, the path read) for cfg.seed."""
+    model, process, images, generator, path = vdm_and_test_images(cfg, "the paired comparison", checkpoint_path,
+                                                                  cfg.split)
     terms = vdm_bound_terms(network(model, process)[1], process, images, generator, cfg.t_samples, cfg.batch_size)
     return terms.sum(1) / (images[0].numel() * math.log(2)), images, path
 
