@@ -140,7 +140,7 @@ def test_the_paired_comparison_with_split_train_scores_the_training_images(tiny_
     common = ["--checkpoints", tiny_vdm, tiny_vdm, "--num_images", "3", "--t_samples", "2", "--seed", "4",
               "--data_dir", mnist_dir]
     test_rows, train_rows = paired_bound.main(common), paired_bound.main([*common, "--split", "train"])
-    ckpt, model, process, _ = vdm_checkpoint(SimpleNamespace(device="cpu"), "", True, tiny_vdm)
+    _, model, process, _ = vdm_checkpoint(SimpleNamespace(device="cpu"), "", True, tiny_vdm)
     generator = torch.Generator().manual_seed(4)
     images = load_dataset("mnist", mnist_dir, train=True).images
     images = to_model_range(images[torch.randperm(len(images), generator=generator)[:3]])
