@@ -67,3 +67,14 @@ def test_ema_update_follows_its_equation(rate):
     update_ema(ema, model, torch.tensor(rate))
     for got, want in zip(ema.parameters(), expected):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-7)
+
+
+def test_the_run_state_keeps_a_compiled_network_it_is_given():
+    """The step calls state.net; a compiled module (benchmarks.train_throughput --compile) has no
+    truth value, so the state must take it as given, and default to the plain model only when none is."""
+    model = UNet(ModelConfig(base_channels=8, channel_mults=(1,), attention_resolutions=(), norm_groups=4))
+    optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    compiled = torch.compile(model)  # lazy: nothing compiles until it is called
+    assert RunState(model, copy.deepcopy(model), optimizer, scaler, net=compiled).net is compiled
+    assert RunState(model, copy.deepcopy(model), optimizer, scaler).net is model

@@ -32,7 +32,8 @@ class RunState:
     bad_steps: int = 0                # non-finite steps in a row at the last read-back
 
     def __post_init__(self):
-        self.net = self.net or self.model
+        if self.net is None:  # not `or`: a compiled module has no truth value
+            self.net = self.model
 
     def checkpoint(self, configs, total_steps, steps_per_epoch, classes=()):
         """Everything the run needs to continue exactly. configs: (model, diffusion, train) configs;
