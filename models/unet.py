@@ -32,6 +32,9 @@ class UNet(nn.Module):
             self.label_emb = nn.Embedding(config.num_classes + 1, emb_dim)
 
         features = 1 + 2 * len(config.fourier_features)  # x, then sin and cos per frequency
+        # a buffer, not a tensor made in forward: a CUDA graph cannot capture a copy from the host
+        self.register_buffer("fourier_freqs", torch.tensor([2.0 ** n * math.pi for n in config.fourier_features]),
+                             persistent=False)
         self.input_conv = nn.Conv2d(config.in_channels * features, ch, 3, padding=1)
 
         # Down path: each block's output is pushed on the skip stack.
@@ -78,7 +81,7 @@ class UNet(nn.Module):
                 y = torch.full((len(x),), self.config.null_label, device=x.device)  # unconditional
             emb = emb + (y.to(emb.dtype) @ self.label_emb.weight if y.is_floating_point() else self.label_emb(y))
 
-        h = self.input_conv(fourier_features(x, self.config.fourier_features))
+        h = self.input_conv(fourier_features(x, self.fourier_freqs))
         skips = [h]
         for layers in self.down:
             for layer in layers:
@@ -96,13 +99,12 @@ class UNet(nn.Module):
         return self.out_conv(F.silu(self.out_norm(h)))
 
 
-def fourier_features(x, exponents):
-    """x with sin(2^n pi x) and cos(2^n pi x) for each n as extra channels (Kingma et al. 2021,
-    appendix C): at n = 7, 8 one pixel level (2/255) turns the phase by about pi and 2 pi."""
-    if not exponents:
+def fourier_features(x, freqs):
+    """x with sin(f x) and cos(f x) for each f = 2^n pi in `freqs` as extra channels (Kingma et al.
+    2021, appendix C): at n = 7, 8 one pixel level (2/255) turns the phase by about pi and 2 pi."""
+    if not len(freqs):
         return x
-    freqs = torch.tensor([2.0 ** n * math.pi for n in exponents], device=x.device, dtype=x.dtype)
-    angles = x.unsqueeze(1) * freqs.view(1, -1, 1, 1, 1)  # (B, K, C, H, W)
+    angles = x.unsqueeze(1) * freqs.to(x.dtype).view(1, -1, 1, 1, 1)  # (B, K, C, H, W)
     return torch.cat([x, angles.sin().flatten(1, 2), angles.cos().flatten(1, 2)], dim=1)
 
 

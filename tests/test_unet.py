@@ -63,3 +63,21 @@ def test_label_dropout_in_training_uses_the_null_label(mnist_dir):
     _, y, _, _ = batches.get(0)
     dropped = y == 10
     assert 0.3 < dropped.float().mean() < 0.7 and y[~dropped].max() <= 9
+
+
+def test_the_forward_pass_makes_no_tensor_from_host_data(monkeypatch):
+    """A CUDA graph cannot capture a copy from the host: VDM's Fourier features once built their
+    frequencies with torch.tensor in forward, and `--process vdm --fourier_features 7 8` crashed in
+    the capture of train.py's default CUDA-graph step. The frequencies are a buffer now, outside
+    the state dict, so checkpoints are unchanged."""
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(**SMALL, fourier_features=(7, 8)))
+    x, t, y = torch.rand(2, 1, 28, 28) * 2 - 1, torch.tensor([3, 700]), torch.tensor([1, 10])
+    expected = model(x, t, y)
+
+    def no_host_tensor(*args, **kwargs):
+        raise AssertionError("torch.tensor called in forward")
+
+    monkeypatch.setattr(torch, "tensor", no_host_tensor)
+    assert torch.equal(model(x, t, y), expected)
+    assert "fourier_freqs" not in model.state_dict()
