@@ -33,7 +33,8 @@ from training.schedule import ema_rate, learning_rate
 from training.state import RunState
 from training.step import BadSteps, make_optimizer, make_step
 from utils import distributed
-from utils.checkpoint import config_mismatch, load_checkpoint, lock_checkpoint, main_path, save_checkpoint
+from utils.checkpoint import (config_mismatch, load_checkpoint, lock_checkpoint, main_path, release_locks,
+                              save_checkpoint)
 from utils.config import DATASET_MODEL, GPU_PRESET, DiffusionConfig, ModelConfig, TrainConfig, from_args, parse_flags
 from utils.datasets import load_dataset
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
@@ -47,6 +48,13 @@ EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 def main(argv=None, make_model=UNet):
     """Train; `make_model(model_config)` builds the network (the benchmarks swap in a peer model)."""
+    try:
+        return train(argv, make_model)
+    finally:
+        release_locks()  # a run refused or failed before its first save leaves no lock file behind
+
+
+def train(argv, make_model):
     start = time.perf_counter()
     cfg, model_cfg, diffusion_cfg, ckpt, typed = resolve_configs(argv)
     stop = catch_signals()  # preemption or Ctrl-C: finish the step, save, exit
@@ -132,12 +140,12 @@ def resolve_configs(argv):
     """Configs from the flags, or from the checkpoint being resumed (plus flags typed now)."""
     args, typed = parse_flags("Train a diffusion model.", CONFIGS, argv)
     cfg = from_args(TrainConfig, args)
-    if Path(cfg.checkpoint_path).resolve() == SHIPPED_MODEL.resolve():
-        raise UserError(f"{SHIPPED_MODEL} is the shipped model; train into another --checkpoint_path")
+    refuse_shipped(cfg.checkpoint_path, Path(cfg.checkpoint_path))
     if not (Path(cfg.checkpoint_path).exists() or cfg.checkpoint_path == "latest"):
         return cfg, from_args(ModelConfig, args), from_args(DiffusionConfig, args), None, typed
 
     ckpt, source = load_checkpoint(cfg.checkpoint_path)
+    refuse_shipped(cfg.checkpoint_path, main_path(source))  # the file a folder or a link resolved to
     saved = {**ckpt["model_config"], **ckpt["diffusion_config"]}
     process = {} if "process" in typed else {"process": saved.get("process", "ddpm")}  # flags read as of the saved process
     requested = {**dataclasses.asdict(from_args(ModelConfig, args)),
@@ -153,6 +161,13 @@ def resolve_configs(argv):
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
     return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**diffusion), ckpt, typed
+
+
+def refuse_shipped(typed, path):
+    """The shipped model (its file, its folder, or a link to either) is never trained into."""
+    if path.resolve() in (SHIPPED_MODEL.resolve(), SHIPPED_MODEL.parent.resolve()):
+        raise UserError(f"{typed} is the shipped model {SHIPPED_MODEL.parent.parent.name}/weights/{SHIPPED_MODEL.name}; "
+                        "train into another --checkpoint_path")
 
 
 def training_data(cfg, model_cfg, typed, device):

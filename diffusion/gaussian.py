@@ -112,13 +112,15 @@ class GaussianDiffusion:
         """Descending timesteps for a sampler: all T for ddpm; for dpm++ `steps` evenly spaced in
         log-SNR, lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022, the "logSNR" spacing), rounded to
         the nearest training timestep; for the others evenly spaced in [T-1, 0] (Song et al. 2021).
-        Rounding can merge two neighbours near t = 0 when steps is large; those are kept once."""
+        Every grid starts at the noise end, T-1, and a grid of two or more ends at 0. Rounding can merge two neighbours near t = 0 when steps is large; those are kept once."""
         num_timesteps = self.num_timesteps
         if sampler == "ddpm":
             return list(range(num_timesteps - 1, -1, -1))
         if not 1 <= steps <= num_timesteps:
             raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
-        if sampler == "dpm++" and steps > 1:
+        if steps == 1:
+            return [num_timesteps - 1]  # one step: from the noise end straight to the data
+        if sampler == "dpm++":
             lam = self.log_snr
             targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
             nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1)

@@ -144,7 +144,9 @@ def lock_checkpoint(path):
     if path in _HELD:
         _HELD.pop(path).close()
     path.parent.mkdir(parents=True, exist_ok=True)
-    lock = open(path.parent / f".{path.name}.lock", "a+")
+    lock_file = path.parent / f".{path.name}.lock"
+    created = not lock_file.exists()
+    lock = open(lock_file, "a+")
     try:
         fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -156,8 +158,20 @@ def lock_checkpoint(path):
     lock.truncate(0)
     lock.write(f"process {os.getpid()} on {socket.gethostname()}")
     lock.flush()
+    lock.made_here = created
     _HELD[path] = lock
     return lock
+
+
+def release_locks():
+    """Close every checkpoint lock this process holds; remove the lock file of a run that made it
+    and ends with no checkpoint at its path (a refusal or a failure before the first save), so
+    that nothing is left behind where nothing was written."""
+    for path, lock in list(_HELD.items()):
+        lock.close()
+        if lock.made_here and not path.exists():
+            Path(lock.name).unlink(missing_ok=True)
+        del _HELD[path]
 
 
 _HELD = {}  # checkpoint path -> the lock file this process holds for it

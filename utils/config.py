@@ -49,10 +49,13 @@ def data_dir_option():
 
 
 def check_fields(config):
-    """Raise a one-line UserError for the first field outside its range; NaN and +-inf are
-    refused everywhere."""
+    """Raise a one-line UserError for the first field outside its range or its choices (a config
+    read from a checkpoint too, which argparse never saw); NaN and +-inf are refused everywhere."""
     for f in dataclasses.fields(config):
-        value, bounds = getattr(config, f.name), f.metadata["bounds"]
+        value, bounds, choices = getattr(config, f.name), f.metadata["bounds"], f.metadata["choices"]
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            if choices is not None and item not in choices:
+                raise UserError(f"--{f.name} {item!r} is not one this version knows ({', '.join(map(str, choices))})")
         for number in value if isinstance(value, (tuple, list)) else (value,):
             if isinstance(number, bool) or not isinstance(number, (int, float)):
                 continue
@@ -139,9 +142,9 @@ class DiffusionConfig:
                            choices=("linear", "cosine"))
     beta_start: float = option(1e-4, "ddpm: first beta of the linear schedule", bounds="(0, 1)")
     beta_end: float = option(0.02, "ddpm: last beta of the linear schedule", bounds="(0, 1)")
-    gamma_min: float = option(-13.3, "vdm: gamma = -log SNR at t = 0 (Kingma et al. 2021: -13.3, sigma about 1e-3)",
-                              bounds="(-inf, inf)")
-    gamma_max: float = option(5.0, "vdm: gamma at t = 1 (Kingma et al. 2021: 5)", bounds="(-inf, inf)")
+    gamma_min: float = option(-13.3, "vdm: gamma = -log SNR at t = 0 (Kingma et al. 2021: -13.3, sigma about 1e-3); "
+                              "gamma in [-50, 50] keeps alpha and sigma well inside float32", bounds="[-50, 50]")
+    gamma_max: float = option(5.0, "vdm: gamma at t = 1 (Kingma et al. 2021: 5), in [-50, 50]", bounds="[-50, 50]")
     clip_x0: bool = option(False, "vdm: the denoiser clamps its x0 estimate to the data range [-1, 1] in the loss and "
                            "the likelihood too, as the samplers always do (never a worse bound)")
     t_density: tuple = option((), "vdm: train on times t drawn from this piecewise-constant density over equal bins "

@@ -10,6 +10,7 @@ torchvision checks what it downloads; when its mirrors are unreachable, the erro
 to fetch and where to put them.
 """
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,12 +114,9 @@ def load_folder(root, image_size=0, channels=0):
 
     sizes, modes = {}, set()
     for path in files:  # a first pass over the headers only: sizes and colour
-        try:
-            with Image.open(path) as image:
-                sizes.setdefault(image.size, path)
-                modes.add(image.mode)
-        except (OSError, UnidentifiedImageError) as err:
-            raise UserError(f"cannot read {path}: {err}") from None
+        with open_image(path) as image:
+            sizes.setdefault(image.size, path)
+            modes.add(image.mode)
     if not image_size:
         if len(sizes) > 1 or any(w != h for w, h in sizes):
             examples = "; ".join(f"{w}x{h} in {p.name}" for (w, h), p in list(sizes.items())[:2])
@@ -140,13 +138,27 @@ def load_folder(root, image_size=0, channels=0):
     return Data(images, labels, classes)
 
 
-def read_image(path, size, channels):
-    """One image as uint8 (channels, size, size): shorter side resized to size, then centre-cropped."""
+def open_image(path):
+    """PIL's image at `path` (the header read, the pixels decoded on use), or a one-line UserError
+    for a file that is no image or is larger than PIL's guard against decompression bombs allows
+    (Image.MAX_IMAGE_PIXELS, about 89 million pixels)."""
     try:
-        with Image.open(path) as image:
-            image = image.convert("L" if channels == 1 else "RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise UserError(f"cannot read {path}: too large to decode ({err})") from None
     except (OSError, UnidentifiedImageError) as err:
         raise UserError(f"cannot read {path}: {err}") from None
+
+
+def read_image(path, size, channels):
+    """One image as uint8 (channels, size, size): shorter side resized to size, then centre-cropped."""
+    with open_image(path) as image:
+        try:
+            image = image.convert("L" if channels == 1 else "RGB")
+        except OSError as err:
+            raise UserError(f"cannot read {path}: {err}") from None
     width, height = image.size
     scale = size / min(width, height)
     new = (max(size, round(width * scale)), max(size, round(height * scale)))

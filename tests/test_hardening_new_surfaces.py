@@ -1,0 +1,135 @@
+"""Hardening of the newer surfaces (processes, VDM's endpoints, SDEdit's image reader, the shipped
+model's folder, the few-step grids): each bad input gives one line and exit code 2, and leaves no
+file behind."""
+import subprocess
+import zlib
+
+import pytest
+import torch
+from PIL import Image
+
+import inference
+import train
+from conftest import ROOT, TINY_MODEL
+from test_train import exit_code
+from diffusion.processes import PROCESSES, make_process
+from diffusion.samplers import SAMPLERS, make_timesteps
+from models.load import SHIPPED_MODEL
+from utils.checkpoint import lock_checkpoint, release_locks, save_checkpoint
+from utils.config import DiffusionConfig
+from utils.datasets import load_folder, read_image
+from utils.errors import UserError
+
+
+def untracked():
+    """Files in the checkout that git would add (not ignored), or None without git."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return None if out.returncode else {line[3:] for line in out.stdout.splitlines() if line.startswith("??")}
+
+
+@pytest.mark.parametrize("path", ["models/weights", "models/weights/", "models/weights/ddpm_mnist.pt", "link"])
+def test_the_shipped_model_is_refused_by_its_resolved_path_and_nothing_is_written(path, tmp_path, capsys):
+    before = untracked()
+    if path == "link":
+        path = str(tmp_path / "link.pt")
+        (tmp_path / "link.pt").symlink_to(SHIPPED_MODEL)
+    code, err = exit_code(train.main, ["--checkpoint_path", path, "--max_steps", "2"], capsys)
+    assert code == 2 and "is the shipped model" in err and len(err.strip().splitlines()) == 1, err
+    assert not list(SHIPPED_MODEL.parent.glob(".*lock"))
+    if before is not None:
+        assert untracked() == before
+
+
+def test_a_run_refused_after_taking_its_lock_leaves_no_lock_file(tmp_path, capsys):
+    code, err = exit_code(train.main, [*TINY_MODEL, "--data_dir", str(tmp_path / "nothing"), "--dataset", "folder",
+                                       "--checkpoint_path", str(tmp_path / "run" / "ck"),
+                                       "--output_dir", str(tmp_path / "out")], capsys)
+    assert code == 2 and "not a folder of images" in err
+    assert not [p.name for p in (tmp_path / "run").iterdir()]
+
+
+def test_a_lock_is_removed_only_where_its_run_wrote_nothing(tmp_path):
+    lock_checkpoint(tmp_path / "a")
+    save_checkpoint({"step": 1}, tmp_path / "b")
+    lock_checkpoint(tmp_path / "b")
+    release_locks()
+    assert not (tmp_path / ".a.lock").exists() and (tmp_path / ".b.lock").exists()
+    lock_checkpoint(tmp_path / "b")  # released: it can be taken again
+    release_locks()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("process", "edm", "--process 'edm' is not one this version knows (ddpm, vdm, flow)"),
+    ("schedule", "sigmoid", "--schedule 'sigmoid' is not one this version knows (linear, cosine)"),
+    ("prediction", "score", "--prediction 'score' is not one this version knows"),
+    ("gamma_max", 1000.0, "--gamma_max must be in [-50, 50], got 1000"),
+])
+def test_a_checkpoint_with_a_value_this_version_does_not_know_is_one_line(field, value, message, tmp_path, capsys):
+    ckpt = torch.load(SHIPPED_MODEL, weights_only=True)
+    ckpt["diffusion_config"] = {**ckpt["diffusion_config"], "process": "vdm", field: value}
+    torch.save(ckpt, tmp_path / "ck")
+    code, err = exit_code(inference.main, ["--checkpoint_path", str(tmp_path / "ck"), "--num_samples", "1",
+                                           "--no_show", "--output_dir", str(tmp_path)], capsys)
+    assert code == 2 and message in err and "diffusion_config" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("gamma", [(-50.0, -49.0), (-50.0, 50.0), (49.0, 50.0)])
+def test_vdm_samples_at_the_ends_of_its_gamma_range(gamma):
+    from diffusion.pipeline import generate
+    from models.unet import UNet
+    from test_unet import SMALL, perturbed
+    from utils.config import ModelConfig, SamplingConfig
+    torch.manual_seed(0)
+    model = perturbed(UNet(ModelConfig(**SMALL)), 0.01).eval()
+    vdm = make_process(DiffusionConfig(process="vdm", gamma_min=gamma[0], gamma_max=gamma[1]))
+    for sampler in ("dpm++", "ddim", "heun"):
+        assert torch.isfinite(generate(model, vdm, 2, SamplingConfig(sampler=sampler, steps=3))).all(), sampler
+
+
+def bomb(path, width=15000, height=15000):
+    """A PNG whose header claims width x height pixels (PIL refuses it on opening, before decoding)."""
+    Image.new("L", (1, 1)).save(path)
+    data = bytearray(path.read_bytes())
+    ihdr = data.index(b"IHDR")
+    data[ihdr + 4:ihdr + 12] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    data[ihdr + 17:ihdr + 21] = zlib.crc32(bytes(data[ihdr:ihdr + 17])).to_bytes(4, "big")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_decompression_bomb_is_one_line_for_every_image_reader(tmp_path, capsys):
+    image = bomb(tmp_path / "bomb.png")
+    with pytest.raises(UserError, match="bomb.png.*too large"):
+        read_image(image, 28, 1)
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    Image.new("L", (28, 28)).save(folder / "fine.png")
+    bomb(folder / "bomb.png")
+    with pytest.raises(UserError, match="bomb.png.*too large"):
+        load_folder(folder, 28, 1)
+    for flag in ("--image", "--inpaint"):
+        code, err = exit_code(inference.main, [flag, str(image), "--checkpoint_path", str(SHIPPED_MODEL),
+                                               "--num_samples", "1", "--no_show",
+                                               "--output_dir", str(tmp_path / "out")], capsys)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and last.startswith("error: cannot read") and "too large to decode" in last, (flag, err)
+        assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("process", sorted(PROCESSES))
+@pytest.mark.parametrize("sampler", sorted(set(SAMPLERS) - {"ddpm"}))
+def test_every_grid_runs_from_the_noise_end_to_the_clean_end(process, sampler):
+    """N steps start at the noise end for every N >= 1 (one step is a jump from pure noise to the
+    data) and, from two steps on, end at the clean end, descending."""
+    diffusion = make_process(DiffusionConfig(process=process))
+    noise_end, clean_end = (999, 0) if process == "ddpm" else (diffusion.t_max, diffusion.t_min)
+    for steps in (1, 2, 3, 8, 50):
+        grid = make_timesteps(sampler, diffusion, steps)
+        assert grid[0] == noise_end, (steps, grid[:3])
+        assert all(a > b for a, b in zip(grid, grid[1:])), steps
+        if steps > 1:
+            assert grid[-1] == clean_end, (steps, grid[-3:])
