@@ -128,6 +128,7 @@ def main(argv=None):
         final = editing(job, requested, num, keep)
     else:
         final = generate(model, diffusion, num, sampling, labels=labels, batch_size=num, autocast=job.amp,
+                         batch_flag="--num_samples",
                          callback=lambda first, step: keep(step))
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -39,6 +39,7 @@ from utils.config import DATASET_MODEL, GPU_PRESET, DiffusionConfig, ModelConfig
 from utils.datasets import load_dataset
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, ensure_writable, exit_on_user_error
+from utils.memory import check_batch
 from utils.plotting import loss_curve
 
 CONFIGS = (TrainConfig, ModelConfig, DiffusionConfig)
@@ -122,6 +123,7 @@ def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
     AdamW (capturable for a CUDA graph), the fp16 grad scaler, and the network the step calls
     (compiled with --compile, in DistributedDataParallel under torchrun)."""
     device = next(model.parameters()).device
+    check_batch(model, cfg.batch_size // world_size, device, training=True)
     state = RunState(model, copy.deepcopy(model).eval().requires_grad_(False),
                      make_optimizer(model, cfg, device, capturable=graphed),
                      torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))

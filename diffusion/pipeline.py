@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from diffusion.samplers import sample
 from utils.config import SamplingConfig
+from utils.memory import check_batch
 
 
 def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.0), autocast=None):
@@ -49,7 +50,8 @@ def every_digit(num, num_classes, device=None):
 
 
 @torch.inference_mode()
-def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=1000, autocast=None, callback=None):
+def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=1000, autocast=None, callback=None,
+             batch_flag="--batch_size"):
     """`num` finished samples (N, C, H, W) in [-1, 1], made in batches; same seed, same samples.
 
     `model` is the U-Net (its config gives the image shape and the null label), `sampling` a
@@ -57,12 +59,15 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
     `labels` the requested classes of a class-conditional model (default: every class in turn),
     `autocast` a context factory for the network. callback(first, step), if given, sees every
     samplers.Step of the batch of samples first, first + 1, ... (for figures of the denoising).
+    A batch too large for the device's memory is refused first, naming `batch_flag`.
     """
     sampling = sampling or SamplingConfig()
     device = diffusion.device
     cfg = model.config
     if labels is None:
         labels = every_digit(num, cfg.num_classes, device)
+    guided = labels is not None and sampling.guidance  # the guided steps evaluate twice the batch
+    check_batch(model, min(batch_size, num), device, training=False, flag=batch_flag, copies=2 if guided else 1)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     batches = []
     for start in tqdm(range(0, num, batch_size), desc=f"sampling ({sampling.sampler})", leave=False):

@@ -2,6 +2,7 @@
 
 Scripts catch it at the top and print one line to stderr with exit code 2, no traceback.
 """
+import re
 import sys
 from pathlib import Path
 
@@ -24,11 +25,28 @@ def ensure_writable(*folders):
             raise UserError(f"cannot write to {folder}: {err.strerror}") from None
 
 
+def out_of_memory(err):
+    """The one line for an allocation that failed (CUDA's OutOfMemoryError, or the CPU allocator's
+    RuntimeError), or None for any other error."""
+    text = str(err)
+    if not (type(err).__name__ == "OutOfMemoryError" or "can't allocate memory" in text):
+        return None
+    asked = re.search(r"allocate (\d+(?:\.\d+)?) ?(bytes|[KMGT]iB)", text)
+    size = f" ({asked[1]} {asked[2]} in one allocation)" if asked else ""
+    return f"out of memory{size}; try a smaller --batch_size (or --num_samples)"
+
+
 def exit_on_user_error(main):
-    """Run main(); turn a UserError into 'error: ...' on stderr and exit code 2 (on a line of its own,
-    also when a progress bar is showing)."""
+    """Run main(); turn a UserError, or running out of memory, into 'error: ...' on stderr and exit
+    code 2 (on a line of its own, also when a progress bar is showing)."""
     try:
         return main()
     except UserError as err:
         tqdm.write(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as err:  # torch.OutOfMemoryError is one
+        message = out_of_memory(err)
+        if message is None:
+            raise
+        tqdm.write(f"error: {message}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,114 @@
+"""Will a batch fit in memory? An estimate made before the work starts, so that a batch far too
+large is refused in one line instead of ending in an allocation traceback or the kernel's OOM killer.
+
+The estimate counts, on PyTorch's meta device (shapes only: no memory, no arithmetic), the most
+bytes that the tensors of one image's forward pass (for training, its forward and backward
+passes) hold at once; that times the batch is compared with the memory free on the device.
+Counted for the default network's training step: 3.6 MiB per image, against 4.1 MiB of peak RSS
+measured (2-core AMD Zen 4, fp32); its forward pass 0.48 against 0.58.
+"""
+import copy
+import weakref
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from utils.errors import UserError
+
+USABLE = 0.9  # of the free memory: the rest for the data, the weights and the allocator's slack
+UNCHECKED = 256  # images: the networks here need well under 2 GiB for so few, and counting takes a second
+MARGIN = 1.2  # the peak RSS measured on a CPU came 13-20% above the count (oneDNN's workspaces)
+
+
+class _PeakBytes(TorchDispatchMode):
+    """The most bytes held at once by the tensors made under this mode (views share their base's
+    memory and are not counted; a tensor counts until it is freed)."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+
+    def _free(self, size):
+        self.live -= size
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor) and not t._is_view():
+                size = t.numel() * t.element_size()
+                self.live += size
+                weakref.finalize(t, self._free, size)
+        self.peak = max(self.peak, self.live)
+        return out
+
+
+def bytes_per_image(model, training):
+    """Bytes that one more image adds to the peak memory of a forward pass (with training, of the
+    forward and backward passes): the peak of live tensors at batch 2 minus batch 1, in fp32,
+    counted on the meta device. Remembered per network config."""
+    config = model.config
+    key = (type(model).__name__, repr(config), training)
+    if key not in _PER_IMAGE:
+        _PER_IMAGE[key] = _count(model, config, training)
+    return _PER_IMAGE[key]
+
+
+_PER_IMAGE = {}
+
+
+def _count(model, config, training):
+    meta = copy.deepcopy(model).to("meta")
+    peaks = []
+    for batch in (1, 2):
+        x = torch.zeros(batch, config.in_channels, config.image_size, config.image_size, device="meta")
+        t = torch.zeros(batch, device="meta")
+        with torch.set_grad_enabled(training), _PeakBytes() as counter:
+            out = meta(x, t, None)
+            if training:
+                out.sum().backward()
+            del out
+        peaks.append(counter.peak)
+    return peaks[1] - peaks[0]
+
+
+def free_bytes(device):
+    """Memory free for this process on `device`: the GPU's free memory, or on Linux the smaller of
+    MemAvailable and what a cgroup limit leaves; None where unknown (then nothing is checked)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+        free = int(meminfo["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return free
+
+
+def check_batch(model, batch, device, training, flag="--batch_size", copies=1):
+    """Refuse, in one line naming the memory needed and a batch that fits, a batch whose estimated
+    activations exceed the free memory of `device`; `copies`: images the network sees per image of
+    the batch (2 under classifier-free guidance)."""
+    if batch * copies <= UNCHECKED:
+        return
+    free = free_bytes(torch.device(device))
+    try:
+        per_image = bytes_per_image(model, training)
+    except Exception:  # noqa: BLE001 (a network the meta device cannot run: no estimate, no check)
+        return
+    if free is None:
+        return
+    per_image *= MARGIN * copies
+    if batch * per_image > USABLE * free:
+        fits = max(1, int(USABLE * free // per_image))
+        raise UserError(f"{flag} {batch} needs about {batch * per_image / 2 ** 30:.1f} GiB for the network's "
+                        f"{'training step' if training else 'forward pass'}, more than the {free / 2 ** 30:.1f} GiB "
+                        f"free on {torch.device(device).type}; try {flag} {fits} or less")
