@@ -90,7 +90,10 @@ def main():
             precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
             variants[(name, precision, "eager")] = benchmark_step(model, diffusion, args.batch_size, device, dtype)
             if device.type == "cuda" and dtype != torch.float16:  # the step as one CUDA graph (train.py's default)
-                variants[(name, precision, "graph")] = benchmark_step(model, diffusion, args.batch_size, device, dtype, True)
+                # on a copy: a graph and an eager step never share parameters or their .grad tensors
+                # (shared, an eager step at batch 4096 on an H200 hit a device-side assert)
+                graphed = model if hasattr(model, "_orig_mod") else copy.deepcopy(model)
+                variants[(name, precision, "graph")] = benchmark_step(graphed, diffusion, args.batch_size, device, dtype, True)
     for step in variants.values():  # warm-up
         step()
         step()
