@@ -16,6 +16,26 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: minutes-long tests, excluded by default (run with -m slow)")
 
 
+def untracked():
+    """Files in the checkout that git would add (neither tracked nor ignored), or None without git."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return None if out.returncode else {line[3:] for line in out.stdout.splitlines() if line.startswith("??")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def the_checkout_stays_clean():
+    """No test, and no refusal a test provokes, leaves a file in the checkout."""
+    before = untracked()
+    yield
+    after = untracked()
+    if before is not None and after is not None:
+        assert after <= before, f"the tests left files in the checkout: {sorted(after - before)}"
+
+
 @pytest.fixture(scope="session")
 def mnist_dir():
     """The real MNIST, fetched once per test session into the project's default data folder."""

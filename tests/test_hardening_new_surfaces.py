@@ -1,7 +1,6 @@
 """Hardening of the newer surfaces (processes, VDM's endpoints, SDEdit's image reader, the shipped
 model's folder, the few-step grids): each bad input gives one line and exit code 2, and leaves no
 file behind."""
-import subprocess
 import zlib
 
 import pytest
@@ -10,7 +9,7 @@ from PIL import Image
 
 import inference
 import train
-from conftest import ROOT, TINY_MODEL
+from conftest import TINY_MODEL, untracked
 from test_train import exit_code
 from diffusion.processes import PROCESSES, make_process
 from diffusion.samplers import SAMPLERS, make_timesteps
@@ -19,16 +18,6 @@ from utils.checkpoint import lock_checkpoint, release_locks, save_checkpoint
 from utils.config import DiffusionConfig
 from utils.datasets import load_folder, read_image
 from utils.errors import UserError
-
-
-def untracked():
-    """Files in the checkout that git would add (not ignored), or None without git."""
-    try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT,
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return None if out.returncode else {line[3:] for line in out.stdout.splitlines() if line.startswith("??")}
 
 
 @pytest.mark.parametrize("path", ["models/weights", "models/weights/", "models/weights/ddpm_mnist.pt", "link"])
