@@ -1,6 +1,6 @@
 """Bits per dimension of the test set under a trained model: the variational bound (DDPM's discrete
-one, VDM's continuous one; flow matching has none) and the probability-flow ODE (every process),
-the maths in diffusion/likelihood.py.
+one, VDM's continuous one; flow matching has none, so --method bound refuses it and both skips it)
+and the probability-flow ODE (every process), the maths in diffusion/likelihood.py.
 
     python likelihood.py                                  # both methods, the default checkpoint or the shipped model
     python likelihood.py --method bound --num_images 1000
@@ -25,10 +25,12 @@ from utils.config import LikelihoodConfig, from_args, parse_flags
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data
 from utils.device import select_device, set_cpu_threads
-from utils.errors import exit_on_user_error
+from utils.errors import UserError, exit_on_user_error
+from utils.memory import check_batch
 
 # dequantised 8-bit MNIST, bits/dim (FFJORD paper, Grathwohl et al. 2019, Table 2; Residual Flows, Chen et al. 2019)
 FLOWS = {"Real NVP": 1.06, "Glow": 1.05, "FFJORD": 0.99, "Residual Flows": 0.97}
+HAS_BOUND = ("ddpm", "vdm")  # flow matching has no variational bound: only the ODE scores it
 BUCKETS = [("prior L_T", None), ("decoder L_0", (0, 1)), ("t 1-9", (1, 10)), ("t 10-99", (10, 100)),
            ("t 100-999", (100, None))]
 
@@ -61,9 +63,16 @@ def network(model, diffusion):
     return predict_x0, predict_eps
 
 
+def images_scored(flag, count, total):
+    """How many of the `total` test images --flag `count` scores; says so in one line when it asks for more."""
+    if count > total:
+        print(f"--{flag} {count:,} is more than the {total:,} test images: scoring {total:,}", file=sys.stderr)
+    return min(count, total)
+
+
 def variational_bound(cfg, diffusion, images, generator, predictors):
-    """The bound in bits/dim per image, and the mean of each of its terms: DDPM's discrete one, or
-    VDM's continuous one; None for flow matching, which has no variational bound."""
+    """(bits/dim per image, the mean of each of the bound's terms, its name): DDPM's discrete bound
+    or VDM's continuous one (a process in HAS_BOUND)."""
     process, dim = diffusion.config.process, images[0].numel()
     predict_x0, predict_eps = predictors
     if process == "ddpm":
@@ -72,12 +81,10 @@ def variational_bound(cfg, diffusion, images, generator, predictors):
         breakdown = {name: (terms[:, T] if span is None else terms[:, span[0]:span[1] or T].sum(1)).mean().item()
                      for name, span in BUCKETS}
         return terms.sum(1), breakdown, "variational bound (Ho et al. 2020)"
-    if process == "vdm":
-        terms = vdm_bound_terms(predict_eps, diffusion, images, generator, cfg.t_samples, cfg.batch_size)
-        terms = terms / (dim * math.log(2))
-        breakdown = dict(zip(("prior", "reconstruction", "diffusion"), terms.mean(0).tolist()))
-        return terms.sum(1), breakdown, f"VDM bound, {cfg.t_samples} t per image"
-    return None
+    terms = vdm_bound_terms(predict_eps, diffusion, images, generator, cfg.t_samples, cfg.batch_size)
+    terms = terms / (dim * math.log(2))
+    breakdown = dict(zip(("prior", "reconstruction", "diffusion"), terms.mean(0).tolist()))
+    return terms.sum(1), breakdown, f"VDM bound, {cfg.t_samples} t per image"
 
 
 def ode_bits(cfg, diffusion, codes, generator, predict_eps):
@@ -109,28 +116,30 @@ def main(argv=None):
     set_cpu_threads()
     ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
     model, diffusion = load_model(ckpt, path, True, device)
+    check_batch(model, cfg.batch_size, device, training=False)
+    process = diffusion.config.process
+    bound_wanted = cfg.method in ("both", "bound")
+    if bound_wanted and process not in HAS_BOUND:
+        if cfg.method == "bound":
+            raise UserError(f"{process} has no variational bound: --method ode gives its likelihood")
+        print(f"{process} has no variational bound: scoring the ODE only", file=sys.stderr)
+        bound_wanted = False
     dataset, test = checkpoint_data(ckpt, False, cfg.data_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(test.images), generator=generator)
     dim = test.images[0].numel()
     predictors = network(model, diffusion)
-    process = diffusion.config.process
     results = {"checkpoint": str(path), "dataset": dataset, "process": process, "dims": dim, "device": str(device)}
 
-    if cfg.method in ("both", "bound"):
-        images = to_model_range(test.images[order[:cfg.num_images]])
+    if bound_wanted:
+        images = to_model_range(test.images[order[:images_scored("num_images", cfg.num_images, len(order))]])
         start = time.perf_counter()
-        bound = variational_bound(cfg, diffusion, images, generator, predictors)
-        if bound is None:
-            print(f"{process} has no variational bound; the ODE gives its likelihood", file=sys.stderr)
-        else:
-            bpd, breakdown, name = bound
-            mean, error = mean_and_error(bpd)
-            results["bound"] = {"name": name, "bits_per_dim": mean, "standard_error": error, "images": len(images),
-                                "seconds_per_image": (time.perf_counter() - start) / len(images),
-                                "breakdown": breakdown}
+        bpd, breakdown, name = variational_bound(cfg, diffusion, images, generator, predictors)
+        mean, error = mean_and_error(bpd)
+        results["bound"] = {"name": name, "bits_per_dim": mean, "standard_error": error, "images": len(images),
+                            "seconds_per_image": (time.perf_counter() - start) / len(images), "breakdown": breakdown}
     if cfg.method in ("both", "ode"):
-        codes = test.images[order[:cfg.ode_images]].double()
+        codes = test.images[order[:images_scored("ode_images", cfg.ode_images, len(order))]].double()
         start = time.perf_counter()
         bpd, evaluations, dequantisation = ode_bits(cfg, diffusion, codes, generator, predictors[1])
         mean, error = mean_and_error(bpd)

@@ -143,6 +143,10 @@ def test_a_batch_larger_than_memory_is_refused_before_the_work(tmp_path, mnist_d
     code, err = exit_code(inference.main, ["--checkpoint_path", str(SHIPPED_MODEL), "--num_samples", "2000000",
                                            "--no_show", "--output_dir", str(tmp_path)], capsys)
     assert code == 2 and "--num_samples 2000000 needs about" in err, err
+    import likelihood
+    code, err = exit_code(likelihood.main, ["--checkpoint_path", str(SHIPPED_MODEL), "--method", "bound",
+                                            "--batch_size", "2000000"], capsys)
+    assert code == 2 and "--batch_size 2000000 needs about" in err, err
 
 
 def test_the_memory_estimate_grows_with_the_network_and_with_training():

@@ -332,7 +332,8 @@ class LikelihoodConfig:
                              "evaluation)", bounds="[1, inf)")
     rtol: float = option(1e-5, "relative tolerance of the ODE solver (RK45)", bounds="(0, 1)")
     atol: float = option(1e-5, "absolute tolerance of the ODE solver (RK45)", bounds="(0, 1)")
-    batch_size: int = option(500, "network evaluations per batch for the bound", bounds="[1, inf)")
+    batch_size: int = option(500, "network evaluations (and images of the bound's other terms) per batch for the "
+                             "bound", bounds="[1, inf)")
     seed: int = option(0, "seed of the test-image choice, the noise of the bound and the ODE's probes and "
                        "dequantisation", bounds="[0, inf)")
     device: str = device_option()
