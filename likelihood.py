@@ -116,7 +116,7 @@ def main(argv=None):
     set_cpu_threads()
     ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
     model, diffusion = load_model(ckpt, path, True, device)
-    check_batch(model, cfg.batch_size, device, training=False)
+    check_batch(model, cfg.batch_size, device)
     process = diffusion.config.process
     bound_wanted = cfg.method in ("both", "bound")
     if bound_wanted and process not in HAS_BOUND:

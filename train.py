@@ -123,7 +123,7 @@ def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
     AdamW (capturable for a CUDA graph), the fp16 grad scaler, and the network the step calls
     (compiled with --compile, in DistributedDataParallel under torchrun)."""
     device = next(model.parameters()).device
-    check_batch(model, cfg.batch_size // world_size, device, training=True)
+    check_batch(model, cfg.batch_size // world_size, device, work=training_pass, what="training step")
     state = RunState(model, copy.deepcopy(model).eval().requires_grad_(False),
                      make_optimizer(model, cfg, device, capturable=graphed),
                      torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
@@ -136,6 +136,11 @@ def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
     if world_size > 1:  # after the restore: DDP starts every process from rank 0's weights
         state.net = DistributedDataParallel(state.net, device_ids=[device.index] if device.type == "cuda" else None)
     return state
+
+
+def training_pass(net, x, t):
+    """A forward and backward pass, as the training step makes (for check_batch's estimate)."""
+    net(x, t, None).sum().backward()
 
 
 def resolve_configs(argv):

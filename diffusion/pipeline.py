@@ -67,7 +67,7 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
     if labels is None:
         labels = every_digit(num, cfg.num_classes, device)
     guided = labels is not None and sampling.guidance  # the guided steps evaluate twice the batch
-    check_batch(model, min(batch_size, num), device, training=False, flag=batch_flag, copies=2 if guided else 1)
+    check_batch(model, min(batch_size, num), device, flag=batch_flag, copies=2 if guided else 1)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     batches = []
     for start in tqdm(range(0, num, batch_size), desc=f"sampling ({sampling.sampler})", leave=False):

@@ -154,9 +154,10 @@ def test_the_memory_estimate_grows_with_the_network_and_with_training():
     from utils.config import ModelConfig
     from utils.memory import bytes_per_image
     default, wide = UNet(ModelConfig()), UNet(ModelConfig(base_channels=32, channel_mults=(1, 2, 2)))
-    assert 0 < bytes_per_image(default, False) < bytes_per_image(default, True) < bytes_per_image(wide, True)
+    training = bytes_per_image(default, train.training_pass)
+    assert 0 < bytes_per_image(default) < training < bytes_per_image(wide, train.training_pass)
     # the default network's training step: 3.6 MiB per image counted, 4.1 MiB measured as peak RSS
-    assert 2.5 * 2 ** 20 < bytes_per_image(default, True) < 5 * 2 ** 20
+    assert 2.5 * 2 ** 20 < training < 5 * 2 ** 20
 
 
 def test_an_allocation_that_fails_anyway_is_one_line(capsys):
