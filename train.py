@@ -43,7 +43,6 @@ from utils.memory import check_batch
 from utils.plotting import loss_curve
 
 CONFIGS = (TrainConfig, ModelConfig, DiffusionConfig)
-RESUMABLE_CHANGES = {"t_density"}  # diffusion settings of how to train, not of the model: a resume may change them
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}
 
 
@@ -157,17 +156,16 @@ def resolve_configs(argv):
     process = {} if "process" in typed else {"process": saved.get("process", "ddpm")}  # flags read as of the saved process
     requested = {**dataclasses.asdict(from_args(ModelConfig, args)),
                  **dataclasses.asdict(from_args(DiffusionConfig, args, **process))}
-    mismatch = config_mismatch(saved, requested, sorted(typed & set(saved) - RESUMABLE_CHANGES))
+    mismatch = config_mismatch(saved, requested, sorted(typed & set(saved)))
     if mismatch:
         raise UserError(f"{source} was trained with a different architecture: {'; '.join(mismatch)}")
-    diffusion = {**ckpt["diffusion_config"], **{k: requested[k] for k in typed & RESUMABLE_CHANGES}}
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     changes = {k: getattr(args, k) for k in typed & known}
     if typed & {"epochs", "minutes"} and "total_steps" not in typed:
         changes["total_steps"] = 0  # a new length for the run: from the typed --epochs or --minutes
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
-    return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**diffusion), ckpt, typed
+    return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**ckpt["diffusion_config"]), ckpt, typed
 
 
 def refuse_shipped(typed, path):

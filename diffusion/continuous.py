@@ -5,9 +5,6 @@ the log-SNR lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t (Kingma et
            (Kingma et al. 2021: -13.3 to 5), alpha^2 = sigmoid(-gamma), sigma^2 = sigmoid(gamma);
            the loss is the continuous-time ELBO's diffusion term, eq. 17:
                L_inf = 1/2 E_{t ~ U(0, 1)} [gamma'(t) ||eps - eps_hat(x_t, t)||^2]
-             = 1/2 E_{t ~ p} [gamma'(t) / p(t) ||eps - eps_hat(x_t, t)||^2]   for any density p > 0
-           (importance sampling; config.t_density, a piecewise-constant p: the same loss in
-           expectation, less noisy updates when p(t) follows their noise at t; benchmarks/t_density.py)
     Flow   flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): alpha = 1 - t,
            sigma = t, the network predicts the velocity dx_t/dt = eps - x_0; loss ||v - v_hat||^2.
 
@@ -149,32 +146,6 @@ class ContinuousProcess:
         return (d_sigma * x_t - sigma * out) / det, (alpha * out - d_alpha * x_t) / det
 
 
-class TimeDensity:
-    """A piecewise-constant density on [0, 1]: K equal bins with relative weights w_k, so
-    p(t) = K w_k / sum(w) in bin k. Drawing t = F^-1(u) for uniform u (low-discrepancy u stays
-    stratified) is the same as training on the monotone piecewise-linear schedule gamma(F^-1(u)):
-    the loss is the same for every schedule, only its variance changes (Kingma et al. 2021, who
-    learn the schedule to lower it)."""
-
-    def __init__(self, weights, device):
-        w = torch.tensor(weights, dtype=torch.float64)
-        self.mass = (w / w.sum()).to(device)                             # P(bin k)
-        self.edges = torch.cat([w.new_zeros(1), w.cumsum(0) / w.sum()]).to(device)  # F at k / K
-        self.bins = len(weights)
-
-    def __call__(self, t):
-        """p(t) for a (B,) tensor of times on the device. (A float32 t drawn within 1e-7 of an edge
-        may read the neighbouring bin's p: a bias of that order in the loss, no more.)"""
-        k = (t.double() * self.bins).long().clamp(0, self.bins - 1)
-        return (self.bins * self.mass[k]).to(t.dtype)
-
-    def inverse_cdf(self, u):
-        """t = F^-1(u), linear inside each bin, for a (B,) tensor u in [0, 1] on the device."""
-        k = torch.searchsorted(self.edges[1:-1], u.double(), right=True)
-        t = (k + (u.double() - self.edges[k]) / self.mass[k]) / self.bins
-        return t.clamp(0, 1).to(u.dtype)
-
-
 class VDM(ContinuousProcess):
     """Variational diffusion model with a fixed linear gamma (Kingma et al. 2021).
 
@@ -188,12 +159,6 @@ class VDM(ContinuousProcess):
         super().__init__(config, device)
         self.gamma_min, self.gamma_max = config.gamma_min, config.gamma_max
         self.clip_x0 = config.clip_x0
-        self.time_density = TimeDensity(config.t_density, self.device) if config.t_density else None
-
-    def draw_t(self, batch, generator, device):
-        """Low-discrepancy times, through F^-1 of config.t_density where one is given."""
-        t = super().draw_t(batch, generator, device)
-        return self.time_density.inverse_cdf(t) if self.time_density is not None else t
 
     def gamma(self, t):
         return self.gamma_min + (self.gamma_max - self.gamma_min) * t
@@ -227,14 +192,11 @@ class VDM(ContinuousProcess):
     def loss(self, out, x0, noise, t):
         """The diffusion term of the continuous ELBO per pixel, averaged over the batch: 1/2 gamma'
         ||eps - eps_hat||^2 / D (eq. 17, in nats per dimension); for other targets, their MSE
-        weighted the same way through eps_hat; with config.t_density, each divided by p(t)."""
+        weighted the same way through eps_hat."""
         eps = out.float()
         if self.prediction != "eps" or self.clip_x0:
             eps = self.predict_x0_eps(self.q_sample(x0, t, noise), t, eps, straight_through=True)[1]
         per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
-        if self.time_density is not None:
-            t = torch.as_tensor(t, device=per_sample.device).expand(len(x0))
-            per_sample = per_sample / self.time_density(t)
         return (0.5 * (self.gamma_max - self.gamma_min) * per_sample).mean()
 
 

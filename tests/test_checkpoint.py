@@ -133,3 +133,16 @@ def test_weights_from_another_architecture_name_the_keys(tmp_path):
     other = UNet(dataclasses.replace(TINY, base_channels=16))
     with pytest.raises(UserError, match="mismatched"):
         load_weights(UNet(TINY), other.state_dict(), tmp_path / "x")
+
+
+@pytest.mark.parametrize("density", [(), (1.0, 3.0)])
+def test_a_checkpoint_saved_with_t_density_loads_and_resumes_only_without_one(density, tmp_path):
+    """--t_density (importance sampling of VDM's times) left the code after it did not pay; its
+    checkpoints still load and sample, and one that used a density says why it cannot resume."""
+    from models.load import SHIPPED_MODEL
+    ckpt = torch.load(SHIPPED_MODEL, weights_only=True)
+    ckpt["diffusion_config"] = {**ckpt["diffusion_config"], "process": "vdm", "t_density": density}
+    torch.save(ckpt, tmp_path / "ck")
+    loaded = load_checkpoint(tmp_path / "ck")[0]
+    assert "t_density" not in loaded["diffusion_config"]
+    assert ("--t_density" in loaded.get("not_resumable", "")) == bool(density)

@@ -255,10 +255,15 @@ def migrate(ckpt, path):
     """Bring a checkpoint of an earlier format up to this one, in memory. Version 1: the run's data
     set is MNIST unless saved; its process is DDPM; lr_scheduler holds timm's scheduler state; a run
     whose train_config lacks seed_scheme 2 drew its data order and noise from other seeds, so it
-    samples and evaluates as before but cannot resume exactly (not_resumable says why)."""
+    samples and evaluates as before but cannot resume exactly (not_resumable says why). Any version:
+    the t_density of VDM's runs (an option the code had up to commit 829065b) is dropped, and a run
+    that used a density cannot resume exactly."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
+    if ckpt["diffusion_config"].pop("t_density", ()):  # a setting of how VDM trained, removed after it did not pay
+        ckpt["not_resumable"] = ("it trained with --t_density, which this version no longer has (a resumed run would "
+                                 "draw other times); it still samples and evaluates")
     if version == 1:
         train_cfg = {"dataset": "mnist", **ckpt.get("train_config", {})}
         if train_cfg.pop("seed_scheme", 1) != 2:

@@ -147,11 +147,6 @@ class DiffusionConfig:
     gamma_max: float = option(5.0, "vdm: gamma at t = 1 (Kingma et al. 2021: 5), in [-50, 50]", bounds="[-50, 50]")
     clip_x0: bool = option(False, "vdm: the denoiser clamps its x0 estimate to the data range [-1, 1] in the loss and "
                            "the likelihood too, as the samplers always do (never a worse bound)")
-    t_density: tuple = option((), "vdm: train on times t drawn from this piecewise-constant density over equal bins "
-                              "of [0, 1], one relative weight per bin, each loss divided by the density (importance "
-                              "sampling: the same ELBO, less noisy updates where the density fits; "
-                              "benchmarks/t_density.py measures the weights for a checkpoint); empty: uniform",
-                              bounds="(0, inf)", item=float)
     prediction: str = option(None, "what the network predicts: eps (noise), x0, v (Salimans & Ho 2022) or velocity "
                              "(dx_t/dt); default: velocity for flow, else eps", choices=("eps", "x0", "v", "velocity"))
     min_snr_gamma: float = option(5.0, "ddpm: min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE as in "
@@ -160,9 +155,6 @@ class DiffusionConfig:
     def __post_init__(self):
         if self.prediction is None:
             self.prediction = "velocity" if self.process == "flow" else "eps"
-        if any(isinstance(w, bool) or not isinstance(w, (int, float)) for w in self.t_density):
-            raise UserError(f"--t_density takes positive numbers, got {tuple(self.t_density)}")
-        self.t_density = tuple(float(w) for w in self.t_density)
         check_fields(self)
         if self.beta_start > self.beta_end:
             raise UserError("need beta_start <= beta_end")
@@ -172,8 +164,6 @@ class DiffusionConfig:
             raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
         if self.clip_x0 and self.process != "vdm":
             raise UserError("--clip_x0 is for --process vdm (the samplers of every process clamp x0 already)")
-        if self.t_density and self.process != "vdm":
-            raise UserError("--t_density is for --process vdm (importance sampling of its ELBO's times)")
 
 
 # The U-Net settings of a data set whose images need another shape than MNIST's, for each not typed

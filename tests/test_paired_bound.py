@@ -1,0 +1,58 @@
+"""benchmarks/paired_bound.py: VDM checkpoints scored on the same images, times and noise."""
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import likelihood
+import train
+from benchmarks import paired_bound
+from benchmarks.common import vdm_checkpoint
+from conftest import TINY_MODEL
+from diffusion.likelihood import vdm_bound_terms
+from test_train import exit_code
+from utils.data import to_model_range
+from utils.datasets import load_dataset
+
+
+@pytest.fixture(scope="module")
+def tiny_vdm(tmp_path_factory, mnist_dir):
+    """A two-step VDM checkpoint."""
+    folder = tmp_path_factory.mktemp("tiny_vdm")
+    train.main([*TINY_MODEL, "--process", "vdm", "--data_dir", mnist_dir, "--batch_size", "4",
+                "--max_steps", "2", "--total_steps", "2", "--num_grid_samples", "0", "--checkpoint_path",
+                str(folder / "ck"), "--output_dir", str(folder / "out")])
+    return str(folder / "ck")
+
+
+def test_the_paired_comparison_scores_likelihood_py_s_bound_on_the_same_draws(tiny_vdm, mnist_dir, tmp_path):
+    """A checkpoint against itself differs by exactly 0 only if both are scored on the same images,
+    times and noise; each bound is the one likelihood.py prints for the same seed."""
+    common = ["--num_images", "3", "--t_samples", "2", "--seed", "4", "--data_dir", mnist_dir]
+    rows = paired_bound.main(["--checkpoints", tiny_vdm, tiny_vdm, *common])
+    assert rows[1]["paired_difference"] == rows[1]["paired_error"] == 0
+    alone = likelihood.main(["--checkpoint_path", tiny_vdm, "--method", "bound", *common, "--out",
+                             str(tmp_path / "lk.json")])
+    assert rows[0]["bits_per_dim"] == pytest.approx(alone["bound"]["bits_per_dim"], rel=1e-12)
+
+
+def test_the_paired_comparison_with_split_train_scores_the_training_images(tiny_vdm, mnist_dir):
+    """--split train: the same bound, on the training images likelihood.py's order picks for the seed."""
+    common = ["--checkpoints", tiny_vdm, tiny_vdm, "--num_images", "3", "--t_samples", "2", "--seed", "4",
+              "--data_dir", mnist_dir]
+    test_rows, train_rows = paired_bound.main(common), paired_bound.main([*common, "--split", "train"])
+    _, model, process, _ = vdm_checkpoint(SimpleNamespace(device="cpu"), "", True, tiny_vdm)
+    generator = torch.Generator().manual_seed(4)
+    images = load_dataset("mnist", mnist_dir, train=True).images
+    images = to_model_range(images[torch.randperm(len(images), generator=generator)[:3]])
+    terms = vdm_bound_terms(likelihood.network(model, process)[1], process, images, generator, 2, 500)
+    expected = (terms.sum(1) / (images[0].numel() * math.log(2))).mean().item()
+    assert train_rows[0]["bits_per_dim"] == pytest.approx(expected, rel=1e-12)
+    assert train_rows[0]["bits_per_dim"] != pytest.approx(test_rows[0]["bits_per_dim"], rel=1e-3)
+
+
+def test_the_paired_comparison_needs_two_checkpoints(tiny_vdm, capsys):
+    code, err = exit_code(paired_bound.main, ["--checkpoints", tiny_vdm], capsys)
+    assert code == 2 and err.strip().splitlines() == [
+        "error: --checkpoints needs two or more VDM checkpoints, the reference first"]
