@@ -42,7 +42,7 @@ CONFIGS = (EvalConfig, SamplingConfig)
 def tag(sampling):
     """A file-name tag for the sampling settings, e.g. dpm++8_eta1_g0.1_0.25-0.7."""
     lo, hi = sampling.guidance_interval
-    return (f"{sampling.sampler}{sampling.steps}_eta{sampling.eta:g}_g{sampling.guidance:g}"
+    return (f"{sampling.sampler}{sampling.steps}{sampling.grid}_eta{sampling.eta:g}_g{sampling.guidance:g}"
             + (f"_{lo:g}-{hi:g}" if sampling.guidance else "") + (f"_seed{sampling.seed}" if sampling.seed else ""))
 
 

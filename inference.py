@@ -106,7 +106,7 @@ def main(argv=None):
 
     # the steps to keep: columns of the figure, and frames of the GIF
     try:
-        timesteps = make_timesteps(sampling.sampler, diffusion, sampling.steps)
+        timesteps = make_timesteps(sampling.sampler, diffusion, sampling.steps, sampling.grid)
     except ValueError as err:
         raise UserError(f"--steps: {err}") from None
     shown = spread(timesteps, cfg.figure_steps) | {-1}
@@ -208,7 +208,8 @@ def interpolation(job, labels, rows=4):
         if labels is None or len(labels) < rows:  # one class per row: --digit's, or every class in turn
             labels = every_digit(rows, net.num_classes, device)
         labels = labels[:rows].repeat_interleave(n) if labels is not None else None
-    final = sample(job.sampling.sampler, job.denoiser(labels), job.diffusion, noise, job.sampling.steps, 0.0)
+    final = sample(job.sampling.sampler, job.denoiser(labels), job.diffusion, noise, job.sampling.steps, 0.0,
+                   grid=job.sampling.grid)
     out = Path(cfg.output_dir)
     save_grid(final, out / "interpolation.png", nrow=n)
     save_gif([final[i::n].cpu() for i in range(n)], out / "interpolation.gif", nrow=rows)

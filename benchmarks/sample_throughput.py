@@ -16,6 +16,7 @@ import torch
 from benchmarks.common import timed
 from diffusion.gaussian import GaussianDiffusion
 from diffusion.pipeline import generate
+from diffusion.samplers import make_timesteps
 from models.load import load_model
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint
@@ -73,7 +74,7 @@ def main():
         images[0] = 0
         seconds = median([timed(lambda: run(sampling), device) for _ in range(repeats)])
         nfe = images[0] / (repeats * args.num_samples)  # network evaluations per digit
-        steps = len(diffusion.sampling_times(sampler, sampling.steps))
+        steps = len(make_timesteps(sampler, diffusion, sampling.steps))
         print(f"{sampler:8s} {steps:>6d} {nfe:>5g} {sampling.eta:>4g} {seconds:>9.1f} "
               f"{nfe * args.num_samples / seconds:>10.0f}", flush=True)
 

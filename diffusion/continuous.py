@@ -29,6 +29,7 @@ def bcast(v, shape):
 
 class ContinuousProcess:
     t_min, t_max = 0.0, 1.0  # the sampling range: from t_max (noise) to t_min (nearly clean)
+    discrete = False  # any t in [t_min, t_max] (time grids: diffusion/grids.py)
     prediction = "eps"
 
     def __init__(self, config, device="cpu"):
@@ -65,18 +66,6 @@ class ContinuousProcess:
         u = torch.rand((), generator=generator, device=device)
         t = torch.remainder(u + torch.arange(batch, device=device) / batch, 1.0)
         return self.t_min + (self.t_max - self.t_min) * t
-
-    def sampling_times(self, sampler, steps):
-        """Descending times from t_max to t_min: evenly spaced in lambda for dpm++ (Lu et al. 2022),
-        in t for the others (ddpm: 1000 steps, as DDPM's T)."""
-        steps = 1000 if sampler == "ddpm" else steps
-        if steps < 1:
-            raise ValueError(f"steps must be at least 1, got {steps}")
-        if sampler == "dpm++" and steps > 1:
-            lams = torch.linspace(self.lam(self.t_max), self.lam(self.t_min), steps, dtype=torch.float64)
-            times = [min(max(self.time_of_lam(v.item()), self.t_min), self.t_max) for v in lams]
-            return [self.t_max, *times[1:-1], self.t_min]  # the ends exactly, not through a round trip
-        return torch.linspace(self.t_max, self.t_min, steps, dtype=torch.float64).tolist()
 
     def ode_span(self):
         return self.t_min, self.t_max

@@ -22,9 +22,12 @@ def extract(a, t, shape):
 
 
 class GaussianDiffusion:
+    discrete = True  # its times are the integer timesteps the network was trained on
+
     def __init__(self, config, device="cpu"):
         self.config, self.device = config, torch.device(device)
         self.num_timesteps = config.num_timesteps
+        self.t_min, self.t_max = 0, config.num_timesteps - 1  # the sampling range: clean end, noise end
         self.prediction = config.prediction
         betas = make_betas(config)
         alphas = 1.0 - betas
@@ -108,24 +111,9 @@ class GaussianDiffusion:
         alpha, sigma = self.alpha_sigma(t)
         return a * alpha * x0 + (a * sigma + b) * eps
 
-    def sampling_times(self, sampler, steps):
-        """Descending timesteps for a sampler: all T for ddpm; for dpm++ `steps` evenly spaced in
-        log-SNR, lambda_t = log(alpha_t / sigma_t) (Lu et al. 2022, the "logSNR" spacing), rounded to
-        the nearest training timestep; for the others evenly spaced in [T-1, 0] (Song et al. 2021).
-        Every grid starts at the noise end, T-1, and a grid of two or more ends at 0. Rounding can merge two neighbours near t = 0 when steps is large; those are kept once."""
-        num_timesteps = self.num_timesteps
-        if sampler == "ddpm":
-            return list(range(num_timesteps - 1, -1, -1))
-        if not 1 <= steps <= num_timesteps:
-            raise ValueError(f"steps must be in [1, {num_timesteps}], got {steps}")
-        if steps == 1:
-            return [num_timesteps - 1]  # one step: from the noise end straight to the data
-        if sampler == "dpm++":
-            lam = self.log_snr
-            targets = torch.linspace(lam[-1].item(), lam[0].item(), steps, dtype=torch.float64)
-            nearest = (lam[None, :] - targets[:, None]).abs().argmin(dim=1)
-            return sorted({int(t) for t in nearest}, reverse=True)
-        return [int(t) for t in np.unique(np.linspace(0, num_timesteps - 1, steps).round())[::-1]]
+    def time_of_lam(self, lam):
+        """The training timestep whose lambda is nearest to `lam` (time grids: diffusion/grids.py)."""
+        return int((self.log_snr - lam).abs().argmin())
 
     # ---- posterior q(x_{t-1} | x_t, x_0) ------------------------------------------------------
 

@@ -57,7 +57,7 @@ def inpaint(denoise, diffusion, known, mask, noise, sampling, generator=None, re
                 callback(step)
         return step.x
     final = sample(sampling.sampler, replacing(denoise, diffusion, known, mask, generator), diffusion, noise,
-                   sampling.steps, sampling.eta, generator, callback=callback)
+                   sampling.steps, sampling.eta, generator, callback=callback, grid=sampling.grid)
     return mask * known + (1 - mask) * final
 
 

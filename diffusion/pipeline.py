@@ -78,5 +78,5 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
                                 autocast)
         on_step = partial(callback, start) if callback else None
         batches.append(sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, sampling.eta, generator,
-                              callback=on_step))
+                              callback=on_step, grid=sampling.grid))
     return torch.cat(batches)

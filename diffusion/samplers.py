@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from diffusion.grids import time_grid, uniform_t
+
 
 class Step(NamedTuple):
     t: float               # time of x (-1 for the finished samples)
@@ -28,9 +30,17 @@ class Step(NamedTuple):
     pred_x0: torch.Tensor  # the model's estimate of x_0 from x_t
 
 
-def make_timesteps(sampler, diffusion, steps):
-    """The process's descending sampling times for this sampler and number of steps."""
-    return diffusion.sampling_times(sampler, steps)
+DEFAULT_GRID = {"ddim": "t", "heun": "t", "dpm++": "lambda"}  # each sampler's time grid unless one is given
+ANCESTRAL_STEPS = 1000  # ddpm's steps on a continuous process: as many as DDPM's T
+
+
+def make_timesteps(sampler, diffusion, steps, grid=""):
+    """The descending sampling times: for ddpm every training timestep of a discrete process
+    (ANCESTRAL_STEPS evenly spaced times of a continuous one); for the others `steps` times on
+    `grid` (diffusion/grids.py; default: DEFAULT_GRID's)."""
+    if sampler == "ddpm":
+        return uniform_t(diffusion, diffusion.num_timesteps if diffusion.discrete else ANCESTRAL_STEPS)
+    return time_grid(grid or DEFAULT_GRID[sampler], diffusion, steps)
 
 
 def following(timesteps, i):
@@ -153,10 +163,10 @@ def heun(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp, "heun": heun}
 
 
-def sample(sampler, denoise, diffusion, noise, steps, eta=0.0, generator=None, clip=True, callback=None):
+def sample(sampler, denoise, diffusion, noise, steps, eta=0.0, generator=None, clip=True, callback=None, grid=""):
     """Run a sampler from `noise` to the end and return the finished samples; callback(Step), if
     given, sees every step on the way (for figures of the denoising)."""
-    timesteps = make_timesteps(sampler, diffusion, steps)
+    timesteps = make_timesteps(sampler, diffusion, steps, grid)
     for step in SAMPLERS[sampler](denoise, diffusion, noise, timesteps, generator, eta, clip):
         if callback is not None:
             callback(step)

@@ -12,7 +12,7 @@ from diffusion.samplers import SAMPLERS, make_timesteps
 @torch.no_grad()
 def sdedit(denoise, diffusion, image, noise, sampling, strength, generator=None, callback=None):
     """The edited images (B, C, H, W) for images in [-1, 1]; callback(Step) sees every step."""
-    times = [t for t in make_timesteps(sampling.sampler, diffusion, sampling.steps) if diffusion.fraction(t) <= strength]
+    times = [t for t in make_timesteps(sampling.sampler, diffusion, sampling.steps, sampling.grid) if diffusion.fraction(t) <= strength]
     if not times:
         raise ValueError(f"no step of {sampling.sampler} at {sampling.steps} steps lies below strength {strength}")
     x = diffusion.q_sample(image, times[0], noise)

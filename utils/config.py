@@ -239,6 +239,9 @@ class SamplingConfig:
                           "T steps, 1000 for continuous time)", choices=("ddpm", "ddim", "dpm++", "heun"))
     steps: int = option(8, "steps of ddim, dpm++ and heun (dpm++: evenly spaced in log-SNR, the others in t)",
                         bounds="[1, inf)")
+    grid: str = option("", "the times of those steps (diffusion/grids.py): t (even in t), lambda (even in log-SNR) "
+                       "or karras (Karras et al. 2022's rho = 7); default: lambda for dpm++, t for ddim and heun",
+                       choices=("", "t", "lambda", "karras"))
     eta: float = option(1.0, "noise of the ddim and dpm++ steps: 0 = deterministic (the probability-flow ODE), "
                         "1 = stochastic (the DDPM posterior / the reverse SDE)", bounds="[0, 1]")
     guidance: float = option(0.1, "classifier-free guidance w for class-conditional models: out = cond + w (cond - "
@@ -260,6 +263,7 @@ class SamplingConfig:
     def describe(self, conditional=True):
         """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t in [0.25, 0.7] of the way'."""
         text = f"{self.sampler} " + ("all steps" if self.sampler == "ddpm" else f"{self.steps} steps eta {self.eta:g}")
+        text += f" on the {self.grid} grid" if self.grid and self.sampler != "ddpm" else ""
         if conditional:
             lo, hi = self.guidance_interval
             text += f", guidance {self.guidance:g}" + (f" for t in [{lo:g}, {hi:g}] of the way" if self.guidance else "")
