@@ -1,14 +1,79 @@
-"""The processes a model can be trained on, by --process: the registry and its one factory.
+"""The processes a model can be trained on, by --process: the contract every process keeps, the
+registry and its one factory.
 
     ddpm   the discrete DDPM of Ho et al. 2020 (diffusion/gaussian.py): T steps, linear or cosine betas
     vdm    a variational diffusion model in continuous time (Kingma et al. 2021; diffusion/continuous.py)
     flow   flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023; diffusion/continuous.py)
+
+A new process is one class that keeps the contract `Process` (a continuous-time one subclasses
+ContinuousProcess and writes alpha_sigma64, derivatives, time_of_lam and loss) and one line in
+PROCESSES; the samplers, the time grids, the training step and the tools then work on it.
 """
+from typing import Protocol, runtime_checkable
+
+import torch
+
 from diffusion.continuous import VDM, Flow
 from diffusion.gaussian import GaussianDiffusion
 
+
+@runtime_checkable
+class Process(Protocol):
+    """What the samplers (diffusion/samplers.py), the time grids (diffusion/grids.py), the training
+    step (training/), the likelihood and the tools may ask of a process. Times t are one Python
+    number for a whole batch or a (B,) tensor; t = -1 stands for the clean data."""
+
+    config: object            # the DiffusionConfig it was made from (saved in every checkpoint)
+    device: torch.device      # where its coefficients live
+    prediction: str           # what the network predicts: eps, x0, v or velocity
+    discrete: bool            # True: its times are the integer timesteps the network was trained on
+    t_min: float              # the clean end of the sampling range
+    t_max: float              # the noise end
+
+    def q_sample(self, x0, t, noise):
+        """x_t = alpha_t x0 + sigma_t noise, a draw of q(x_t | x_0)."""
+
+    def alpha_sigma(self, t):
+        """(alpha_t, sigma_t) as float32 tensors on the device; (1, 0) at t = -1."""
+
+    def lam(self, t):
+        """lambda_t = log(alpha_t / sigma_t) as a float, decreasing in t."""
+
+    def time_of_lam(self, lam):
+        """The time whose lambda is `lam` (a discrete process: the nearest timestep)."""
+
+    def fraction(self, t):
+        """Where t sits between the clean data (0) and the noise (1): the guidance interval's scale."""
+
+    def model_time(self, t, batch, device):
+        """The (B,) time input of the network."""
+
+    def draw_t(self, batch, generator, device):
+        """(B,) training times."""
+
+    def ode_span(self):
+        """(start, end) of the probability-flow ODE in the process's time."""
+
+    def ode_drift(self, t):
+        """(a, b) of the probability-flow ODE dx/dt = a x_t + b eps_hat at a float t."""
+
+    def velocity_of(self, x0, eps, t):
+        """dx_t/dt = alpha'(t) x0 + sigma'(t) eps."""
+
+    def posterior(self, x0, x_t, t, s):
+        """(mean, variance) of q(x_s | x_t, x_0) for the next time s < t (s = -1: the data)."""
+
+    def transition(self, s, t):
+        """(a, variance) of q(x_t | x_s) = N(a x_s, variance I) for s < t."""
+
+    def predict_x0_eps(self, x_t, t, out):
+        """(x0, eps) estimates from the network's output `out`, whatever it predicts."""
+
+    def loss(self, out, x0, noise, t):
+        """The training loss of a batch: a scalar tensor."""
+
+
 PROCESSES = {"ddpm": GaussianDiffusion, "vdm": VDM, "flow": Flow}
-Process = GaussianDiffusion | VDM | Flow  # what the samplers, the training step and the tools are handed
 
 
 def make_process(config, device="cpu"):

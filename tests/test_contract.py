@@ -1,0 +1,86 @@
+"""The process contract (diffusion/processes.py): every registered process keeps it, and a new
+process, here EDM's sigma schedule (Karras et al. 2022) in variance-preserving form, is one class
+and one registry line: it trains and samples with every sampler on every time grid."""
+import copy
+import math
+
+import pytest
+import torch
+
+import diffusion.processes as processes
+import diffusion.samplers as samplers
+from diffusion.continuous import ContinuousProcess
+from diffusion.grids import GRIDS
+from diffusion.pipeline import generate
+from diffusion.processes import PROCESSES, Process, make_process
+from diffusion.samplers import SAMPLERS
+from models.unet import UNet
+from test_unet import SMALL
+from training.state import RunState
+from training.step import make_optimizer, make_step
+from utils.config import DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_every_registered_process_keeps_the_contract(name):
+    process = make_process(DiffusionConfig(process=name))
+    assert isinstance(process, Process)
+    methods = [m for m in vars(Process) if not m.startswith("_") and callable(getattr(Process, m))]
+    assert len(methods) == 14 and all(callable(getattr(process, m)) for m in methods)
+
+
+class EDMSchedule(ContinuousProcess):
+    """sigma_edm(t) = exp(log s_min + t (log s_max - log s_min)), s in [0.002, 80], written as
+    x_t = alpha x_0 + sigma eps with alpha = 1 / sqrt(1 + s^2), sigma = s / sqrt(1 + s^2)."""
+    log_min, log_max = math.log(0.002), math.log(80.0)
+
+    def edm_sigma(self, t):
+        return torch.exp(self.log_min + t * (self.log_max - self.log_min))
+
+    def alpha_sigma64(self, t):
+        s = self.edm_sigma(t)
+        return 1 / (1 + s ** 2).sqrt(), s / (1 + s ** 2).sqrt()
+
+    def derivatives(self, t):
+        s = self.edm_sigma(t)
+        ds = s * (self.log_max - self.log_min)
+        return -s * ds / (1 + s ** 2) ** 1.5, ds / (1 + s ** 2) ** 1.5
+
+    def time_of_lam(self, lam):  # lambda = log(alpha / sigma) = -log s
+        return (-lam - self.log_min) / (self.log_max - self.log_min)
+
+    def loss(self, out, x0, noise, t):
+        return (out.float() - noise).pow(2).mean()
+
+
+def test_a_new_process_is_one_class_and_one_registry_line(monkeypatch):
+    monkeypatch.setitem(processes.PROCESSES, "edm", EDMSchedule)  # the registry line
+    config = DiffusionConfig(process="vdm")
+    config.process = "edm"  # on the command line its name would also join DiffusionConfig's choices
+    edm = make_process(config)
+    assert isinstance(edm, Process)
+
+    torch.manual_seed(0)
+    model = UNet(ModelConfig(**SMALL))
+    state = RunState(model, copy.deepcopy(model).requires_grad_(False), make_optimizer(model, TrainConfig(), "cpu"),
+                     torch.amp.GradScaler("cpu", enabled=False))
+    generator = torch.Generator().manual_seed(1)
+
+    def batch():
+        x0 = torch.rand(4, 1, 28, 28, generator=generator) * 2 - 1
+        return x0, torch.randint(0, 10, (4,), generator=generator), torch.randn(x0.shape, generator=generator), \
+            edm.draw_t(4, generator, "cpu")
+
+    step = make_step(state, edm, None, 1.0, batch(), graphed=False)
+    before = [p.clone() for p in model.parameters()]
+    for _ in range(2):
+        loss, _, finite = step(batch(), 1e-3, 1.0)
+        assert bool(finite) and loss.item() > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+    model.eval()
+    monkeypatch.setattr(samplers, "ANCESTRAL_STEPS", 20)  # ddpm's 1000 steps on a continuous process, shortened
+    for sampler in sorted(SAMPLERS):
+        for grid in sorted(GRIDS) if sampler != "ddpm" else [""]:
+            sampling = SamplingConfig(sampler=sampler, steps=3, grid=grid)
+            assert torch.isfinite(generate(model, edm, 2, sampling)).all(), (sampler, grid)
