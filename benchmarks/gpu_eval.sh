@@ -12,7 +12,7 @@ log "evaluate, $N samples each"
 ev --real --num_samples $N --out /tmp/real.json
 # The default sampling (dpm++ 8 steps, guidance 0.1 on t/T in [0.25, 0.7]) on two seeds against the
 # 1000-step reference, with the same guidance and without: the default must stay within 10% of
-# DDPM's FID (docs/RESULTS.md); then variants of the sampler table there.
+# DDPM's FID (docs/NOTEBOOK.md, 2026-11-26); then variants of docs/RESULTS.md's sampler table.
 for flags in "--seed 0" "--seed 1" "--sampler ddpm" "--sampler ddpm --guidance 0" \
              "--guidance 0" "--steps 20" "--steps 50 --guidance 0" "--sampler ddim"; do
   log "$flags"; ev --checkpoint_path "$CKPT" --num_samples $N $flags --out /tmp/e.json

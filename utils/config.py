@@ -172,7 +172,7 @@ DATASET_MODEL = {"cifar10": {"base_channels": 32, "channel_mults": (1, 2, 2)}}
 
 # A fresh training run on a CUDA device takes these for each setting not typed: the batch that keeps
 # a GPU busy, its LR, and a one-minute budget in which one H100 drew more recognisable digits than
-# the 17-minute CPU run (docs/RESULTS.md, "Time to quality with the GPU preset").
+# the 17-minute CPU run (docs/RESULTS.md, "The GPU minute").
 GPU_PRESET = {"batch_size": 1024, "lr": 4e-3, "minutes": 1.0}
 
 
