@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from diffusion.likelihood import bound_terms, ode_log_likelihood, vdm_bound_terms, vdm_decoder_log_likelihood
+from diffusion.likelihood import ode_log_likelihood, vdm_decoder_log_likelihood
 from models.load import checkpoint_or_shipped, load_model, results_path
 from utils.config import LikelihoodConfig, from_args, parse_flags
 from utils.data import to_model_range
@@ -30,9 +30,6 @@ from utils.memory import check_batch
 
 # dequantised 8-bit MNIST, bits/dim (FFJORD paper, Grathwohl et al. 2019, Table 2; Residual Flows, Chen et al. 2019)
 FLOWS = {"Real NVP": 1.06, "Glow": 1.05, "FFJORD": 0.99, "Residual Flows": 0.97}
-HAS_BOUND = ("ddpm", "vdm")  # flow matching has no variational bound: only the ODE scores it
-BUCKETS = [("prior L_T", None), ("decoder L_0", (0, 1)), ("t 1-9", (1, 10)), ("t 10-99", (10, 100)),
-           ("t 100-999", (100, None))]
 
 
 def mean_and_error(values):
@@ -47,7 +44,7 @@ def network(model, diffusion):
     """(predict_x0, predict_eps) of the model in fp32 with the null label: unconditional. Times are
     float tensors: DDPM's may be fractional (x0 and v models then convert with the coefficients of
     floor(t)); a continuous process's lie in [0, 1]."""
-    discrete = diffusion.config.process == "ddpm"
+    discrete = diffusion.discrete
 
     def output(x, t):
         return model(x, diffusion.model_time(t, len(x), x.device), None).float()  # no labels: the null label
@@ -71,20 +68,10 @@ def images_scored(flag, count, total):
 
 
 def variational_bound(cfg, diffusion, images, generator, predictors):
-    """(bits/dim per image, the mean of each of the bound's terms, its name): DDPM's discrete bound
-    or VDM's continuous one (a process in HAS_BOUND)."""
-    process, dim = diffusion.config.process, images[0].numel()
-    predict_x0, predict_eps = predictors
-    if process == "ddpm":
-        terms = bound_terms(predict_x0, diffusion, images, generator, cfg.batch_size) / (dim * math.log(2))
-        T = diffusion.num_timesteps
-        breakdown = {name: (terms[:, T] if span is None else terms[:, span[0]:span[1] or T].sum(1)).mean().item()
-                     for name, span in BUCKETS}
-        return terms.sum(1), breakdown, "variational bound (Ho et al. 2020)"
-    terms = vdm_bound_terms(predict_eps, diffusion, images, generator, cfg.t_samples, cfg.batch_size)
-    terms = terms / (dim * math.log(2))
-    breakdown = dict(zip(("prior", "reconstruction", "diffusion"), terms.mean(0).tolist()))
-    return terms.sum(1), breakdown, f"VDM bound, {cfg.t_samples} t per image"
+    """(bits/dim per image, the mean of each of the bound's terms, its name): the process's bound."""
+    terms, name = diffusion.bound(*predictors, images, generator, cfg.t_samples, cfg.batch_size)
+    bits = {term: values / (images[0].numel() * math.log(2)) for term, values in terms.items()}
+    return sum(bits.values()), {term: values.mean().item() for term, values in bits.items()}, name
 
 
 def ode_bits(cfg, diffusion, codes, generator, predict_eps):
@@ -93,7 +80,7 @@ def ode_bits(cfg, diffusion, codes, generator, predict_eps):
     VDM, trained down to sigma_0 of about 1e-3, much narrower than a pixel's bin, is read through its
     own q(z_0 | x) and decoder instead: -log P(x) <= -log p(z_0) - log p(x | z_0) + log q(z_0 | x)."""
     dim = codes[0].numel()
-    if diffusion.config.process != "vdm":
+    if not diffusion.decoded_ode:
         x = ((codes + torch.rand(codes.shape, generator=generator, dtype=torch.float64)) / 128 - 1).float()
         log_p, evaluations = ode_log_likelihood(predict_eps, diffusion, x.to(diffusion.device), generator,
                                                 cfg.rtol, cfg.atol)
@@ -119,7 +106,7 @@ def main(argv=None):
     check_batch(model, cfg.batch_size, device)
     process = diffusion.config.process
     bound_wanted = cfg.method in ("both", "bound")
-    if bound_wanted and process not in HAS_BOUND:
+    if bound_wanted and diffusion.bound is None:
         if cfg.method == "bound":
             raise UserError(f"{process} has no variational bound: --method ode gives its likelihood")
         print(f"{process} has no variational bound: scoring the ODE only", file=sys.stderr)

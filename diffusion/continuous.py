@@ -18,6 +18,8 @@ import math
 
 import torch
 
+from diffusion.likelihood import vdm_bound_terms
+
 TIME_SCALE = 1000.0  # what the network is told: t * TIME_SCALE, as DDPM's integer timesteps
 
 
@@ -30,6 +32,8 @@ def bcast(v, shape):
 class ContinuousProcess:
     t_min, t_max = 0.0, 1.0  # the sampling range: from t_max (noise) to t_min (nearly clean)
     discrete = False  # any t in [t_min, t_max] (time grids: diffusion/grids.py)
+    bound = None  # no variational bound unless a process defines one (likelihood.py: the ODE only)
+    decoded_ode = False  # the ODE's density is read with uniform dequantisation
     prediction = "eps"
 
     def __init__(self, config, device="cpu"):
@@ -177,6 +181,14 @@ class VDM(ContinuousProcess):
             overshoot = overshoot.detach()
         alpha, sigma = (bcast(v, x_t.shape) for v in self.alpha_sigma(t))
         return x0 - overshoot, eps + alpha / sigma * overshoot
+
+    decoded_ode = True  # sigma_0 is far narrower than a pixel's bin: the ODE is read through q(z_0 | x) and the decoder
+
+    def bound(self, predict_x0, predict_eps, x0, generator, t_samples, batch_size):
+        """(terms, name): VDM's bound per image in nats, by term (prior, reconstruction, diffusion;
+        Kingma et al. 2021, eq. 11), with t_samples times per image (diffusion/likelihood.py)."""
+        terms = vdm_bound_terms(predict_eps, self, x0, generator, t_samples, batch_size)
+        return dict(zip(("prior", "reconstruction", "diffusion"), terms.unbind(1))), f"VDM bound, {t_samples} t per image"
 
     def loss(self, out, x0, noise, t):
         """The diffusion term of the continuous ELBO per pixel, averaged over the batch: 1/2 gamma'

@@ -13,6 +13,7 @@ import math
 import numpy as np
 import torch
 
+from diffusion.likelihood import bound_terms
 from diffusion.schedules import make_betas
 
 
@@ -159,6 +160,19 @@ class GaussianDiffusion:
             x0 = sqrt_ab * x_t - sqrt_1m_ab * model_output
             eps = sqrt_1m_ab * x_t + sqrt_ab * model_output
         return x0, eps
+
+    # ---- the variational bound (likelihood.py) -------------------------------------------------
+
+    decoded_ode = False  # the probability-flow ODE's density is read with uniform dequantisation
+
+    def bound(self, predict_x0, predict_eps, x0, generator, t_samples, batch_size):
+        """(terms, name): DDPM's variational bound per image in nats (Ho et al. 2020, eq. 5; every
+        t, so t_samples is unused), by term: the prior L_T, the decoder L_0 and the sums of L_t over
+        ranges of t (diffusion/likelihood.py's bound_terms)."""
+        terms, T = bound_terms(predict_x0, self, x0, generator, batch_size), self.num_timesteps
+        spans = {"prior L_T": (T, T + 1), "decoder L_0": (0, 1), "t 1-9": (1, 10), "t 10-99": (10, 100),
+                 f"t 100-{T - 1}": (100, T)}
+        return {name: terms[:, lo:hi].sum(1) for name, (lo, hi) in spans.items()}, "variational bound (Ho et al. 2020)"
 
     # ---- training loss ------------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ class Process(Protocol):
     discrete: bool            # True: its times are the integer timesteps the network was trained on
     t_min: float              # the clean end of the sampling range
     t_max: float              # the noise end
+    decoded_ode: bool         # True: likelihood.py reads the ODE's density through q(z_0 | x) and a decoder
+    bound: object             # None, or bound(predict_x0, predict_eps, x0, generator, t_samples, batch_size)
+                              # -> ({term: (N,) nats}, name): the process's variational bound
 
     def q_sample(self, x0, t, noise):
         """x_t = alpha_t x0 + sigma_t noise, a draw of q(x_t | x_0)."""

@@ -27,6 +27,13 @@ def test_every_registered_process_keeps_the_contract(name):
     assert isinstance(process, Process)
     methods = [m for m in vars(Process) if not m.startswith("_") and callable(getattr(Process, m))]
     assert len(methods) == 14 and all(callable(getattr(process, m)) for m in methods)
+    assert process.bound is None or callable(process.bound)  # flow matching has no variational bound
+
+
+def test_the_likelihood_tool_never_branches_on_a_process_s_name():
+    from conftest import ROOT
+    text = (ROOT / "likelihood.py").read_text()
+    assert not any(f'"{name}"' in text for name in PROCESSES), "likelihood.py names a process"
 
 
 class EDMSchedule(ContinuousProcess):
