@@ -19,6 +19,7 @@ import math
 import torch
 
 from diffusion.likelihood import vdm_bound_terms
+from diffusion.weightings import weighted_loss
 
 TIME_SCALE = 1000.0  # what the network is told: t * TIME_SCALE, as DDPM's integer timesteps
 
@@ -104,6 +105,27 @@ class ContinuousProcess:
         alpha_s, sigma_s = self.alpha_sigma(s)
         a = alpha_t / alpha_s
         return a, sigma_t ** 2 - a ** 2 * sigma_s ** 2
+
+    # ---- the loss's weighting (diffusion/weightings.py) --------------------------------------------
+
+    def snr(self, t):
+        """SNR(t) = alpha_t^2 / sigma_t^2 as float32 on the device."""
+        alpha, sigma = self.alpha_sigma64(torch.as_tensor(t, dtype=torch.float64))
+        return ((alpha / sigma) ** 2).float().to(self.device)
+
+    def target_scale(self, t):
+        """d target / d eps at fixed x_t = alpha x0 + sigma eps: 1 for eps, sigma / alpha for x0,
+        (alpha^2 + sigma^2) / alpha for v, sigma' - alpha' sigma / alpha for the velocity."""
+        if self.prediction == "eps":
+            return 1.0
+        t64 = torch.as_tensor(t, dtype=torch.float64)
+        alpha, sigma = self.alpha_sigma64(t64)
+        if self.prediction == "velocity":
+            d_alpha, d_sigma = self.derivatives(t64)
+            scale = d_sigma - d_alpha * sigma / alpha
+        else:
+            scale = sigma / alpha if self.prediction == "x0" else (alpha ** 2 + sigma ** 2) / alpha
+        return scale.float().to(self.device)
 
     # ---- predictions -------------------------------------------------------------------------------
 
@@ -191,14 +213,14 @@ class VDM(ContinuousProcess):
         return dict(zip(("prior", "reconstruction", "diffusion"), terms.unbind(1))), f"VDM bound, {t_samples} t per image"
 
     def loss(self, out, x0, noise, t):
-        """The diffusion term of the continuous ELBO per pixel, averaged over the batch: 1/2 gamma'
-        ||eps - eps_hat||^2 / D (eq. 17, in nats per dimension); for other targets, their MSE
-        weighted the same way through eps_hat."""
+        """||eps - eps_hat||^2 / D weighted by config.weighting, averaged over the batch; by default
+        the ELBO's, 1/2 gamma', so the diffusion term of the continuous ELBO in nats per dimension
+        (eq. 17). Other targets are measured through their eps_hat."""
         eps = out.float()
         if self.prediction != "eps" or self.clip_x0:
             eps = self.predict_x0_eps(self.q_sample(x0, t, noise), t, eps, straight_through=True)[1]
         per_sample = (eps - noise).pow(2).mean(dim=(1, 2, 3))
-        return (0.5 * (self.gamma_max - self.gamma_min) * per_sample).mean()
+        return weighted_loss(self, per_sample, t, scale=1.0)  # measured on eps
 
 
 class Flow(ContinuousProcess):
@@ -215,6 +237,8 @@ class Flow(ContinuousProcess):
         return 1 / (1 + math.exp(lam))  # lambda = log((1 - t) / t)
 
     def loss(self, out, x0, noise, t):
-        """The mean squared error to the target per pixel: with the velocity, v = eps - x_0, the
-        conditional flow matching loss (Lipman et al. 2023, eq. 23)."""
-        return (out.float() - self.target(x0, noise, t)).pow(2).mean()
+        """The mean squared error to the target per pixel, weighted by config.weighting (default
+        none: with the velocity, v = eps - x_0, the conditional flow matching loss, Lipman et al.
+        2023, eq. 23)."""
+        per_sample = (out.float() - self.target(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
+        return weighted_loss(self, per_sample, t)

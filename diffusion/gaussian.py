@@ -15,6 +15,7 @@ import torch
 
 from diffusion.likelihood import bound_terms
 from diffusion.schedules import make_betas
+from diffusion.weightings import weighted_loss
 
 
 def extract(a, t, shape):
@@ -48,8 +49,8 @@ class GaussianDiffusion:
         # x_0 = sqrt(1 / alpha_bar_t) x_t - sqrt(1 / alpha_bar_t - 1) eps             (from eq. 4)
         self.sqrt_recip_alphas_cumprod = buffer(np.sqrt(1.0 / alphas_cumprod))
         self.sqrt_recipm1_alphas_cumprod = buffer(np.sqrt(1.0 / alphas_cumprod - 1.0))
-        # signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), for min-SNR weighting
-        self.snr = buffer(alphas_cumprod / (1.0 - alphas_cumprod))
+        # signal-to-noise ratio alpha_bar_t / (1 - alpha_bar_t), for the loss weightings
+        self.snr_table = buffer(alphas_cumprod / (1.0 - alphas_cumprod))
 
         # lambda_t = log(alpha_t / sigma_t) = 0.5 log(SNR_t), the time variable of DPM-Solver (Lu et
         # al. 2022), decreasing in t; kept in float64 on the CPU, where the samplers do their step sizes
@@ -176,18 +177,20 @@ class GaussianDiffusion:
 
     # ---- training loss ------------------------------------------------------------------------
 
-    def loss(self, model_output, x0, noise, t):
-        """Mean squared error to the target (Ho et al. 2020, eq. 14 for eps), in float32.
+    def snr(self, t):
+        """SNR_t = alpha_bar_t / (1 - alpha_bar_t) for (B,) timesteps."""
+        return self.snr_table[t]
 
-        With min_snr_gamma > 0, each sample is weighted by min(SNR_t, gamma) / SNR_t expressed for
-        the target in use (Hang et al. 2023): eps -> min(snr, g)/snr, x0 -> min(snr, g), v -> min(snr, g)/(snr+1).
-        """
-        target = self.target(x0, noise, t)
-        per_sample = (model_output.float() - target).pow(2).mean(dim=(1, 2, 3))
-        gamma = self.config.min_snr_gamma
-        if gamma > 0:
-            snr = self.snr[t]
-            clipped = snr.clamp(max=gamma)
-            weight = {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.prediction]
-            per_sample = per_sample * weight
-        return per_sample.mean()
+    def target_scale(self, t):
+        """d target / d eps at fixed x_t: 1 for eps, sigma / alpha for x0, 1 / alpha for v."""
+        if self.prediction == "eps":
+            return 1.0
+        sqrt_ab, sqrt_1m_ab = self.sqrt_alphas_cumprod[t], self.sqrt_one_minus_alphas_cumprod[t]
+        return sqrt_1m_ab / sqrt_ab if self.prediction == "x0" else 1 / sqrt_ab
+
+    def loss(self, model_output, x0, noise, t):
+        """The mean squared error to the target (Ho et al. 2020, eq. 14 for eps), in float32, each
+        sample weighted by config.weighting (diffusion/weightings.py; DDPM's default: min-SNR-gamma,
+        Hang et al. 2023)."""
+        per_sample = (model_output.float() - self.target(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
+        return weighted_loss(self, per_sample, t)

@@ -73,7 +73,13 @@ class Process(Protocol):
         """(x0, eps) estimates from the network's output `out`, whatever it predicts."""
 
     def loss(self, out, x0, noise, t):
-        """The training loss of a batch: a scalar tensor."""
+        """The training loss of a batch: a scalar tensor, weighted by config.weighting."""
+
+    def snr(self, t):
+        """SNR = alpha_t^2 / sigma_t^2 for (B,) times, float32 on the device (the weightings)."""
+
+    def target_scale(self, t):
+        """d target / d eps at fixed x_t for what the network predicts: 1.0 for eps (the weightings)."""
 
 
 PROCESSES = {"ddpm": GaussianDiffusion, "vdm": VDM, "flow": Flow}

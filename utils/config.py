@@ -26,6 +26,7 @@ def option(default, help, choices=None, bounds=None, item=None):
 DATA_DIR, OUTPUT_DIR, CHECKPOINT_DIR = "data", "outputs", "checkpoints"
 DEFAULT_CHECKPOINT = f"{CHECKPOINT_DIR}/ddpm_checkpoint"
 DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10", "folder")  # utils/datasets.py loads them
+WEIGHTINGS = ("target", "simple", "min_snr", "elbo", "velocity", "edm")  # diffusion/weightings.py defines them
 
 
 # ---- the settings every script shares, declared here once ----------------------------------------
@@ -149,17 +150,25 @@ class DiffusionConfig:
                            "the likelihood too, as the samplers always do (never a worse bound)")
     prediction: str = option(None, "what the network predicts: eps (noise), x0, v (Salimans & Ho 2022) or velocity "
                              "(dx_t/dt); default: velocity for flow, else eps", choices=("eps", "x0", "v", "velocity"))
-    min_snr_gamma: float = option(5.0, "ddpm: min-SNR-gamma loss weighting (Hang et al. 2023); 0 = plain MSE as in "
-                                  "Ho et al. (vdm and flow have their own: the ELBO, flow matching)", bounds="[0, inf)")
+    weighting: str = option(None, "the loss's weight of each time (diffusion/weightings.py): target (the plain MSE of "
+                            "what the network predicts), simple, min_snr (Hang et al. 2023), elbo, velocity (flow "
+                            "matching's) or edm (Karras et al. 2022); default: min_snr for ddpm, elbo for vdm, target "
+                            "for flow", choices=WEIGHTINGS)
+    min_snr_gamma: float = option(5.0, "gamma of --weighting min_snr (Hang et al. 2023); 0 = target, the plain MSE",
+                                  bounds="[0, inf)")
 
     def __post_init__(self):
         if self.prediction is None:
             self.prediction = "velocity" if self.process == "flow" else "eps"
+        if self.weighting is None:
+            self.weighting = {"ddpm": "min_snr", "vdm": "elbo"}.get(self.process, "target")
         check_fields(self)
         if self.beta_start > self.beta_end:
             raise UserError("need beta_start <= beta_end")
         if self.gamma_min >= self.gamma_max:
             raise UserError("need gamma_min < gamma_max")
+        if self.process == "ddpm" and self.weighting in ("elbo", "velocity"):
+            raise UserError(f"--weighting {self.weighting} needs a continuous-time process (vdm or flow)")
         if self.process == "ddpm" and self.prediction == "velocity":
             raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
         if self.clip_x0 and self.process != "vdm":

@@ -1,0 +1,76 @@
+"""Loss weightings are functions of the process and time (diffusion/weightings.py): one weighting is
+one objective whatever the network predicts, each process's default is its loss of before, and a new
+weighting is one function and one registry line."""
+import math
+
+import pytest
+import torch
+
+import diffusion.weightings as weightings
+from diffusion.processes import make_process
+from utils.config import DiffusionConfig
+from utils.errors import UserError
+
+PREDICTIONS = {"ddpm": ("eps", "x0", "v"), "vdm": ("eps", "x0", "v", "velocity"), "flow": ("eps", "x0", "v", "velocity")}
+
+
+def batch(process, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x0, noise = torch.rand(6, 1, 4, 4, generator=g) * 2 - 1, torch.randn(6, 1, 4, 4, generator=g)
+    t = torch.randint(1, 999, (6,), generator=g) if process == "ddpm" else torch.rand(6, generator=g) * 0.9 + 0.05
+    return x0, noise, t, torch.randn(6, 1, 4, 4, generator=g)  # the last: an eps_hat
+
+
+@pytest.mark.parametrize("process", sorted(PREDICTIONS))
+@pytest.mark.parametrize("weighting", ["simple", "min_snr", "elbo", "velocity", "edm"])
+def test_a_weighting_is_one_objective_whatever_the_network_predicts(process, weighting):
+    """For every target, the loss of the output that means eps_hat is mean(w(t) ||eps - eps_hat||^2)."""
+    if process == "ddpm" and weighting in weightings.CONTINUOUS_ONLY:
+        return
+    x0, noise, t, eps_hat = batch(process)
+    losses = []
+    for prediction in PREDICTIONS[process]:
+        d = make_process(DiffusionConfig(process=process, prediction=prediction, weighting=weighting))
+        x_t = d.q_sample(x0, t, noise)
+        alpha, sigma = (v.reshape(-1, 1, 1, 1) for v in (d.sqrt_alphas_cumprod[t], d.sqrt_one_minus_alphas_cumprod[t])
+                        ) if process == "ddpm" else (v.reshape(-1, 1, 1, 1) for v in d.alpha_sigma(t))
+        x0_hat = (x_t - sigma * eps_hat) / alpha
+        out = d.target(x0_hat, eps_hat, t)  # the output whose (x0, eps) estimates are (x0_hat, eps_hat)
+        losses.append(d.loss(out, x0, noise, t))
+        expected = (weightings.WEIGHTINGS[weighting](d, t) * (eps_hat - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+        torch.testing.assert_close(losses[-1], expected, rtol=2e-4, atol=0)
+
+
+def test_each_process_s_default_is_its_loss_of_before():
+    """DDPM: min-SNR-5 on eps, bit for bit; VDM: 1/2 gamma' ||eps - eps_hat||^2; flow: the MSE of the velocity."""
+    x0, noise, t, out = batch("ddpm")
+    ddpm = make_process(DiffusionConfig())
+    snr = ddpm.snr_table[t]
+    before = ((out - noise).pow(2).mean(dim=(1, 2, 3)) * (snr.clamp(max=5.0) / snr)).mean()
+    assert torch.equal(ddpm.loss(out, x0, noise, t), before)
+    x0, noise, t, out = batch("vdm")
+    vdm = make_process(DiffusionConfig(process="vdm"))
+    before = (0.5 * (vdm.gamma_max - vdm.gamma_min) * (out - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(vdm.loss(out, x0, noise, t), before, rtol=1e-6, atol=0)
+    flow = make_process(DiffusionConfig(process="flow"))
+    torch.testing.assert_close(flow.loss(out, x0, noise, t), (out - (noise - x0)).pow(2).mean(), rtol=1e-6, atol=0)
+
+
+def test_a_new_weighting_is_one_function_and_one_registry_line(monkeypatch):
+    """A weight of sqrt(SNR), registered by name: the loss is that weight on the eps error."""
+    monkeypatch.setitem(weightings.WEIGHTINGS, "sqrt_snr", lambda process, t: process.snr(t).sqrt())
+    x0, noise, t, out = batch("vdm")
+    config = DiffusionConfig(process="vdm")
+    config.weighting = "sqrt_snr"  # past the flag's choices, as a registered weighting would be
+    vdm = make_process(config)
+    expected = (vdm.snr(t).sqrt() * (out - noise).pow(2).mean(dim=(1, 2, 3))).mean()
+    torch.testing.assert_close(vdm.loss(out, x0, noise, t), expected, rtol=1e-6, atol=0)
+
+
+def test_a_weighting_a_process_cannot_compute_is_refused_in_one_line():
+    with pytest.raises(UserError, match="--weighting elbo needs a continuous-time process"):
+        DiffusionConfig(weighting="elbo")
+    with pytest.raises(UserError, match="--weighting 'huber' is not one this version knows"):
+        DiffusionConfig(weighting="huber")
+    assert math.isfinite(make_process(DiffusionConfig(process="flow", weighting="edm")).loss(
+        *[batch("flow")[i] for i in (3, 0, 1, 2)]).item())
