@@ -19,6 +19,7 @@ import math
 import torch
 
 from diffusion.likelihood import vdm_bound_terms
+from diffusion.times import draw_times
 from diffusion.weightings import weighted_loss
 
 TIME_SCALE = 1000.0  # what the network is told: t * TIME_SCALE, as DDPM's integer timesteps
@@ -66,11 +67,12 @@ class ContinuousProcess:
         return (t.expand(batch) if t.dim() == 0 else t) * TIME_SCALE
 
     def draw_t(self, batch, generator, device):
-        """Training times, low-discrepancy (Kingma et al. 2021, appendix I.1): (u + i / B) mod 1,
-        scaled to [t_min, t_max]; one uniform number per batch."""
-        u = torch.rand((), generator=generator, device=device)
-        t = torch.remainder(u + torch.arange(batch, device=device) / batch, 1.0)
-        return self.t_min + (self.t_max - self.t_min) * t
+        """Training times from config.t_sampling (diffusion/times.py; default: stratified)."""
+        return draw_times(self, batch, generator, device)
+
+    def time_at(self, u):
+        """The time a fraction u in [0, 1) of the way from t_min to t_max."""
+        return self.t_min + (self.t_max - self.t_min) * u
 
     def ode_span(self):
         return self.t_min, self.t_max

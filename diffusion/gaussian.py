@@ -15,6 +15,7 @@ import torch
 
 from diffusion.likelihood import bound_terms
 from diffusion.schedules import make_betas
+from diffusion.times import draw_times
 from diffusion.weightings import weighted_loss
 
 
@@ -89,8 +90,12 @@ class GaussianDiffusion:
         return t if torch.is_tensor(t) else torch.full((batch,), t, device=device, dtype=torch.long)
 
     def draw_t(self, batch, generator, device):
-        """Training timesteps, uniform over [0, T)."""
-        return torch.randint(0, self.num_timesteps, (batch,), generator=generator, device=device)
+        """Training timesteps from config.t_sampling (diffusion/times.py; default: uniform over [0, T))."""
+        return draw_times(self, batch, generator, device)
+
+    def time_at(self, u):
+        """The timestep a fraction u in [0, 1) of the way from 0 to T."""
+        return (u * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
 
     def ode_span(self):
         """The probability-flow ODE runs over t in [0, T - 1]."""

@@ -52,7 +52,10 @@ class Process(Protocol):
         """The (B,) time input of the network."""
 
     def draw_t(self, batch, generator, device):
-        """(B,) training times."""
+        """(B,) training times, from config.t_sampling."""
+
+    def time_at(self, u):
+        """The times a (B,) tensor of fractions u in [0, 1) of the way from t_min to t_max stand for."""
 
     def ode_span(self):
         """(start, end) of the probability-flow ODE in the process's time."""

@@ -74,3 +74,40 @@ def test_a_weighting_a_process_cannot_compute_is_refused_in_one_line():
         DiffusionConfig(weighting="huber")
     assert math.isfinite(make_process(DiffusionConfig(process="flow", weighting="edm")).loss(
         *[batch("flow")[i] for i in (3, 0, 1, 2)]).item())
+
+
+# ---- training times (diffusion/times.py) -----------------------------------------------------------
+
+def test_the_default_times_are_those_of_before():
+    """DDPM: torch.randint over [0, T); VDM and flow: stratified (u + i / B) mod 1 in [t_min, t_max]."""
+    for process in ("ddpm", "vdm", "flow"):
+        d = make_process(DiffusionConfig(process=process))
+        drawn = d.draw_t(64, torch.Generator().manual_seed(3), "cpu")
+        g = torch.Generator().manual_seed(3)
+        if process == "ddpm":
+            before = torch.randint(0, 1000, (64,), generator=g)
+        else:
+            u = torch.remainder(torch.rand((), generator=g) + torch.arange(64) / 64, 1.0)
+            before = d.t_min + (d.t_max - d.t_min) * u
+        assert torch.equal(drawn, before), process
+
+
+@pytest.mark.parametrize("process", ["ddpm", "vdm", "flow"])
+@pytest.mark.parametrize("sampling", ["uniform", "stratified", "logit_normal"])
+def test_every_distribution_draws_times_inside_the_process_range(process, sampling):
+    d = make_process(DiffusionConfig(process=process, t_sampling=sampling))
+    t = d.draw_t(4096, torch.Generator().manual_seed(0), "cpu")
+    lo, hi = (0, 999) if process == "ddpm" else (d.t_min, d.t_max)
+    assert t.min() >= lo and t.max() <= hi
+    middle = ((t.double() - lo) / (hi - lo) - 0.5).abs().lt(0.25).double().mean().item()
+    assert abs(middle - (0.728 if sampling == "logit_normal" else 0.5)) < 0.04, middle  # P(|n| < log 3) = 0.728
+
+
+def test_a_new_time_distribution_is_one_function_and_one_registry_line(monkeypatch):
+    import diffusion.times as times
+    monkeypatch.setitem(times.TIMES, "late", lambda process, batch, generator, device:
+                        process.time_at(torch.rand(batch, generator=generator, device=device).sqrt()))
+    config = DiffusionConfig(process="flow")
+    config.t_sampling = "late"  # past the flag's choices, as a registered distribution would be
+    t = make_process(config).draw_t(4096, torch.Generator().manual_seed(0), "cpu")
+    assert abs(t.mean().item() - 2 / 3) < 0.02  # E[sqrt(u)] = 2/3

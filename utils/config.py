@@ -27,6 +27,7 @@ DATA_DIR, OUTPUT_DIR, CHECKPOINT_DIR = "data", "outputs", "checkpoints"
 DEFAULT_CHECKPOINT = f"{CHECKPOINT_DIR}/ddpm_checkpoint"
 DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10", "folder")  # utils/datasets.py loads them
 WEIGHTINGS = ("target", "simple", "min_snr", "elbo", "velocity", "edm")  # diffusion/weightings.py defines them
+T_SAMPLING = ("uniform", "stratified", "logit_normal")  # diffusion/times.py defines them
 
 
 # ---- the settings every script shares, declared here once ----------------------------------------
@@ -154,12 +155,17 @@ class DiffusionConfig:
                             "what the network predicts), simple, min_snr (Hang et al. 2023), elbo, velocity (flow "
                             "matching's) or edm (Karras et al. 2022); default: min_snr for ddpm, elbo for vdm, target "
                             "for flow", choices=WEIGHTINGS)
+    t_sampling: str = option(None, "how training draws its times (diffusion/times.py): uniform, stratified (one "
+                             "uniform number a batch, Kingma et al. 2021) or logit_normal (Esser et al. 2024); "
+                             "default: uniform for ddpm, stratified for vdm and flow", choices=T_SAMPLING)
     min_snr_gamma: float = option(5.0, "gamma of --weighting min_snr (Hang et al. 2023); 0 = target, the plain MSE",
                                   bounds="[0, inf)")
 
     def __post_init__(self):
         if self.prediction is None:
             self.prediction = "velocity" if self.process == "flow" else "eps"
+        if self.t_sampling is None:
+            self.t_sampling = "uniform" if self.process == "ddpm" else "stratified"
         if self.weighting is None:
             self.weighting = {"ddpm": "min_snr", "vdm": "elbo"}.get(self.process, "target")
         check_fields(self)

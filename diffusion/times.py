@@ -1,0 +1,36 @@
+"""Training-time distributions: functions of (process, batch, generator, device) that draw a batch's
+times as fractions u in [0, 1) of the way from the clean end to the noise end, which the process
+maps to its own times (process.time_at).
+
+    uniform       iid U[0, 1) (a discrete process: uniform over its T timesteps, Ho et al. 2020)
+    stratified    (u + i / B) mod 1 for one uniform u per batch: low-discrepancy, the same density
+                  with less variance between batches (Kingma et al. 2021, appendix I.1)
+    logit_normal  sigmoid(n), n ~ N(0, 1): more times in the middle (Esser et al. 2024, section 3.1)
+
+The density of the times is a weighting of the loss as much as the weighting is (Kingma & Gao
+2023): a new distribution is one function and one line in TIMES.
+"""
+import torch
+
+
+def uniform(process, batch, generator, device):
+    if process.discrete:
+        return torch.randint(0, process.num_timesteps, (batch,), generator=generator, device=device)
+    return process.time_at(torch.rand(batch, generator=generator, device=device))
+
+
+def stratified(process, batch, generator, device):
+    u = torch.rand((), generator=generator, device=device)
+    return process.time_at(torch.remainder(u + torch.arange(batch, device=device) / batch, 1.0))
+
+
+def logit_normal(process, batch, generator, device):
+    return process.time_at(torch.sigmoid(torch.randn(batch, generator=generator, device=device)))
+
+
+TIMES = {"uniform": uniform, "stratified": stratified, "logit_normal": logit_normal}
+
+
+def draw_times(process, batch, generator, device):
+    """(B,) training times from the process's config.t_sampling."""
+    return TIMES[process.config.t_sampling](process, batch, generator, device)
