@@ -103,7 +103,6 @@ def main(argv=None):
     set_cpu_threads()
     ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
     model, diffusion = load_model(ckpt, path, True, device)
-    check_batch(model, cfg.batch_size, device)
     process = diffusion.config.process
     bound_wanted = cfg.method in ("both", "bound")
     if bound_wanted and diffusion.bound is None:
@@ -119,6 +118,7 @@ def main(argv=None):
     results = {"checkpoint": str(path), "dataset": dataset, "process": process, "dims": dim, "device": str(device)}
 
     if bound_wanted:
+        check_batch(model, cfg.batch_size, device)
         images = to_model_range(test.images[order[:images_scored("num_images", cfg.num_images, len(order))]])
         start = time.perf_counter()
         bpd, breakdown, name = variational_bound(cfg, diffusion, images, generator, predictors)

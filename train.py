@@ -158,7 +158,7 @@ def resolve_configs(argv):
                  **dataclasses.asdict(from_args(DiffusionConfig, args, **process))}
     mismatch = config_mismatch(saved, requested, sorted(typed & set(saved)))
     if mismatch:
-        raise UserError(f"{source} was trained with a different architecture: {'; '.join(mismatch)}")
+        raise UserError(f"{source} was trained with other settings: {'; '.join(mismatch)}")
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     changes = {k: getattr(args, k) for k in typed & known}
     if typed & {"epochs", "minutes"} and "total_steps" not in typed:

@@ -11,8 +11,8 @@ the log-SNR lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t (Kingma et
 Conventions as in diffusion/gaussian.py: tensors are (B, C, H, W); t is a (B,) float tensor or one
 Python float for the whole batch; t = -1 stands for the clean data after the last sampling step.
 The network sees t * TIME_SCALE, so its sinusoidal embedding spans the range DDPM's integer
-timesteps do. The samplers ask a process only for alpha, sigma, lambda, its time grid and its
-prediction conversions (diffusion/samplers.py), so every sampler works on every process.
+timesteps do. The samplers and the time grids ask a process only for what diffusion/processes.py's
+contract lists, so every sampler works on every process.
 """
 import math
 

@@ -176,9 +176,10 @@ class GaussianDiffusion:
         t, so t_samples is unused), by term: the prior L_T, the decoder L_0 and the sums of L_t over
         ranges of t (diffusion/likelihood.py's bound_terms)."""
         terms, T = bound_terms(predict_x0, self, x0, generator, batch_size), self.num_timesteps
-        spans = {"prior L_T": (T, T + 1), "decoder L_0": (0, 1), "t 1-9": (1, 10), "t 10-99": (10, 100),
-                 f"t 100-{T - 1}": (100, T)}
-        return {name: terms[:, lo:hi].sum(1) for name, (lo, hi) in spans.items()}, "variational bound (Ho et al. 2020)"
+        spans = [(lo, min(hi, T)) for lo, hi in ((1, 10), (10, 100), (100, T)) if lo < T]
+        named = {"prior L_T": terms[:, T], "decoder L_0": terms[:, 0]}
+        named.update({f"t {lo}-{hi - 1}": terms[:, lo:hi].sum(1) for lo, hi in spans})
+        return named, "variational bound (Ho et al. 2020)"
 
     # ---- training loss ------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 dimension, a function of the log-SNR, log SNR(t) = log(alpha_t^2 / sigma_t^2) (Kingma & Gao 2023
 compare them on one footing). A process's loss measures the error in the space of what its network
 predicts and divides the weight by (d target / d eps)^2 at fixed x_t (the process's target_scale),
-so that one weighting means one objective whatever the network predicts.
+so that one weighting means one objective whatever the network predicts. VDM measures every
+error on eps (its eps_hat, clamped with --clip_x0), so there `target` is the plain MSE on eps.
 
     target    the plain mean squared error of what the network predicts (no weight): L_simple for
               eps (Ho et al. 2020), flow matching's velocity loss for the velocity (Lipman et al. 2023)
@@ -15,7 +16,8 @@ so that one weighting means one objective whatever the network predicts.
               (sigma^2 + s_d^2) / (sigma s_d)^2 on the x0 error, sigma = sigma_t / alpha_t
 
 A new weighting is one function of (process, t) returning a (B,) tensor on the device (or None for
-no weight) and one line in WEIGHTINGS; `CONTINUOUS_ONLY` names those that need d/dt.
+no weight) and one line in WEIGHTINGS; `CONTINUOUS_ONLY` names those that need d/dt. For the
+command line its name also joins utils/config.py's WEIGHTINGS (a test keeps the two the same).
 """
 import torch
 

@@ -136,9 +136,11 @@ def test_weights_from_another_architecture_name_the_keys(tmp_path):
 
 
 @pytest.mark.parametrize("density", [(), (1.0, 3.0)])
-def test_a_checkpoint_saved_with_t_density_loads_and_resumes_only_without_one(density, tmp_path):
+def test_a_checkpoint_saved_with_t_density_loads_and_only_one_without_a_density_is_resumable(density, tmp_path):
     """--t_density (importance sampling of VDM's times) left the code after it did not pay; its
-    checkpoints still load and sample, and one that used a density says why it cannot resume."""
+    checkpoints still load and sample, and one that used a density says why it cannot resume
+    (training/state.py refuses a checkpoint with not_resumable). One saved before --weighting and
+    --t_sampling gets the loss and the times it trained with."""
     from models.load import SHIPPED_MODEL
     ckpt = torch.load(SHIPPED_MODEL, weights_only=True)
     ckpt["diffusion_config"] = {**ckpt["diffusion_config"], "process": "vdm", "t_density": density}
@@ -146,3 +148,4 @@ def test_a_checkpoint_saved_with_t_density_loads_and_resumes_only_without_one(de
     loaded = load_checkpoint(tmp_path / "ck")[0]
     assert "t_density" not in loaded["diffusion_config"]
     assert ("--t_density" in loaded.get("not_resumable", "")) == bool(density)
+    assert (loaded["diffusion_config"]["weighting"], loaded["diffusion_config"]["t_sampling"]) == ("elbo", "stratified")

@@ -91,3 +91,19 @@ def test_a_new_process_is_one_class_and_one_registry_line(monkeypatch):
         for grid in sorted(GRIDS) if sampler != "ddpm" else [""]:
             sampling = SamplingConfig(sampler=sampler, steps=3, grid=grid)
             assert torch.isfinite(generate(model, edm, 2, sampling)).all(), (sampler, grid)
+
+
+@pytest.mark.parametrize("num_timesteps", [5, 50, 1000])
+def test_ddpm_s_bound_by_term_adds_up_to_every_term(num_timesteps):
+    """The named terms (prior, decoder, sums of L_t over ranges of t) cover each of the T + 1 terms once."""
+    from diffusion.likelihood import bound_terms
+    ddpm = make_process(DiffusionConfig(num_timesteps=num_timesteps))
+    x0 = torch.round((torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1) * 127.5) / 127.5
+
+    def predict_x0(x, t):
+        return 0.5 * x
+
+    terms, _ = ddpm.bound(predict_x0, None, x0, torch.Generator().manual_seed(1), 1, 500)
+    every = bound_terms(predict_x0, ddpm, x0, torch.Generator().manual_seed(1), 500).sum(1)
+    torch.testing.assert_close(sum(terms.values()), every, rtol=1e-12, atol=0)
+    assert all(name == "prior L_T" or name == "decoder L_0" or int(name.split("-")[1]) < num_timesteps for name in terms)

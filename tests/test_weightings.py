@@ -111,3 +111,25 @@ def test_a_new_time_distribution_is_one_function_and_one_registry_line(monkeypat
     config.t_sampling = "late"  # past the flag's choices, as a registered distribution would be
     t = make_process(config).draw_t(4096, torch.Generator().manual_seed(0), "cpu")
     assert abs(t.mean().item() - 2 / 3) < 0.02  # E[sqrt(u)] = 2/3
+
+
+def test_the_weightings_are_their_closed_forms():
+    """VDM's elbo is 1/2 gamma' = (gamma_max - gamma_min) / 2; flow matching's velocity weight on the
+    eps error is 1 / (1 - t)^2; edm's is (1 / SNR + 1/4) / (1/4); min_snr's min(SNR, 5) / SNR."""
+    t = torch.tensor([0.1, 0.5, 0.9])
+    vdm, flow = make_process(DiffusionConfig(process="vdm")), make_process(DiffusionConfig(process="flow"))
+    torch.testing.assert_close(weightings.elbo(vdm, t), torch.full((3,), 0.5 * (5.0 + 13.3)), rtol=1e-6, atol=0)
+    torch.testing.assert_close(weightings.velocity(flow, t), 1 / (1 - t) ** 2, rtol=1e-6, atol=0)
+    snr = ((1 - t) / t) ** 2
+    torch.testing.assert_close(weightings.edm(flow, t), (1 / snr + 0.25) / 0.25, rtol=1e-5, atol=0)
+    torch.testing.assert_close(weightings.min_snr(flow, t), snr.clamp(max=5.0) / snr, rtol=1e-5, atol=0)
+
+
+def test_the_command_line_knows_every_registered_name():
+    import diffusion.grids as grids
+    import diffusion.times as times
+    import dataclasses
+    from utils.config import T_SAMPLING, WEIGHTINGS, SamplingConfig
+    assert set(WEIGHTINGS) == set(weightings.WEIGHTINGS) and set(T_SAMPLING) == set(times.TIMES)
+    grid = next(f for f in dataclasses.fields(SamplingConfig) if f.name == "grid")
+    assert set(grid.metadata["choices"]) == {""} | set(grids.GRIDS)

@@ -145,16 +145,20 @@ def lock_checkpoint(path):
         _HELD.pop(path).close()
     path.parent.mkdir(parents=True, exist_ok=True)
     lock_file = path.parent / f".{path.name}.lock"
-    created = not lock_file.exists()
-    lock = open(lock_file, "a+")
-    try:
-        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        lock.seek(0)
-        holder = lock.read().strip() or "another process"
-        lock.close()
-        raise UserError(f"{path} is being trained by {holder}; wait for it to end, stop it, or give another "
-                        "--checkpoint_path") from None
+    while True:
+        created = not lock_file.exists()
+        lock = open(lock_file, "a+")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.seek(0)
+            holder = lock.read().strip() or "another process"
+            lock.close()
+            raise UserError(f"{path} is being trained by {holder}; wait for it to end, stop it, or give another "
+                            "--checkpoint_path") from None
+        if lock_file.exists() and os.fstat(lock.fileno()).st_ino == os.stat(lock_file).st_ino:
+            break
+        lock.close()  # the file was removed by a refused run after we opened it: take the new one
     lock.truncate(0)
     lock.write(f"process {os.getpid()} on {socket.gethostname()}")
     lock.flush()
@@ -168,9 +172,9 @@ def release_locks():
     and ends with no checkpoint at its path (a refusal or a failure before the first save), so
     that nothing is left behind where nothing was written."""
     for path, lock in list(_HELD.items()):
-        lock.close()
         if lock.made_here and not path.exists():
-            Path(lock.name).unlink(missing_ok=True)
+            Path(lock.name).unlink(missing_ok=True)  # while still held: a run waiting on it then retries
+        lock.close()
         del _HELD[path]
 
 
@@ -257,10 +261,15 @@ def migrate(ckpt, path):
     whose train_config lacks seed_scheme 2 drew its data order and noise from other seeds, so it
     samples and evaluates as before but cannot resume exactly (not_resumable says why). Any version:
     the t_density of VDM's runs (an option the code had up to commit 829065b) is dropped, and a run
-    that used a density cannot resume exactly."""
+    that used a density cannot resume exactly; a checkpoint saved before --weighting and --t_sampling
+    gets the loss and the times it trained with."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
+    diffusion_cfg = ckpt["diffusion_config"]
+    process = diffusion_cfg.get("process", "ddpm")  # (version 1 is DDPM's, set below)
+    diffusion_cfg.setdefault("weighting", {"ddpm": "min_snr", "vdm": "elbo"}.get(process, "target"))
+    diffusion_cfg.setdefault("t_sampling", "uniform" if process == "ddpm" else "stratified")
     if ckpt["diffusion_config"].pop("t_density", ()):  # a setting of how VDM trained, removed after it did not pay
         ckpt["not_resumable"] = ("it trained with --t_density, which this version no longer has (a resumed run would "
                                  "draw other times); it still samples and evaluates")

@@ -252,7 +252,7 @@ class SamplingConfig:
     sampler: str = option("dpm++", "dpm++ (DPM-Solver++(2M), Lu et al. 2022), ddim (Song et al. 2021), heun (the "
                           "probability-flow ODE, Karras et al. 2022) or ddpm (ancestral, Ho et al. 2020; always all "
                           "T steps, 1000 for continuous time)", choices=("ddpm", "ddim", "dpm++", "heun"))
-    steps: int = option(8, "steps of ddim, dpm++ and heun (dpm++: evenly spaced in log-SNR, the others in t)",
+    steps: int = option(8, "steps of ddim, dpm++ and heun (spaced by --grid)",
                         bounds="[1, inf)")
     grid: str = option("", "the times of those steps (diffusion/grids.py): t (even in t), lambda (even in log-SNR) "
                        "or karras (Karras et al. 2022's rho = 7); default: lambda for dpm++, t for ddim and heun",

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from utils.errors import UserError
 
 USABLE = 0.9  # of the free memory: the rest for the data, the weights and the allocator's slack
-UNCHECKED = 256  # images: the networks here need well under 2 GiB for so few, and counting takes a second
+UNCHECKED = 256  # images: the MNIST networks here need at most about 2 GiB for so few; counting takes a second
 MARGIN = 1.2  # the peak RSS measured on a CPU came 13-20% above the count (oneDNN's workspaces)
 
 
@@ -34,8 +34,9 @@ class _PeakBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, torch.Tensor)]
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and not t._is_view():
+            if isinstance(t, torch.Tensor) and not t._is_view() and not any(t is a for a in inputs):  # in place: no new memory
                 size = t.numel() * t.element_size()
                 self.live += size
                 weakref.finalize(t, self._free, size)
@@ -53,7 +54,7 @@ def bytes_per_image(model, work=forward_pass):
     """Bytes that one more image adds to the peak memory of `work(net, x, t)` (default: the forward
     pass; train.py hands in its forward and backward pass): the peak of live tensors at batch 2
     minus batch 1, in fp32, counted on the meta device. Remembered per network config and work."""
-    key = (type(model).__name__, repr(model.config), work.__qualname__)
+    key = (type(model).__name__, repr(model.config), work)
     if key not in _PER_IMAGE:
         _PER_IMAGE[key] = _count(model, work)
     return _PER_IMAGE[key]
@@ -78,8 +79,8 @@ def _count(model, work):
 def free_bytes(device):
     """Memory free for this process on `device`: the GPU's free memory, or on Linux the smaller of
     MemAvailable and what a cgroup limit leaves; None where unknown (then nothing is checked)."""
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+    if device.type == "cuda":  # free on the card, plus what PyTorch holds in its cache unused
+        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
     if device.type != "cpu":
         return None
     try:
@@ -89,8 +90,10 @@ def free_bytes(device):
         return None
     try:
         limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+        if limit != "max":  # the cgroup's use less its reclaimable page cache
+            stat = dict(line.split() for line in Path("/sys/fs/cgroup/memory.stat").read_text().splitlines())
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text()) - int(stat.get("inactive_file", 0))
+            free = min(free, int(limit) - used)
     except (OSError, ValueError):
         pass
     return free
