@@ -36,7 +36,8 @@ class _PeakBytes(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         inputs = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, torch.Tensor)]
         for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor) and not t._is_view() and not any(t is a for a in inputs):  # in place: no new memory
+            # a view, or the result of an in-place operation (one of its inputs), takes no new memory
+            if isinstance(t, torch.Tensor) and not t._is_view() and not any(t is a for a in inputs):
                 size = t.numel() * t.element_size()
                 self.live += size
                 weakref.finalize(t, self._free, size)
