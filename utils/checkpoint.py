@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from utils.config import CHECKPOINT_DIR, DiffusionConfig, ModelConfig
+from utils.config import CHECKPOINT_DIR, DiffusionConfig, ModelConfig, process_defaults
 from utils.errors import UserError
 
 FORMAT_VERSION = 2
@@ -268,8 +268,8 @@ def migrate(ckpt, path):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
     diffusion_cfg = ckpt["diffusion_config"]
     process = diffusion_cfg.get("process", "ddpm")  # (version 1 is DDPM's, set below)
-    diffusion_cfg.setdefault("weighting", {"ddpm": "min_snr", "vdm": "elbo"}.get(process, "target"))
-    diffusion_cfg.setdefault("t_sampling", "uniform" if process == "ddpm" else "stratified")
+    for name, value in process_defaults(process).items():
+        diffusion_cfg.setdefault(name, value)
     if ckpt["diffusion_config"].pop("t_density", ()):  # a setting of how VDM trained, removed after it did not pay
         ckpt["not_resumable"] = ("it trained with --t_density, which this version no longer has (a resumed run would "
                                  "draw other times); it still samples and evaluates")

@@ -164,10 +164,9 @@ class DiffusionConfig:
     def __post_init__(self):
         if self.prediction is None:
             self.prediction = "velocity" if self.process == "flow" else "eps"
-        if self.t_sampling is None:
-            self.t_sampling = "uniform" if self.process == "ddpm" else "stratified"
-        if self.weighting is None:
-            self.weighting = {"ddpm": "min_snr", "vdm": "elbo"}.get(self.process, "target")
+        for name, value in process_defaults(self.process).items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
         check_fields(self)
         if self.beta_start > self.beta_end:
             raise UserError("need beta_start <= beta_end")
@@ -179,6 +178,13 @@ class DiffusionConfig:
             raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
         if self.clip_x0 and self.process != "vdm":
             raise UserError("--clip_x0 is for --process vdm (the samplers of every process clamp x0 already)")
+
+
+def process_defaults(process):
+    """A process's own --weighting and --t_sampling: what it trains with unless told otherwise (and
+    what a checkpoint saved before these flags trained with)."""
+    return {"weighting": {"ddpm": "min_snr", "vdm": "elbo"}.get(process, "target"),
+            "t_sampling": "uniform" if process == "ddpm" else "stratified"}
 
 
 # The U-Net settings of a data set whose images need another shape than MNIST's, for each not typed
