@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from models.unet import UNet
 from training.state import RunState
 from training.step import make_optimizer, make_step, nan_batch
@@ -40,7 +40,7 @@ def train(data, graph, device, dtype=torch.bfloat16):
     state = RunState(model, copy.deepcopy(model).requires_grad_(False),
                      make_optimizer(model, TrainConfig(), device, capturable=graph),
                      torch.amp.GradScaler("cuda", enabled=False))
-    diffusion = GaussianDiffusion(DiffusionConfig(), device)
+    diffusion = DDPM(DiffusionConfig(), device)
     step = make_step(state, diffusion, dtype, 1.0, data[0], graph)
     for batch in data:
         step(batch, 2e-3, 0.01)

@@ -14,7 +14,7 @@ from statistics import median
 import torch
 
 from benchmarks.common import timed
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from diffusion.pipeline import generate
 from diffusion.samplers import make_timesteps
 from models.load import load_model
@@ -51,7 +51,7 @@ def main():
         model, diffusion = load_model(ckpt, path, True, device)
     else:
         model = UNet(ModelConfig()).to(device).eval()  # the default network
-        diffusion = GaussianDiffusion(DiffusionConfig(), device)
+        diffusion = DDPM(DiffusionConfig(), device)
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 

@@ -19,7 +19,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Peer, matmul_peak, timed
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from models.unet import UNet, count_parameters
 from training.state import RunState
 from training.step import make_optimizer, make_step
@@ -75,7 +75,7 @@ def main():
     device = select_device(args.device)
     set_cpu_threads()
     best = resolve_precision("auto", device)
-    diffusion = GaussianDiffusion(DiffusionConfig(), device)
+    diffusion = DDPM(DiffusionConfig(), device)
 
     shapes = {"default": {}, "wide": WIDE}
     models = {name: UNet(ModelConfig(**shapes[name])).to(device) for name in args.models}

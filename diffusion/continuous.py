@@ -18,43 +18,22 @@ import math
 
 import torch
 
+from diffusion.gaussian import GaussianProcess, as64, bcast
 from diffusion.likelihood import vdm_bound_terms
-from diffusion.times import draw_times
 from diffusion.weightings import weighted_loss
 
 TIME_SCALE = 1000.0  # what the network is told: t * TIME_SCALE, as DDPM's integer timesteps
 
 
-def bcast(v, shape):
-    """A scalar or (B,) tensor reshaped to broadcast over a batch of this shape."""
-    v = torch.as_tensor(v)
-    return v.reshape(-1, *([1] * (len(shape) - 1))) if v.dim() else v
-
-
-class ContinuousProcess:
+class ContinuousProcess(GaussianProcess):
+    """The times of a continuous-time process; subclasses define alpha_sigma64, derivatives,
+    time_of_lam and, where it is not the plain MSE to the target, loss."""
     t_min, t_max = 0.0, 1.0  # the sampling range: from t_max (noise) to t_min (nearly clean)
     discrete = False  # any t in [t_min, t_max] (time grids: diffusion/grids.py)
-    bound = None  # no variational bound unless a process defines one (likelihood.py: the ODE only)
-    decoded_ode = False  # the ODE's density is read with uniform dequantisation
-    prediction = "eps"
-
-    def __init__(self, config, device="cpu"):
-        self.config, self.device = config, torch.device(device)
-        self.prediction = config.prediction
-
-    # ---- the schedule: subclasses define alpha(t), sigma(t) and their derivatives -----------------
-
-    def alpha_sigma(self, t):
-        """(alpha_t, sigma_t) as float32 tensors on the device (t = -1: the clean data, (1, 0))."""
-        if isinstance(t, (int, float)) and t == -1:
-            return torch.ones((), device=self.device), torch.zeros((), device=self.device)
-        t = torch.as_tensor(t, dtype=torch.float64)
-        alpha, sigma = self.alpha_sigma64(t)
-        return alpha.float().to(self.device), sigma.float().to(self.device)
 
     def lam(self, t):
         """lambda_t = log(alpha_t / sigma_t) = log-SNR / 2, DPM-Solver's time variable, as a float."""
-        alpha, sigma = self.alpha_sigma64(torch.tensor(float(t), dtype=torch.float64))
+        alpha, sigma = self.alpha_sigma64(as64(float(t)))
         return math.log(alpha.item()) - math.log(sigma.item())
 
     def fraction(self, t):
@@ -66,10 +45,6 @@ class ContinuousProcess:
         t = torch.as_tensor(t, dtype=torch.float32, device=device)
         return (t.expand(batch) if t.dim() == 0 else t) * TIME_SCALE
 
-    def draw_t(self, batch, generator, device):
-        """Training times from config.t_sampling (diffusion/times.py; default: stratified)."""
-        return draw_times(self, batch, generator, device)
-
     def time_at(self, u):
         """The time a fraction u in [0, 1) of the way from t_min to t_max."""
         return self.t_min + (self.t_max - self.t_min) * u
@@ -80,87 +55,10 @@ class ContinuousProcess:
     def ode_drift(self, t):
         """(a, b) of the probability-flow ODE dx/dt = alpha' x0_hat + sigma' eps_hat written in x_t:
         a = alpha' / alpha, b = sigma' - alpha' sigma / alpha."""
-        t = torch.tensor(float(t), dtype=torch.float64)
+        t = as64(float(t))
         (alpha, sigma), (d_alpha, d_sigma) = self.alpha_sigma64(t), self.derivatives(t)
         a = d_alpha / alpha
         return a.item(), (d_sigma - a * sigma).item()
-
-    # ---- q(x_t | x_0) and the posterior ------------------------------------------------------------
-
-    def q_sample(self, x0, t, noise):
-        alpha, sigma = self.alpha_sigma(t)
-        return bcast(alpha, x0.shape) * x0 + bcast(sigma, x0.shape) * noise
-
-    def posterior(self, x0, x_t, t, s):
-        """Mean and variance of q(x_s | x_t, x_0) for s < t (Kingma et al. 2021, eq. 31); s = -1:
-        the clean data, variance 0."""
-        alpha_t, sigma_t = self.alpha_sigma(t)
-        alpha_s, sigma_s = self.alpha_sigma(s)
-        a_ts = alpha_t / alpha_s                      # alpha_{t|s}
-        var_ts = sigma_t ** 2 - a_ts ** 2 * sigma_s ** 2  # sigma_{t|s}^2
-        mean = (a_ts * sigma_s ** 2 / sigma_t ** 2) * x_t + (alpha_s * var_ts / sigma_t ** 2) * x0
-        return mean, var_ts * sigma_s ** 2 / sigma_t ** 2
-
-    def transition(self, s, t):
-        """(a, variance) of q(x_t | x_s) = N(a x_s, variance) for s < t."""
-        alpha_t, sigma_t = self.alpha_sigma(t)
-        alpha_s, sigma_s = self.alpha_sigma(s)
-        a = alpha_t / alpha_s
-        return a, sigma_t ** 2 - a ** 2 * sigma_s ** 2
-
-    # ---- the loss's weighting (diffusion/weightings.py) --------------------------------------------
-
-    def snr(self, t):
-        """SNR(t) = alpha_t^2 / sigma_t^2 as float32 on the device."""
-        alpha, sigma = self.alpha_sigma64(torch.as_tensor(t, dtype=torch.float64))
-        return ((alpha / sigma) ** 2).float().to(self.device)
-
-    def target_scale(self, t):
-        """d target / d eps at fixed x_t = alpha x0 + sigma eps: 1 for eps, sigma / alpha for x0,
-        (alpha^2 + sigma^2) / alpha for v, sigma' - alpha' sigma / alpha for the velocity."""
-        if self.prediction == "eps":
-            return 1.0
-        t64 = torch.as_tensor(t, dtype=torch.float64)
-        alpha, sigma = self.alpha_sigma64(t64)
-        if self.prediction == "velocity":
-            d_alpha, d_sigma = self.derivatives(t64)
-            scale = d_sigma - d_alpha * sigma / alpha
-        else:
-            scale = sigma / alpha if self.prediction == "x0" else (alpha ** 2 + sigma ** 2) / alpha
-        return scale.float().to(self.device)
-
-    # ---- predictions -------------------------------------------------------------------------------
-
-    def velocity_of(self, x0, noise, t):
-        """dx_t/dt = alpha'(t) x_0 + sigma'(t) eps: the velocity target, and the samplers' ODE."""
-        d_alpha, d_sigma = (v.float().to(self.device) for v in self.derivatives(torch.as_tensor(t, dtype=torch.float64)))
-        return bcast(d_alpha, x0.shape) * x0 + bcast(d_sigma, x0.shape) * noise
-
-    def target(self, x0, noise, t):
-        if self.prediction == "eps":
-            return noise
-        if self.prediction == "x0":
-            return x0
-        if self.prediction == "velocity":
-            return self.velocity_of(x0, noise, t)
-        alpha, sigma = self.alpha_sigma(t)  # v (Salimans & Ho 2022)
-        return bcast(alpha, x0.shape) * noise - bcast(sigma, x0.shape) * x0
-
-    def predict_x0_eps(self, x_t, t, out):
-        """(x0, eps) estimates from the network's output, whatever it predicts."""
-        alpha, sigma = (bcast(v, x_t.shape) for v in self.alpha_sigma(t))
-        if self.prediction == "eps":
-            return (x_t - sigma * out) / alpha, out
-        if self.prediction == "x0":
-            return out, (x_t - alpha * out) / sigma
-        if self.prediction == "v":  # v = alpha eps - sigma x0 (Salimans & Ho 2022), for any alpha and sigma
-            norm = alpha ** 2 + sigma ** 2
-            return (alpha * x_t - sigma * out) / norm, (sigma * x_t + alpha * out) / norm
-        d_alpha, d_sigma = (bcast(v.float().to(self.device), x_t.shape)
-                            for v in self.derivatives(torch.as_tensor(t, dtype=torch.float64)))
-        # x_t = alpha x0 + sigma eps and out = alpha' x0 + sigma' eps, solved for x0 and eps
-        det = alpha * d_sigma - sigma * d_alpha
-        return (d_sigma * x_t - sigma * out) / det, (alpha * out - d_alpha * x_t) / det
 
 
 class VDM(ContinuousProcess):
@@ -226,7 +124,9 @@ class VDM(ContinuousProcess):
 
 
 class Flow(ContinuousProcess):
-    """Flow matching on the straight path x_t = (1 - t) x_0 + t eps (rectified flow)."""
+    """Flow matching on the straight path x_t = (1 - t) x_0 + t eps (rectified flow). Its loss is the
+    MSE to the target (default weighting none): with the velocity v = eps - x_0, the conditional flow
+    matching loss (Lipman et al. 2023, eq. 23)."""
     t_min, t_max = 1e-4, 1.0 - 1e-4  # sigma(0) = 0 and alpha(1) = 0 would make lambda infinite
 
     def alpha_sigma64(self, t):
@@ -237,10 +137,3 @@ class Flow(ContinuousProcess):
 
     def time_of_lam(self, lam):
         return 1 / (1 + math.exp(lam))  # lambda = log((1 - t) / t)
-
-    def loss(self, out, x0, noise, t):
-        """The mean squared error to the target per pixel, weighted by config.weighting (default
-        none: with the velocity, v = eps - x_0, the conditional flow matching loss, Lipman et al.
-        2023, eq. 23)."""
-        per_sample = (out.float() - self.target(x0, noise, t)).pow(2).mean(dim=(1, 2, 3))
-        return weighted_loss(self, per_sample, t)

@@ -67,18 +67,19 @@ def bound_terms(predict_x0, diffusion, x0, generator=None, batch_size=500):
     num, T = len(x0), diffusion.num_timesteps
     x0 = x0.double()
     terms = torch.zeros(num, T + 1, dtype=torch.float64)
-    a_bar, c1, var = (v.double().cpu() for v in (diffusion.alphas_cumprod, diffusion.posterior_mean_coef1,
-                                                 diffusion.posterior_variance))
-    decoder_log_scale = 0.5 * torch.log(diffusion.betas.double().cpu()[0])  # N(x0_hat, beta_1) at t = 0
-    terms[:, T] = gaussian_kl(a_bar[-1].sqrt() * x0, 1 - a_bar[-1], torch.zeros(()), torch.ones(())).flatten(1).sum(1)
-    device = diffusion.betas.device
+    steps = torch.arange(T)
+    c1, _, var = diffusion.posterior64(steps, steps - 1)  # q(x_{t-1} | x_t, x_0), in float64
+    alpha, sigma = diffusion.alpha_sigma64(steps)
+    decoder_log_scale = 0.5 * torch.log(sigma[0] ** 2)  # N(x0_hat, sigma_0^2 = beta_1) at t = 0
+    terms[:, T] = gaussian_kl(alpha[-1] * x0, sigma[-1] ** 2, torch.zeros(()), torch.ones(())).flatten(1).sum(1)
+    device = diffusion.device
     pairs = num * T  # every (image, t), evaluated in batches: pair p is image p % num at t = p // num
     for start in tqdm(range(0, pairs, batch_size), desc="bound: (image, t) pairs", leave=False):
         pair = torch.arange(start, min(start + batch_size, pairs))
         t, image = pair // num, pair % num
         clean = x0[image]
         noise = torch.randn(clean.shape, generator=generator, dtype=torch.float64)
-        x_t = a_bar[t].sqrt().view(-1, 1, 1, 1) * clean + (1 - a_bar[t]).sqrt().view(-1, 1, 1, 1) * noise
+        x_t = alpha[t].view(-1, 1, 1, 1) * clean + sigma[t].view(-1, 1, 1, 1) * noise
         x0_hat = predict_x0(x_t.float().to(device), t.to(device)).double().cpu()
         per_pixel = (c1[t].view(-1, 1, 1, 1) * (clean - x0_hat)) ** 2 / (2 * var[t].view(-1, 1, 1, 1).clamp(min=1e-30))
         last = t == 0  # the decoder term replaces the KL there

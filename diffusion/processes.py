@@ -1,20 +1,21 @@
 """The processes a model can be trained on, by --process: the contract every process keeps, the
 registry and its one factory.
 
-    ddpm   the discrete DDPM of Ho et al. 2020 (diffusion/gaussian.py): T steps, linear or cosine betas
+    ddpm   the discrete DDPM of Ho et al. 2020 (diffusion/ddpm.py): T steps, linear or cosine betas
     vdm    a variational diffusion model in continuous time (Kingma et al. 2021; diffusion/continuous.py)
     flow   flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023; diffusion/continuous.py)
 
-A new process is one class that keeps the contract `Process` (a continuous-time one subclasses
-ContinuousProcess and writes alpha_sigma64, derivatives, time_of_lam and loss) and one line in
-PROCESSES; the samplers, the time grids, the training step and the tools then work on it.
+A new process is one class that keeps the contract `Process`: it subclasses GaussianProcess
+(diffusion/gaussian.py: targets, estimates, posterior, transition and loss from alpha and sigma) or,
+in continuous time, ContinuousProcess, and writes alpha_sigma64, derivatives, time_of_lam (and loss,
+if not the MSE to its target); then one line in PROCESSES; the samplers, the time grids, the training step and the tools then work on it.
 """
 from typing import Protocol, runtime_checkable
 
 import torch
 
 from diffusion.continuous import VDM, Flow
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 
 
 @runtime_checkable
@@ -85,7 +86,7 @@ class Process(Protocol):
         """d target / d eps at fixed x_t for what the network predicts: 1.0 for eps (the weightings)."""
 
 
-PROCESSES = {"ddpm": GaussianDiffusion, "vdm": VDM, "flow": Flow}
+PROCESSES = {"ddpm": DDPM, "vdm": VDM, "flow": Flow}
 
 
 def make_process(config, device="cpu"):

@@ -11,7 +11,7 @@ number for the whole batch: DDPM's integer timestep, or a float in [0, 1] for a 
 process), and `timesteps` is the process's descending sampling grid (`make_timesteps`).
 Everything else comes from the process: alpha_sigma(t), lam(t) = log(alpha_t / sigma_t),
 posterior(x0, x_t, t, s), predict_x0_eps; t = -1 stands for the clean data. So every sampler
-runs on every process (diffusion/gaussian.py, diffusion/continuous.py).
+runs on every process (diffusion/ddpm.py, diffusion/continuous.py).
 At each time the sampler yields Step(t, x_t, pred_x0) and then moves on ("predict, then step");
 after the last one it yields Step(-1, x_0, x_0) with the finished samples. Nothing needs priming
 and nothing is kept between calls. `sample` runs one to the end; batching, labels, seeds,

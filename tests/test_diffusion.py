@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 import torch
 
-from diffusion.gaussian import GaussianDiffusion
-from diffusion.schedules import cosine_betas, linear_betas
+from diffusion.ddpm import DDPM
+from diffusion.schedules import cosine_betas, linear_betas, make_betas
 from utils.config import DiffusionConfig
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])
 def test_alphas_cumprod_decreases_from_one_to_near_zero(schedule):
-    d = GaussianDiffusion(DiffusionConfig(schedule=schedule))
+    d = DDPM(DiffusionConfig(schedule=schedule))
     ab = d.alphas_cumprod.double()
     assert torch.all(ab[1:] < ab[:-1])
     assert 0.99 < ab[0] < 1.0
@@ -33,23 +33,48 @@ def test_cosine_schedule_matches_its_alpha_bar():
     assert betas.max() <= 0.999
 
 
+def ho_posterior(betas):
+    """(coef1, coef2, variance) of q(x_{t-1} | x_t, x_0) in Ho et al. 2020's form (eqs. 6-7), from betas."""
+    alphas_cumprod = np.cumprod(1 - betas)
+    prev = np.append(1.0, alphas_cumprod[:-1])
+    return (betas * np.sqrt(prev) / (1 - alphas_cumprod), (1 - prev) * np.sqrt(1 - betas) / (1 - alphas_cumprod),
+            betas * (1 - prev) / (1 - alphas_cumprod))
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+def test_the_posterior_from_alpha_and_sigma_is_ho_et_al_s(schedule):
+    """DDPM's posterior is the shared one of diffusion/gaussian.py (Kingma et al. 2021, eq. 31) on
+    its grid; in float64 it matches Ho et al.'s coefficients, and in float32 it is their tables'."""
+    d = DDPM(DiffusionConfig(schedule=schedule))
+    steps = torch.arange(1000)
+    ours = d.posterior64(steps, steps - 1)
+    for mine, theirs in zip(ours, ho_posterior(make_betas(d.config))):
+        assert np.allclose(mine.numpy(), theirs, rtol=1e-9, atol=1e-15)
+        assert torch.equal(mine.float(), torch.tensor(theirs, dtype=torch.float32))
+    a, variance = d.transition64(steps - 1, steps)
+    assert np.allclose(variance.numpy(), make_betas(d.config), rtol=1e-9)
+    assert np.allclose(a.numpy(), np.sqrt(1 - make_betas(d.config)), rtol=1e-12)
+
+
 def test_posterior_variance_closed_forms():
-    d = GaussianDiffusion(DiffusionConfig())
-    assert d.posterior_variance[0].item() == 0.0
-    assert d.posterior_variance[-1].item() == pytest.approx(0.02, rel=1e-3)
-    assert torch.all(d.posterior_variance[1:] <= d.betas[1:])
+    d = DDPM(DiffusionConfig())
+    steps = torch.arange(1000)
+    variance = d.posterior64(steps, steps - 1)[2]
+    assert variance[0].item() == 0.0
+    assert variance[-1].item() == pytest.approx(0.02, rel=1e-3)
+    assert torch.all(variance[1:] <= d.betas[1:].double())
 
 
 def test_posterior_mean_recovers_x0_at_t0():
-    d = GaussianDiffusion(DiffusionConfig())
+    d = DDPM(DiffusionConfig())
     x0, xt = torch.randn(4, 1, 5, 5), torch.randn(4, 1, 5, 5)
-    mean, var = d.q_posterior(x0, xt, torch.zeros(4, dtype=torch.long))
-    assert torch.allclose(mean, x0, atol=1e-6) and torch.all(var == 0)
+    mean, var = d.posterior(x0, xt, 0, -1)
+    assert torch.equal(mean, x0) and torch.all(var == 0)
 
 
 @pytest.mark.parametrize("t", [0, 250, 999])
 def test_q_sample_mean_and_variance(t):
-    d = GaussianDiffusion(DiffusionConfig())
+    d = DDPM(DiffusionConfig())
     g = torch.Generator().manual_seed(0)
     x0 = torch.full((200_000, 1, 1, 1), 0.7)
     noise = torch.randn(x0.shape, generator=g)
@@ -62,7 +87,7 @@ def test_q_sample_mean_and_variance(t):
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 def test_every_target_gives_back_x0_and_eps(prediction):
     """Fed its exact target, each parameterisation recovers the true x0 and noise."""
-    d = GaussianDiffusion(DiffusionConfig(prediction=prediction))
+    d = DDPM(DiffusionConfig(prediction=prediction))
     x0 = torch.rand(8, 1, 6, 6) * 2 - 1
     noise = torch.randn_like(x0)
     t = torch.tensor([0, 1, 10, 100, 500, 900, 998, 999])
@@ -73,8 +98,8 @@ def test_every_target_gives_back_x0_and_eps(prediction):
 
 
 def test_min_snr_weighting_downweights_small_t_only():
-    plain = GaussianDiffusion(DiffusionConfig(min_snr_gamma=0))
-    weighted = GaussianDiffusion(DiffusionConfig(min_snr_gamma=5))
+    plain = DDPM(DiffusionConfig(min_snr_gamma=0))
+    weighted = DDPM(DiffusionConfig(min_snr_gamma=5))
     x0, noise = torch.zeros(2, 1, 2, 2), torch.randn(2, 1, 2, 2)
     for t, same in ((999, True), (0, False)):
         tt = torch.full((2,), t)
@@ -89,7 +114,7 @@ def test_min_snr_weight_is_the_same_x0_weight_for_every_target(prediction, gamma
     """Min-SNR-gamma (Hang et al. 2023) weights the x0 error by min(SNR_t, gamma). For a prediction
     that implies the same wrong x0_hat, every parameterisation must give that same weighted loss
     (gamma = 0: the plain MSE of the target itself, which differs between targets)."""
-    d = GaussianDiffusion(DiffusionConfig(prediction=prediction, min_snr_gamma=gamma))
+    d = DDPM(DiffusionConfig(prediction=prediction, min_snr_gamma=gamma))
     torch.manual_seed(0)
     t = torch.tensor([5, 100, 400, 900])
     x0, noise = torch.rand(4, 1, 3, 3) * 2 - 1, torch.randn(4, 1, 3, 3)

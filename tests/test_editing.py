@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import inference
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from diffusion.inpainting import inpaint, named_mask
 from diffusion.interpolation import slerp, soft_labels
 from diffusion.pipeline import every_digit, make_denoiser
@@ -31,7 +31,7 @@ def two_point_denoiser(diffusion):
 
 @pytest.mark.parametrize("sampler, steps, resample", [("ddpm", 0, 1), ("ddpm", 0, 3), ("dpm++", 20, 1)])
 def test_an_exact_denoiser_completes_the_half_it_was_not_shown(sampler, steps, resample):
-    diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=100))
+    diffusion = DDPM(DiffusionConfig(num_timesteps=100))
     generator = torch.Generator().manual_seed(0)
     known = torch.cat([A, B]).repeat(8, 1, 1, 1)  # 16 images: 8 of A, 8 of B
     mask = named_mask("right", 4)  # the right half is unknown

@@ -55,7 +55,7 @@ def test_a_new_grid_is_one_function_and_one_registry_line(monkeypatch):
 
 
 def test_no_process_branches_on_a_sampler_s_name():
-    for name in ("gaussian.py", "continuous.py"):
+    for name in ("gaussian.py", "ddpm.py", "continuous.py"):
         text = (ROOT / "diffusion" / name).read_text()
         for sampler in SAMPLERS:
             assert f'"{sampler}"' not in text and f"'{sampler}'" not in text, (name, sampler)

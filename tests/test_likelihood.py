@@ -2,12 +2,14 @@
 ODE against closed forms, and likelihood.py on the shipped model."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import likelihood
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from diffusion.likelihood import bound_terms, discretised_gaussian_log_likelihood, ode_log_likelihood
+from diffusion.schedules import linear_betas
 from models.load import SHIPPED_MODEL
 from utils.config import DiffusionConfig
 
@@ -27,10 +29,11 @@ def phi(z):
 def test_the_bound_of_the_exact_model_of_a_point_equals_its_closed_form():
     """Data: one fixed 8-bit image x*. The exact model predicts x0 = x*, so every KL term is 0 and
     the bound is the prior term plus the decoder's log-probability of x* at its bin's centre."""
-    diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=40))
+    diffusion = DDPM(DiffusionConfig(num_timesteps=40))
     x_star = GRID[torch.tensor([0, 3, 128, 200, 255, 17])].view(1, 1, 2, 3)
     terms = bound_terms(lambda x, t: x_star.float().expand_as(x), diffusion, x_star, torch.Generator().manual_seed(0))
-    a_bar, sigma = diffusion.alphas_cumprod[-1].double().item(), math.sqrt(diffusion.betas[0].double().item())
+    betas = linear_betas(40)  # the bound is computed in float64 from the schedule's definition
+    a_bar, sigma = float(np.prod(1 - betas)), math.sqrt(betas[0])
     prior = sum(0.5 * (1 - a_bar + a_bar * v * v - 1 - math.log(1 - a_bar)) for v in x_star.flatten().tolist())
     inner = math.log(phi(1 / 255 / sigma) - phi(-1 / 255 / sigma))
     decoder = -sum(math.log(phi(1 / 255 / sigma)) if abs(v) == 1 else inner for v in x_star.flatten().tolist())
@@ -44,7 +47,7 @@ def test_the_bound_of_the_exact_model_of_a_gaussian_matches_its_expected_terms()
     Each KL term's expectation and the prior term have closed forms; the bound's Monte Carlo mean
     over images must match them within 4 standard errors."""
     s2, T, n = 0.25, 20, 4000
-    diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=T))
+    diffusion = DDPM(DiffusionConfig(num_timesteps=T))
     a_bar = diffusion.alphas_cumprod.double()
     gain = a_bar.sqrt() * s2 / (a_bar * s2 + 1 - a_bar)
 
@@ -53,7 +56,9 @@ def test_the_bound_of_the_exact_model_of_a_gaussian_matches_its_expected_terms()
 
     x0 = torch.randn(n, 1, 1, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * math.sqrt(s2)
     terms = bound_terms(exact_x0, diffusion, x0, torch.Generator().manual_seed(2), batch_size=4000)
-    c1, var = diffusion.posterior_mean_coef1.double(), diffusion.posterior_variance.double()
+    betas = diffusion.betas.double()  # q(x_{t-1} | x_t, x_0)'s coefficient of x_0 and variance, Ho et al. eq. 7
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), a_bar[:-1]])
+    c1, var = betas * prev.sqrt() / (1 - a_bar), betas * (1 - prev) / (1 - a_bar)
     for t in (1, 5, T - 1):
         k, alpha, sigma2 = gain[t], a_bar[t].sqrt(), 1 - a_bar[t]
         expected = 2 * c1[t] ** 2 * ((1 - k * alpha) ** 2 * s2 + k ** 2 * sigma2) / (2 * var[t])
@@ -68,7 +73,7 @@ def test_the_ode_likelihood_of_a_gaussian_matches_the_closed_form():
     """Data N(0, s^2 I) and its exact eps: the flow is linear, so log p_0(x) is known exactly (with
     the N(0, I) prior at t = T-1 in place of the true marginal, as the estimator uses it)."""
     s2, dim = 0.3, 6
-    diffusion = GaussianDiffusion(DiffusionConfig())
+    diffusion = DDPM(DiffusionConfig())
     log_a_bar = torch.log(diffusion.alphas_cumprod.double())
 
     def a_bar_at(t):  # log-linear between integer steps, as the ODE interpolates

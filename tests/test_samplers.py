@@ -8,7 +8,7 @@ import importlib.util
 import pytest
 import torch
 
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from diffusion.pipeline import make_denoiser
 from diffusion.samplers import SAMPLERS, make_timesteps, sample
 from utils.config import DiffusionConfig, ModelConfig, SamplingConfig
@@ -35,7 +35,7 @@ def oracle(diffusion, target_x0):
 @pytest.mark.parametrize("prediction", ["eps", "x0", "v"])
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpm++"])
 def test_samplers_reach_the_only_data_point(sampler, prediction):
-    d = GaussianDiffusion(DiffusionConfig(num_timesteps=200, prediction=prediction))
+    d = DDPM(DiffusionConfig(num_timesteps=200, prediction=prediction))
     x_star = torch.linspace(-0.9, 0.9, 16).view(1, 1, 4, 4)
     g = torch.Generator().manual_seed(0)
     noise = torch.randn(3, 1, 4, 4, generator=g)
@@ -44,7 +44,7 @@ def test_samplers_reach_the_only_data_point(sampler, prediction):
 
 
 def test_trajectory_runs_from_t_max_to_zero_then_final():
-    d = GaussianDiffusion(DiffusionConfig(num_timesteps=100))
+    d = DDPM(DiffusionConfig(num_timesteps=100))
     x_star = torch.zeros(1, 1, 2, 2)
     timesteps = make_timesteps("ddim", d, 5)
     assert timesteps == [99, 74, 50, 25, 0]
@@ -54,7 +54,7 @@ def test_trajectory_runs_from_t_max_to_zero_then_final():
 
 
 def test_make_timesteps():
-    d = GaussianDiffusion(DiffusionConfig())
+    d = DDPM(DiffusionConfig())
     assert make_timesteps("ddpm", d, 20) == list(range(999, -1, -1))
     assert make_timesteps("ddim", d, 4) == [999, 666, 333, 0]
     ts = make_timesteps("dpm++", d, 20)
@@ -64,11 +64,11 @@ def test_make_timesteps():
     assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=0.3)  # uniform in t: gaps from 0.1 to 3
     assert len(make_timesteps("dpm++", d, 1000)) < 1000  # neighbours merged near t = 0, never repeated
     with pytest.raises(ValueError):
-        make_timesteps("ddim", GaussianDiffusion(DiffusionConfig(num_timesteps=100)), 101)
+        make_timesteps("ddim", DDPM(DiffusionConfig(num_timesteps=100)), 101)
 
 
 def test_ddim_eta0_is_deterministic_and_eta1_is_not():
-    d = GaussianDiffusion(DiffusionConfig(num_timesteps=100))
+    d = DDPM(DiffusionConfig(num_timesteps=100))
     net = lambda x, t: 0.1 * x  # any fixed function will do
     noise = torch.randn(2, 1, 3, 3)
     run = lambda eta, seed: sample("ddim", net, d, noise, steps=10, eta=eta,
@@ -91,15 +91,15 @@ class FakeModel:
 
 def test_guidance_is_one_batched_pass_with_null_label():
     model, labels = FakeModel(), torch.tensor([1, 2])
-    out = make_denoiser(model, GaussianDiffusion(DiffusionConfig()), labels, guidance=2.0)(torch.zeros(2, 1, 2, 2), 500)
+    out = make_denoiser(model, DDPM(DiffusionConfig()), labels, guidance=2.0)(torch.zeros(2, 1, 2, 2), 500)
     assert len(model.calls) == 1 and model.calls[0][1].tolist() == [1, 2, 10, 10]
     assert torch.allclose(out, torch.full_like(out, 3 + 2 * (3 - 1)))  # cond + w (cond - uncond)
-    out0 = make_denoiser(model, GaussianDiffusion(DiffusionConfig()), labels, guidance=0.0)(torch.zeros(2, 1, 2, 2), 500)
+    out0 = make_denoiser(model, DDPM(DiffusionConfig()), labels, guidance=0.0)(torch.zeros(2, 1, 2, 2), 500)
     assert torch.allclose(out0, torch.full_like(out0, 3.0))
 
 
 def test_guidance_interval_guides_only_the_steps_inside_it():
-    model, d = FakeModel(), GaussianDiffusion(DiffusionConfig())
+    model, d = FakeModel(), DDPM(DiffusionConfig())
     denoise = make_denoiser(model, d, torch.tensor([3, 4]), guidance=0.5, interval=(0.25, 0.7))
     sample("dpm++", denoise, d, torch.randn(2, 1, 2, 2), steps=20)
     batches = [(t, len(y)) for t, y in model.calls]
@@ -126,21 +126,21 @@ diffusers_missing = importlib.util.find_spec("diffusers") is None
 @pytest.mark.parametrize("t", [999, 500, 3, 0])
 def test_ddpm_step_matches_diffusers(t):
     from diffusers import DDPMScheduler
-    d = GaussianDiffusion(DiffusionConfig())
+    d = DDPM(DiffusionConfig())
     ref = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=True,
                         variance_type="fixed_small")
     x, eps = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     expected = ref.step(eps, t, x, generator=torch.Generator().manual_seed(7)).prev_sample
-    # one step of ours, drawing its noise from an identically seeded generator
-    steps = SAMPLERS["ddpm"](lambda xx, tt: eps, d, x, [t], generator=torch.Generator().manual_seed(7))
-    ours = list(steps)[-1].x
+    # one step of ours, t to t - 1, drawing its noise from an identically seeded generator
+    steps = SAMPLERS["ddpm"](lambda xx, tt: eps, d, x, [t, t - 1] if t else [t], generator=torch.Generator().manual_seed(7))
+    ours = list(steps)[1].x
     assert torch.allclose(ours, expected, atol=1e-4)  # float32 rounding of differently ordered maths
 
 
 @pytest.mark.skipif(diffusers_missing, reason="diffusers is not installed (see requirements-dev.txt)")
 def test_ddim_step_matches_diffusers():
     from diffusers import DDIMScheduler
-    d = GaussianDiffusion(DiffusionConfig())
+    d = DDPM(DiffusionConfig())
     ref = DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear", clip_sample=False,
                         set_alpha_to_one=True, timestep_spacing="linspace")
     x = torch.randn(2, 1, 4, 4)
@@ -158,7 +158,7 @@ def test_dpm_solver_pp_matches_diffusers(eta, algorithm):
     """DPM-Solver++(2M), ODE and SDE, against diffusers' DPMSolverMultistepScheduler on the same
     timesteps, the same network outputs and the same noise, over a whole trajectory."""
     from diffusers import DPMSolverMultistepScheduler
-    d = GaussianDiffusion(DiffusionConfig())
+    d = DDPM(DiffusionConfig())
     timesteps = make_timesteps("dpm++", d, 8)
     outputs = {t: torch.randn(2, 1, 4, 4, generator=torch.Generator().manual_seed(t)) for t in timesteps}
     x = torch.randn(2, 1, 4, 4)
@@ -176,7 +176,7 @@ def test_dpm_solver_pp_matches_diffusers(eta, algorithm):
 def test_dpm_sde_first_step_is_the_ddpm_posterior_step():
     # At eta = 1 and first order (the first step, D = x0), SDE-DPM-Solver++ is the posterior
     # q(x_s | x_t, x0) on the subsequence, which is DDIM with eta = 1; same noise, same result.
-    d = GaussianDiffusion(DiffusionConfig())
+    d = DDPM(DiffusionConfig())
     x, out = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
     for t, s in ((999, 899), (400, 150), (30, 0)):
         runs = [list(SAMPLERS[name](lambda xx, tt: out, d, x, [t, s], torch.Generator().manual_seed(3), eta=1.0,
@@ -189,7 +189,7 @@ def test_samplers_recover_a_gaussian_data_distribution(sampler, eta):
     # Data ~ N(0, c^2) has an exact denoiser, so with enough steps every sampler must return samples
     # with standard deviation c. A wrong noise scale in a stochastic update (or a wrong ODE
     # coefficient) shows up directly in the spread.
-    d, c = GaussianDiffusion(DiffusionConfig()), 0.5
+    d, c = DDPM(DiffusionConfig()), 0.5
     noise = torch.randn(20000, 1, 1, 1, generator=torch.Generator().manual_seed(0))
     final = sample(sampler, gaussian_oracle(d, c), d, noise, steps=250, eta=eta, generator=torch.Generator().manual_seed(1),
                       clip=False)
@@ -201,7 +201,7 @@ def test_dpm_solver_is_second_order_on_the_probability_flow_ode():
     # For data ~ N(0, c^2) the ODE keeps x_t / sqrt(ab_t c^2 + 1 - ab_t) constant, so the exact end
     # point is known. Doubling the steps must cut a second-order solver's error about 4x (2x for
     # first order, e.g. without the multistep correction D).
-    d, c = GaussianDiffusion(DiffusionConfig()), 0.5
+    d, c = DDPM(DiffusionConfig()), 0.5
     ab = d.alphas_cumprod.double()
     x = torch.linspace(-2, 2, 9).view(-1, 1, 1, 1)
     x_at_0 = x.double() * ((ab[0] * c ** 2 + 1 - ab[0]) / (ab[999] * c ** 2 + 1 - ab[999])).sqrt()

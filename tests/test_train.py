@@ -12,7 +12,7 @@ import torch
 import inference
 import train
 from conftest import ROOT, TINY_MODEL, run_script
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from utils.checkpoint import load_checkpoint
 from models.load import load_model
 from utils.config import InferenceConfig, ModelConfig
@@ -181,7 +181,7 @@ def test_non_finite_losses_skip_updates_then_stop(tmp_path, mnist_dir, monkeypat
     """From step 3 on the loss is NaN: no update touches the weights, each is counted and logged,
     and after --max_bad_steps in a row training stops, having saved only finite tensors."""
     train.main(train_args(tmp_path, mnist_dir, "good", "--max_steps", "2", "--num_grid_samples", "0"))
-    real_loss = GaussianDiffusion.loss
+    real_loss = DDPM.loss
     calls = {"n": 0}
 
     def loss_going_bad(self, *args):
@@ -189,7 +189,7 @@ def test_non_finite_losses_skip_updates_then_stop(tmp_path, mnist_dir, monkeypat
         loss = real_loss(self, *args)
         return loss * float("nan") if calls["n"] > 2 else loss
 
-    monkeypatch.setattr(GaussianDiffusion, "loss", loss_going_bad)
+    monkeypatch.setattr(DDPM, "loss", loss_going_bad)
     code, err = exit_code(train.main, train_args(tmp_path, mnist_dir, "bad", "--max_steps", "50",
                                                  "--max_bad_steps", "3", "--num_grid_samples", "0"), capsys)
     assert code == 2 and "3 non-finite losses or gradients in a row" in err

@@ -6,7 +6,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from models.unet import UNet
 from utils.config import DiffusionConfig, ModelConfig, TrainConfig
 from training.schedule import update_ema
@@ -21,7 +21,7 @@ def setup():
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = make_optimizer(model, TrainConfig(), torch.device("cpu"))
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    diffusion = GaussianDiffusion(DiffusionConfig(num_timesteps=50))
+    diffusion = DDPM(DiffusionConfig(num_timesteps=50))
     state = RunState(model, ema, optimizer, scaler)
     batch = (torch.rand(4, 1, 28, 28) * 2 - 1, torch.tensor([0, 1, 2, 10]), torch.randn(4, 1, 28, 28),
              torch.tensor([0, 10, 25, 49]))

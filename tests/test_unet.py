@@ -6,7 +6,7 @@ import torch
 from training.batches import Batches
 from utils.datasets import Data
 from diffusion.pipeline import make_denoiser
-from diffusion.gaussian import GaussianDiffusion
+from diffusion.ddpm import DDPM
 from models.unet import UNet
 from utils.config import DiffusionConfig, ModelConfig
 
@@ -49,7 +49,7 @@ def test_the_label_changes_the_output_and_the_null_label_is_the_unconditional_on
     # what the samplers pass for "unconditional" in classifier-free guidance is this same null label
     seen = []
     model.register_forward_hook(lambda module, inputs, output: seen.append(inputs[2]))
-    make_denoiser(model, GaussianDiffusion(DiffusionConfig()), torch.full((4,), 3), guidance=1.0)(x, 300)
+    make_denoiser(model, DDPM(DiffusionConfig()), torch.full((4,), 3), guidance=1.0)(x, 300)
     assert seen[0][4:].tolist() == null.tolist()
 
 
@@ -59,7 +59,7 @@ def test_label_dropout_in_training_uses_the_null_label(mnist_dir):
     images, labels = load_mnist(mnist_dir, train=True)
     cfg = TrainConfig(batch_size=256, p_uncond=0.5, epochs=1)
     batches = Batches(Data(images.unsqueeze(1), labels, ()), cfg, rank=0, world_size=1,
-                      process=GaussianDiffusion(DiffusionConfig()), null_label=ModelConfig().null_label)
+                      process=DDPM(DiffusionConfig()), null_label=ModelConfig().null_label)
     _, y, _, _ = batches.get(0)
     dropped = y == 10
     assert 0.3 < dropped.float().mean() < 0.7 and y[~dropped].max() <= 9
