@@ -66,25 +66,19 @@ def matmul_peak(device, precision="fp32", sizes=None, repeats=3):
     return best
 
 
-def vdm_checkpoint(cfg, refusal, use_ema=True, checkpoint_path=None):
-    """(ckpt, model, process, path) of a VDM checkpoint for a benchmark, on cfg.device: the EMA
-    weights or the raw ones; checkpoint_path or cfg.checkpoint_path; refusal: what the one-line
-    refusal of another process says after its name."""
+def bound_checkpoint(cfg, what, checkpoint_path=None, split="test"):
+    """(model, process, images, generator, path) for a benchmark of a checkpoint's variational bound
+    (its EMA weights on cfg.device): cfg gives device, data_dir, seed, num_images and checkpoint_path
+    (unless given here); the test images (split="train": the training images) in the order of
+    `likelihood.py --seed S`, in the model's range on the device; what: the benchmark, for the
+    one-line refusal of a process without a bound."""
     device = select_device(cfg.device)
     set_cpu_threads()
     ckpt, path = checkpoint_or_shipped(checkpoint_path or cfg.checkpoint_path)
-    model, process = load_model(ckpt, path, use_ema, device)
-    if process.config.process != "vdm":
-        raise UserError(f"{path} is a {process.config.process} model; {refusal}")
-    return ckpt, model, process, path
-
-
-def vdm_and_test_images(cfg, what, checkpoint_path=None, split="test"):
-    """(model, process, images, generator, path) for a benchmark of a VDM checkpoint's bound: cfg
-    gives device, data_dir, seed, num_images and checkpoint_path (unless given here); the test
-    images (split="train": the training images) in the order of `likelihood.py --seed S`, in the
-    model's range on the device; what: the benchmark, for the one-line refusal of another process."""
-    ckpt, model, process, path = vdm_checkpoint(cfg, f"{what} is of VDM's bound", True, checkpoint_path)
+    model, process = load_model(ckpt, path, True, device)
+    if process.bound is None:
+        raise UserError(f"{path} is a {process.config.process} model, which has no variational bound; {what} is "
+                        "of a bound (vdm's or ddpm's)")
     _, data = checkpoint_data(ckpt, split == "train", cfg.data_dir)
     generator = torch.Generator().manual_seed(cfg.seed)
     order = torch.randperm(len(data.images), generator=generator)

@@ -1,4 +1,4 @@
-"""VDM checkpoints compared by their bound on the same test images, times and noise: the paired difference.
+"""Checkpoints compared by their bound on the same test images, times and noise: the paired difference.
 
     python -m benchmarks.paired_bound --checkpoints checkpoints/vdm_a checkpoints/vdm_b --num_images 200
 
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from benchmarks.common import vdm_and_test_images
-from diffusion.likelihood import vdm_bound_terms
+from benchmarks.common import bound_checkpoint
 from likelihood import mean_and_error, network
 from utils.config import check_fields, data_dir_option, device_option, from_args, option, parse_flags
 from utils.errors import UserError, exit_on_user_error
@@ -24,11 +23,12 @@ from utils.errors import UserError, exit_on_user_error
 
 @dataclass
 class Flags:
-    checkpoints: tuple = option((), "VDM checkpoints, the reference first", item=str)
+    checkpoints: tuple = option((), "checkpoints with a variational bound (vdm, ddpm), the reference first", item=str)
     num_images: int = option(200, "images scored", bounds="[2, 10000]")
     split: str = option("test", "score test images, or training images (to see overfitting)",
                         choices=("test", "train"))
-    t_samples: int = option(20, "times per image of the bound's Monte Carlo integral", bounds="[1, inf)")
+    t_samples: int = option(20, "times per image of VDM's Monte Carlo integral (DDPM's bound: every t)",
+                            bounds="[1, inf)")
     batch_size: int = option(500, "network evaluations per batch", bounds="[1, inf)")
     seed: int = option(0, "image order (as likelihood.py's), times and noise", bounds="[0, inf)")
     data_dir: str = data_dir_option()
@@ -37,15 +37,14 @@ class Flags:
     def __post_init__(self):
         check_fields(self)
         if len(self.checkpoints) < 2:
-            raise UserError("--checkpoints needs two or more VDM checkpoints, the reference first")
+            raise UserError("--checkpoints needs two or more checkpoints, the reference first")
 
 
 def per_image_bits(cfg, checkpoint_path):
-    """(VDM's bound per image in bits/dim, the images of cfg.split, the path read) for cfg.seed."""
-    model, process, images, generator, path = vdm_and_test_images(cfg, "the paired comparison", checkpoint_path,
-                                                                  cfg.split)
-    terms = vdm_bound_terms(network(model, process)[1], process, images, generator, cfg.t_samples, cfg.batch_size)
-    return terms.sum(1) / (images[0].numel() * math.log(2)), images, path
+    """(the process's bound per image in bits/dim, the images of cfg.split, the path read) for cfg.seed."""
+    model, process, images, generator, path = bound_checkpoint(cfg, "the paired comparison", checkpoint_path, cfg.split)
+    terms, _ = process.bound(*network(model, process), images, generator, cfg.t_samples, cfg.batch_size)
+    return sum(terms.values()) / (images[0].numel() * math.log(2)), images, path
 
 
 def main(argv=None):
@@ -56,7 +55,7 @@ def main(argv=None):
     for _, other, path in scored[1:]:
         if other.shape != images.shape or not torch.equal(other, images):
             raise UserError(f"{path} reads other {cfg.split} images than {scored[0][2]}: no pairs to compare")
-    print(f"VDM bound on {cfg.num_images} {cfg.split} images (seed {cfg.seed}), {cfg.t_samples} t per image, bits/dim")
+    print(f"Bound on {cfg.num_images} {cfg.split} images (seed {cfg.seed}), {cfg.t_samples} t per image, bits/dim")
     rows = []
     for values, _, path in scored:
         mean, error = mean_and_error(values)
