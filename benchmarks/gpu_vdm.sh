@@ -18,7 +18,7 @@ source "$(dirname "$0")/gpu_common.sh"
 
 log "VDM, batch $B, LR $LR, $MINUTES minutes $EXTRA"
 python train.py --process vdm --fourier_features 7 8 --batch_size "$B" --base_channels 32 --channel_mults 1 2 2 \
-  --clip_x0 --lr "$LR" --minutes "$MINUTES" --save_every "$SAVE" --keep_last 50 --num_grid_samples 0 \
+  --lr "$LR" --minutes "$MINUTES" --save_every "$SAVE" --keep_last 50 --num_grid_samples 0 \
   --device "$DEVICE" --checkpoint_path "$CK/vdm" --output_dir "$OUT/vdm" $EXTRA 2>&1 \
   | tr '\r' '\n' | grep -E "budget|device|done|rror" | tee -a "$S"
 

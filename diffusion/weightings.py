@@ -3,7 +3,7 @@ dimension, a function of the log-SNR, log SNR(t) = log(alpha_t^2 / sigma_t^2) (K
 compare them on one footing). A process's loss measures the error in the space of what its network
 predicts and divides the weight by (d target / d eps)^2 at fixed x_t (the process's target_scale),
 so that one weighting means one objective whatever the network predicts. VDM measures every
-error on eps (its eps_hat, clamped with --clip_x0), so there `target` is the plain MSE on eps.
+error on eps (its eps_hat, clamped to the data range), so there `target` is the plain MSE on eps.
 
     target    the plain mean squared error of what the network predicts (no weight): L_simple for
               eps (Ho et al. 2020), flow matching's velocity loss for the velocity (Lipman et al. 2023)

@@ -1,4 +1,4 @@
-"""VDM's --clip_x0: the denoiser's x0 clamped to the data range [-1, 1] in the loss and the likelihood.
+"""VDM's clip_x0 (the rule for every new VDM): the denoiser's x0 clamped to the data range [-1, 1] in the loss and the likelihood.
 It never raises the loss or the bound, leaves in-range estimates alone, trains without dead
 gradients, and reaches every tool through the process."""
 import pytest
@@ -8,9 +8,12 @@ import likelihood
 import train
 from diffusion.continuous import VDM
 from diffusion.likelihood import ode_log_likelihood, vdm_bound_terms
+from diffusion.processes import make_process
 from models.unet import UNet
 from test_train import exit_code
+from utils.checkpoint import load_checkpoint
 from utils.config import DiffusionConfig, ModelConfig
+from utils.errors import UserError
 
 
 def vdm(clip):
@@ -104,9 +107,30 @@ def test_the_ode_of_the_clamped_denoiser_takes_the_clamps_divergence():
     torch.testing.assert_close(log_p, expected, rtol=0, atol=1e-3)
 
 
-@pytest.mark.parametrize("process", ["ddpm", "flow"])
-def test_clip_x0_on_another_process_is_refused_in_one_line(process, tmp_path, capsys):
-    argv = ["--process", process, "--clip_x0", "--checkpoint_path", str(tmp_path / "ck"), "--max_steps", "1"]
-    code, err = exit_code(train.main, argv, capsys)  # (were it accepted, one step and no SystemExit: a failure)
-    assert code == 2 and err.strip().splitlines() == [
-        "error: --clip_x0 is for --process vdm (the samplers of every process clamp x0 already)"]
+def test_every_new_vdm_clamps_and_no_flag_turns_it_off(tmp_path, capsys):
+    """The clamp paid (a better bound and better samples, docs/RESULTS.md), so it is VDM's rule and no
+    longer a flag; other processes never have it, nor can a checkpoint give it to them."""
+    assert DiffusionConfig(process="vdm").clip_x0 and not DiffusionConfig().clip_x0
+    assert not DiffusionConfig(process="flow").clip_x0
+    for flag in ("--clip_x0", "--no-clip_x0"):
+        code, err = exit_code(train.main, ["--process", "vdm", flag, "--checkpoint_path", str(tmp_path / "ck"),
+                                           "--max_steps", "1"], capsys)
+        assert code == 2 and err.strip().splitlines() == [f"error: unrecognized arguments: {flag} (see --help)"]
+    with pytest.raises(UserError, match="clip_x0 is VDM's; a flow model cannot have it"):
+        DiffusionConfig(process="flow", clip_x0=True)
+
+
+@pytest.mark.parametrize("saved", ["missing", False, True])
+def test_a_vdm_checkpoint_keeps_the_denoiser_it_trained_as(saved, tmp_path):
+    """A VDM saved before the clamp became the rule (clip_x0 False, or no field at all) loads, samples
+    and resumes as the unclamped denoiser it was trained as."""
+    from models.load import SHIPPED_MODEL
+    ckpt = torch.load(SHIPPED_MODEL, weights_only=True)
+    config = {**ckpt["diffusion_config"], "process": "vdm", "clip_x0": saved}
+    if saved == "missing":
+        del config["clip_x0"]
+    ckpt["diffusion_config"] = config
+    torch.save(ckpt, tmp_path / "ck")
+    loaded = load_checkpoint(tmp_path / "ck")[0]
+    assert loaded["diffusion_config"]["clip_x0"] is (saved is True)
+    assert make_process(DiffusionConfig(**loaded["diffusion_config"])).clip_x0 is (saved is True)

@@ -30,10 +30,10 @@ def test_a_weighting_is_one_objective_whatever_the_network_predicts(process, wei
     x0, noise, t, eps_hat = batch(process)
     losses = []
     for prediction in PREDICTIONS[process]:
-        d = make_process(DiffusionConfig(process=process, prediction=prediction, weighting=weighting))
+        d = make_process(DiffusionConfig(process=process, prediction=prediction, weighting=weighting,
+                                         clip_x0=False))  # any eps_hat, unclamped (the clamp: tests/test_clip_x0.py)
         x_t = d.q_sample(x0, t, noise)
-        alpha, sigma = (v.reshape(-1, 1, 1, 1) for v in (d.sqrt_alphas_cumprod[t], d.sqrt_one_minus_alphas_cumprod[t])
-                        ) if process == "ddpm" else (v.reshape(-1, 1, 1, 1) for v in d.alpha_sigma(t))
+        alpha, sigma = (v.reshape(-1, 1, 1, 1) for v in d.alpha_sigma(t))
         x0_hat = (x_t - sigma * eps_hat) / alpha
         out = d.target(x0_hat, eps_hat, t)  # the output whose (x0, eps) estimates are (x0_hat, eps_hat)
         losses.append(d.loss(out, x0, noise, t))
@@ -49,7 +49,7 @@ def test_each_process_s_default_is_its_loss_of_before():
     before = ((out - noise).pow(2).mean(dim=(1, 2, 3)) * (snr.clamp(max=5.0) / snr)).mean()
     assert torch.equal(ddpm.loss(out, x0, noise, t), before)
     x0, noise, t, out = batch("vdm")
-    vdm = make_process(DiffusionConfig(process="vdm"))
+    vdm = make_process(DiffusionConfig(process="vdm", clip_x0=False))  # (the clamp: tests/test_clip_x0.py)
     before = (0.5 * (vdm.gamma_max - vdm.gamma_min) * (out - noise).pow(2).mean(dim=(1, 2, 3))).mean()
     torch.testing.assert_close(vdm.loss(out, x0, noise, t), before, rtol=1e-6, atol=0)
     flow = make_process(DiffusionConfig(process="flow"))
@@ -60,7 +60,7 @@ def test_a_new_weighting_is_one_function_and_one_registry_line(monkeypatch):
     """A weight of sqrt(SNR), registered by name: the loss is that weight on the eps error."""
     monkeypatch.setitem(weightings.WEIGHTINGS, "sqrt_snr", lambda process, t: process.snr(t).sqrt())
     x0, noise, t, out = batch("vdm")
-    config = DiffusionConfig(process="vdm")
+    config = DiffusionConfig(process="vdm", clip_x0=False)  # any eps_hat, unclamped
     config.weighting = "sqrt_snr"  # past the flag's choices, as a registered weighting would be
     vdm = make_process(config)
     expected = (vdm.snr(t).sqrt() * (out - noise).pow(2).mean(dim=(1, 2, 3))).mean()

@@ -262,7 +262,8 @@ def migrate(ckpt, path):
     samples and evaluates as before but cannot resume exactly (not_resumable says why). Any version:
     the t_density of VDM's runs (an option the code had up to commit 829065b) is dropped, and a run
     that used a density cannot resume exactly; a checkpoint saved before --weighting and --t_sampling
-    gets the loss and the times it trained with."""
+    gets the loss and the times it trained with, and one saved before VDM's clamp became the rule
+    (clip_x0: a flag up to commit b4b2019) the unclamped denoiser it trained as."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
@@ -270,6 +271,7 @@ def migrate(ckpt, path):
     process = diffusion_cfg.get("process", "ddpm")  # (version 1 is DDPM's, set below)
     for name, value in process_defaults(process).items():
         diffusion_cfg.setdefault(name, value)
+    diffusion_cfg.setdefault("clip_x0", False)
     if ckpt["diffusion_config"].pop("t_density", ()):  # a setting of how VDM trained, removed after it did not pay
         ckpt["not_resumable"] = ("it trained with --t_density, which this version no longer has (a resumed run would "
                                  "draw other times); it still samples and evaluates")

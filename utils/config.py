@@ -22,6 +22,12 @@ def option(default, help, choices=None, bounds=None, item=None):
     return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds, "item": item})
 
 
+def recorded(default, help):
+    """A config field saved in every checkpoint that no flag sets: how a model was made, where the
+    project has settled the choice (a checkpoint made before keeps its own value)."""
+    return field(default=default, metadata={"help": help, "choices": None, "bounds": None, "item": None, "flag": False})
+
+
 # The project's folders, relative to where a script runs.
 DATA_DIR, OUTPUT_DIR, CHECKPOINT_DIR = "data", "outputs", "checkpoints"
 DEFAULT_CHECKPOINT = f"{CHECKPOINT_DIR}/ddpm_checkpoint"
@@ -147,8 +153,9 @@ class DiffusionConfig:
     gamma_min: float = option(-13.3, "vdm: gamma = -log SNR at t = 0 (Kingma et al. 2021: -13.3, sigma about 1e-3); "
                               "gamma in [-50, 50] keeps alpha and sigma well inside float32", bounds="[-50, 50]")
     gamma_max: float = option(5.0, "vdm: gamma at t = 1 (Kingma et al. 2021: 5), in [-50, 50]", bounds="[-50, 50]")
-    clip_x0: bool = option(False, "vdm: the denoiser clamps its x0 estimate to the data range [-1, 1] in the loss and "
-                           "the likelihood too, as the samplers always do (never a worse bound)")
+    clip_x0: bool = recorded(None, "vdm: the denoiser clamps its x0 estimate to the data range [-1, 1] in the loss and "
+                             "the likelihood too, as the samplers always do: never a worse bound, and better samples "
+                             "(docs/RESULTS.md); True for every new VDM, False in one trained before (and other processes)")
     prediction: str = option(None, "what the network predicts: eps (noise), x0, v (Salimans & Ho 2022) or velocity "
                              "(dx_t/dt); default: velocity for flow, else eps", choices=("eps", "x0", "v", "velocity"))
     weighting: str = option(None, "the loss's weight of each time (diffusion/weightings.py): target (the plain MSE of "
@@ -176,8 +183,11 @@ class DiffusionConfig:
             raise UserError(f"--weighting {self.weighting} needs a continuous-time process (vdm or flow)")
         if self.process == "ddpm" and self.prediction == "velocity":
             raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
+        if self.clip_x0 is None:
+            self.clip_x0 = self.process == "vdm"
         if self.clip_x0 and self.process != "vdm":
-            raise UserError("--clip_x0 is for --process vdm (the samplers of every process clamp x0 already)")
+            raise UserError(f"clip_x0 is VDM's; a {self.process} model cannot have it (the samplers of every process "
+                            "clamp x0 already)")
 
 
 def process_defaults(process):
@@ -406,7 +416,7 @@ def add_arguments(parser, config_cls, skip=()):
     """Add one --flag per field of config_cls, with its default and help text."""
     group = parser.add_argument_group(config_cls.__name__)
     for f in dataclasses.fields(config_cls):
-        if f.name in skip:
+        if f.name in skip or not f.metadata.get("flag", True):
             continue
         kwargs = {"default": f.default, "help": f"{f.metadata['help']} (default: {_show(f.default)})"}
         if f.metadata["choices"]:
