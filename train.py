@@ -27,7 +27,7 @@ from diffusion.processes import make_process
 from models.load import SHIPPED_MODEL
 from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
-from training.budget import planned_steps, time_steps
+from training.budget import planned_steps, repeat_flags, time_steps
 from training.log import Log, Progress
 from training.schedule import ema_rate, learning_rate
 from training.state import RunState
@@ -77,16 +77,16 @@ def train(argv, make_model):
     batches = Batches(data, cfg, rank, world_size, diffusion, model_cfg.null_label if model_cfg.num_classes else None)
     state = new_state(model, cfg, ckpt, amp_dtype, graphed, world_size)
     step_fn = make_step(state, diffusion, amp_dtype, cfg.grad_clip, batches.get(state.step), graphed)
-    total = planned_steps(cfg, batches.steps_per_epoch, lambda: time_steps(step_fn, batches, state, device),
-                          time.perf_counter() - start, state.step)
-    end_step = min(total, cfg.max_steps or total)
+    plan = planned_steps(cfg, batches.steps_per_epoch, lambda: time_steps(step_fn, batches, state, device),
+                         time.perf_counter() - start, state.step, start)
+    end_step = min(plan.total, cfg.max_steps or plan.total)
     if is_main:
         print(f"device {device} | precision {amp_dtype or torch.float32} | processes {world_size} | "
               f"{'CUDA graph | ' if graphed else ''}{count_parameters(model):,} parameters | {batches.steps_per_epoch} "
               f"steps/epoch | {'resuming at' if ckpt else 'starting at'} step {state.step} of {end_step}", file=sys.stderr)
     log = Log(cfg, out_dir, (state.step, end_step), fresh=ckpt is None, start=start, enabled=is_main)
     progress = Progress(cfg, model_cfg, diffusion, partial(autocast, device, amp_dtype), batches.steps_per_epoch) if is_main else None
-    checkpoint = partial(state.checkpoint, (model_cfg, diffusion_cfg, cfg), total, batches.steps_per_epoch, data.classes)
+    checkpoint = partial(state.checkpoint, (model_cfg, diffusion_cfg, cfg), plan, batches.steps_per_epoch, data.classes)
 
     # ---- the loop: batch, step, log, save, sample ------------------------------------------------------
     # The step's results stay on the device (no sync per step); they are read back every --log_every
@@ -94,11 +94,14 @@ def train(argv, make_model):
     bad = BadSteps(state.bad_steps, device, counted=not state.scaler.is_enabled())
     while state.step < end_step:
         # batch and step
-        epoch, lr = state.step // batches.steps_per_epoch, learning_rate(state.step, cfg, total)
+        epoch, lr = state.step // batches.steps_per_epoch, learning_rate(state.step, cfg, plan)
         loss, grad_norm, finite = step_fn(batches.get(state.step), lr, ema_rate(state.step, cfg.ema_decay))
         bad.count(finite)
         state.step += 1
         step, stopping = state.step, distributed.any_rank(stop["signal"] is not None)
+        if plan.update(step):  # a --minutes run: the total from the recent pace, to end on time
+            end_step = min(plan.total, cfg.max_steps or plan.total)
+            log.retotal(end_step)
         log.tick()
         # log and save
         if step % cfg.log_every == 0 or step % cfg.save_every == 0 or step == end_step or stopping:
@@ -114,7 +117,7 @@ def train(argv, make_model):
         # sample: the quick FID of --eval_every, and a grid after each epoch
         if progress:
             progress.sample(state.ema, step, step == end_step, log)
-    finish(log, state, world_size, start, cfg, lock)
+    finish(log, state, world_size, start, cfg, lock, plan)
 
 
 def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
@@ -163,6 +166,8 @@ def resolve_configs(argv):
     changes = {k: getattr(args, k) for k in typed & known}
     if typed & {"epochs", "minutes"} and "total_steps" not in typed:
         changes["total_steps"] = 0  # a new length for the run: from the typed --epochs or --minutes
+    if typed & {"epochs", "minutes", "total_steps"} and "plan" not in typed:
+        changes["plan"] = ()  # the saved plan gives way to the new length
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
     return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**ckpt["diffusion_config"]), ckpt, typed
@@ -221,7 +226,7 @@ def with_gpu_preset(cfg, typed, is_main):
     return dataclasses.replace(cfg, **preset)
 
 
-def finish(log, state, world_size, start, cfg, lock):
+def finish(log, state, world_size, start, cfg, lock, plan):
     """Close the log, check that the processes agree, draw the loss curve, release the checkpoint."""
     log.close()
     if world_size > 1 and not distributed.ranks_agree(state.model):
@@ -231,7 +236,7 @@ def finish(log, state, world_size, start, cfg, lock):
             print(f"weights identical on all {world_size} processes", file=sys.stderr)
         loss_curve(log.path, Path(cfg.output_dir) / "loss_curve.png")
         print(f"done: step {state.step} in {time.perf_counter() - start:.1f} s, checkpoint {cfg.checkpoint_path}, "
-              f"images in {cfg.output_dir}/", file=sys.stderr)
+              f"images in {cfg.output_dir}/ (to repeat this run: {repeat_flags(plan)})", file=sys.stderr)
     if lock is not None:
         lock.close()
     distributed.cleanup()

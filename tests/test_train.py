@@ -245,15 +245,15 @@ def test_full_disk_during_save_exits_with_one_line_and_keeps_the_old_checkpoint(
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_budget_fixes_the_steps_at_the_start_and_the_printed_count_repeats_the_run(tmp_path, mnist_dir, capsys):
-    """--minutes times a few steps, fixes total_steps before step 0 (the timing leaves no trace),
-    saves it, resumes with it, and a fresh run with the printed --total_steps is the same run."""
+def test_budget_plans_the_steps_at_the_start_and_the_printed_flags_repeat_the_run(tmp_path, mnist_dir, capsys):
+    """--minutes times a few steps, plans total_steps before step 0 (the timing leaves no trace),
+    saves it, resumes with it, and a fresh run with the flags printed at the end is the same run."""
     budget = train_args(tmp_path, mnist_dir, "budget")
     i = budget.index("--epochs")
     del budget[i:i + 2]  # no --epochs: the budget sets the length
     train.main([*budget, "--minutes", "0.3", "--warmup_steps", "2", "--max_steps", "3", "--num_grid_samples", "0"])
     err = capsys.readouterr().err
-    printed = int(err.split("--total_steps ")[1].split(")")[0])
+    printed = int(err.split("(to repeat this run: --total_steps ")[1].split(")")[0])  # not re-planned in 3 steps
     first = load_checkpoint(tmp_path / "budget")[0]
     assert first["train_config"]["total_steps"] == printed > 6 and first["step"] == 3
     assert first["lr_scheduler"]["t_initial"] == printed - first["train_config"]["warmup_steps"]

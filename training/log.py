@@ -48,6 +48,11 @@ class Log:
     def tick(self):
         self.bar.update(1)
 
+    def retotal(self, end_step):
+        """A --minutes run re-planned: the bar's new last step."""
+        self.end_step = self.bar.total = end_step
+        self.bar.refresh()
+
     def step(self, step, epoch, loss, lr, grad_norm, bad_steps):
         if bad_steps == 0:
             self.smoothed = loss if self.smoothed is None else 0.9 * self.smoothed + 0.1 * loss

@@ -14,15 +14,16 @@ import torch
 LR_FLOOR = 0.01  # the LR starts and ends at this fraction of --lr
 
 
-def learning_rate(step, cfg, total_steps):
-    """The LR of optimizer step `step` (0-based) of a run of total_steps steps."""
+def learning_rate(step, cfg, plan):
+    """The LR of optimizer step `step` (0-based) of a run of this length (training/budget.py's Plan:
+    S = its total; re-planned, the cosine's progress (s - W) / (S - W) runs on from where it is)."""
     peak, floor, warmup = cfg.lr, LR_FLOOR * cfg.lr, cfg.warmup_steps
     if step < warmup:
         return floor + step * ((peak - floor) / warmup)
-    decay_steps = max(1, total_steps - warmup)
-    if step - warmup >= decay_steps:
+    done, decay = plan.decay_position(step, warmup)
+    if done >= decay:
         return floor
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * (step - warmup) / decay_steps))
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * done / decay))
 
 
 def ema_rate(step, decay):
@@ -42,7 +43,7 @@ def update_ema(ema_model, model, rate):
     torch._foreach_add_(ema_params, difference)
 
 
-def schedule_state(cfg, total_steps):
+def schedule_state(cfg, plan):
     """The schedule as saved in a checkpoint (for a reader: the LR follows from the step and these)."""
-    return {"warmup_t": cfg.warmup_steps, "t_initial": max(1, total_steps - cfg.warmup_steps),
-            "lr": cfg.lr, "lr_min": LR_FLOOR * cfg.lr, "ema_decay": cfg.ema_decay}
+    return {"warmup_t": cfg.warmup_steps, "t_initial": max(1, plan.total - cfg.warmup_steps),
+            "lr": cfg.lr, "lr_min": LR_FLOOR * cfg.lr, "ema_decay": cfg.ema_decay, "plan": list(plan.lengths)}

@@ -35,20 +35,21 @@ class RunState:
         if self.net is None:  # not `or`: a compiled module has no truth value
             self.net = self.model
 
-    def checkpoint(self, configs, total_steps, steps_per_epoch, classes=()):
+    def checkpoint(self, configs, plan, steps_per_epoch, classes=()):
         """Everything the run needs to continue exactly. configs: (model, diffusion, train) configs;
-        classes names the labels, for figures."""
+        plan: the run's length (training/budget.py); classes names the labels, for figures."""
         model_cfg, diffusion_cfg, train_cfg = configs
         device = next(self.model.parameters()).device
         return {
             "format_version": FORMAT_VERSION,
             "model_config": dataclasses.asdict(model_cfg),
             "diffusion_config": dataclasses.asdict(diffusion_cfg),
-            "train_config": {**dataclasses.asdict(train_cfg), "total_steps": total_steps},
+            "train_config": {**dataclasses.asdict(train_cfg), "total_steps": plan.total,
+                             "plan": plan.lengths if len(plan.lengths) > 1 else ()},
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": schedule_state(train_cfg, total_steps),
+            "lr_scheduler": schedule_state(train_cfg, plan),
             "grad_scaler": self.scaler.state_dict(),  # empty unless the run used fp16
             "step": self.step,
             "epoch": self.step // steps_per_epoch,

@@ -224,6 +224,8 @@ class TrainConfig:
                          bounds="[0, inf)")
     total_steps: int = option(0, "train this many optimizer steps (0 = from --epochs or --minutes); a budgeted run "
                               "saves its own here, so a rerun with the printed value repeats it exactly", bounds="[0, inf)")
+    plan: tuple = option((), "a --minutes run's plan as it printed it, its first total then each re-plan's step and "
+                         "new total (T0 S1 T1 ...): repeats that run exactly, LR schedule included", bounds="[1, inf)")
     max_steps: int = option(0, "stop after this many optimizer steps in total, the schedule unchanged (0 = no limit)",
                             bounds="[0, inf)")
     batch_size: int = option(128, "images per optimizer step (global, over all processes); a data set with fewer "
@@ -258,8 +260,16 @@ class TrainConfig:
 
     def __post_init__(self):
         check_fields(self)
+        self.plan = tuple(self.plan)
         if not (self.minutes > 0 or self.epochs > 0 or self.total_steps > 0):
             raise UserError("give a positive --minutes, --epochs or --total_steps")
+        steps, totals = self.plan[1::2], self.plan[0::2]
+        if self.plan and (len(self.plan) % 2 == 0 or list(steps) != sorted(set(steps))
+                          or any(s >= t for s, t in [*zip(steps, totals), *zip(steps, totals[1:])])):
+            raise UserError("--plan takes T0 S1 T1 ... Sn Tn as a run printed it: increasing steps, each before its "
+                            "total; got " + " ".join(map(str, self.plan)))
+        if self.plan and self.total_steps not in (0, self.plan[-1]):
+            raise UserError(f"--plan ends at {self.plan[-1]} steps, --total_steps says {self.total_steps}")
 
 
 @dataclass
