@@ -18,7 +18,7 @@ import torch
 
 from diffusion.pipeline import every_digit, generate
 from models.classifier import load_classifier
-from models.load import checkpoint_or_shipped, load_model, results_path
+from models.load import checkpoint_or_shipped, load_guide, load_model, results_path
 from models.unet import UNet
 from utils.config import OUTPUT_DIR, EvalConfig, SamplingConfig, from_args, parse_flags
 from utils.data import to_model_range
@@ -43,7 +43,8 @@ def tag(sampling):
     """A file-name tag for the sampling settings, e.g. dpm++8_eta1_g0.1_0.25-0.7."""
     lo, hi = sampling.guidance_interval
     return (f"{sampling.sampler}{sampling.steps}{sampling.grid}_eta{sampling.eta:g}_g{sampling.guidance:g}"
-            + (f"_{lo:g}-{hi:g}" if sampling.guidance else "") + (f"_seed{sampling.seed}" if sampling.seed else ""))
+            + (f"_{lo:g}-{hi:g}" if sampling.guidance else "") + (f"_seed{sampling.seed}" if sampling.seed else "")
+            + (f"_guide-{Path(sampling.guide_model).name}" if sampling.guide_model else ""))
 
 
 def main(argv=None, make_model=UNet):
@@ -73,7 +74,8 @@ def main(argv=None, make_model=UNet):
         amp_dtype = resolve_precision(cfg.precision, device)
         samples = generate(model, diffusion, cfg.num_samples, sampling, labels=requested,
                            batch_size=cfg.batch_size or sampling_batch_size(device),
-                           autocast=lambda: autocast(device, amp_dtype))
+                           autocast=lambda: autocast(device, amp_dtype),
+                           guide=load_guide(sampling.guide_model, ckpt, path, model))
         name = sampling.describe(requested is not None)
         out = Path(cfg.out or results_path(path, f".eval_{tag(sampling)}_n{cfg.num_samples}.json"))
     sample_seconds = time.perf_counter() - start

@@ -27,7 +27,7 @@ from diffusion.pipeline import every_digit, generate, make_denoiser
 from diffusion.processes import Process
 from diffusion.samplers import make_timesteps, sample
 from diffusion.sdedit import sdedit
-from models.load import checkpoint_or_shipped, class_names, load_model
+from models.load import checkpoint_or_shipped, class_names, load_guide, load_model
 from utils.config import InferenceConfig, SamplingConfig, from_args, parse_flags
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data, read_image
@@ -47,11 +47,12 @@ class Job:
     model: torch.nn.Module
     diffusion: Process
     amp: Callable
+    guide: torch.nn.Module = None     # autoguidance's weaker network (--guide_model), or None
 
     def denoiser(self, labels):
         """denoise(x_t, t) with the sampling's guidance, toward `labels` (None: unconditional)."""
         s = self.sampling
-        return make_denoiser(self.model, self.diffusion, labels, s.guidance, s.guidance_interval, self.amp)
+        return make_denoiser(self.model, self.diffusion, labels, s.guidance, s.guidance_interval, self.amp, self.guide)
 
     def noise(self, shape):
         """(the starting noise, the generator that drew it and draws the rest), from --seed."""
@@ -98,7 +99,8 @@ def main(argv=None):
     model, diffusion = load_model(ckpt, path, cfg.use_ema, device)
     classes = class_names(ckpt)
     labels, nrow = labels_for(cfg, model.config, device, classes)
-    job = Job(cfg, sampling, model, diffusion, partial(autocast, device, amp_dtype))
+    job = Job(cfg, sampling, model, diffusion, partial(autocast, device, amp_dtype),
+              load_guide(sampling.guide_model, ckpt, path, model))
     num = len(labels) if labels is not None else cfg.num_samples
     ensure_writable(cfg.output_dir, Path(cfg.gif).parent if cfg.gif else cfg.output_dir)
     if cfg.interpolate:
@@ -128,8 +130,7 @@ def main(argv=None):
         final = editing(job, requested, num, keep)
     else:
         final = generate(model, diffusion, num, sampling, labels=labels, batch_size=num, autocast=job.amp,
-                         batch_flag="--num_samples",
-                         callback=lambda first, step: keep(step))
+                         batch_flag="--num_samples", callback=lambda first, step: keep(step), guide=job.guide)
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start

@@ -25,6 +25,43 @@ def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
     return model.to(device).eval(), make_process(DiffusionConfig(**ckpt["diffusion_config"]), device)
 
 
+def load_guide(spec, ckpt, path, model):
+    """The guide network of autoguidance (Karras et al. 2024), in eval mode beside `model`, or None:
+    spec "" (classifier-free guidance), "auto" (the EMA snapshot `ckpt` from `path` keeps under
+    "guide", saved by train.py --guide_at) or the path of another checkpoint of the same data and
+    process, whose EMA weights guide (its network may be smaller)."""
+    if not spec:
+        return None
+    device = next(model.parameters()).device
+    if spec == "auto":
+        if "guide" not in ckpt:
+            raise UserError(f"--guide_model auto: {path} has no guide snapshot (train with --guide_at F, or give "
+                            "--guide_model PATH)")
+        guide = UNet(model.config)
+        load_weights(guide, ckpt["guide"], path)
+        return guide.to(device).eval()
+    other = load_checkpoint(spec)[0]
+    guide, process = load_model(other, spec, True, device)
+    mine = DiffusionConfig(**ckpt["diffusion_config"])
+    for what, theirs, ours in (("process", defining(process.config), defining(mine)),
+                               ("images", shape(guide.config), shape(model.config)),
+                               ("classes", guide.config.num_classes, model.config.num_classes)):
+        if theirs != ours:
+            raise UserError(f"--guide_model {spec}: its {what} ({theirs}) differ from {path}'s ({ours})")
+    return guide
+
+
+def defining(config):
+    """What of a DiffusionConfig defines the process and the network's output (not how it trained)."""
+    return {name: getattr(config, name) for name in ("process", "num_timesteps", "schedule", "beta_start", "beta_end",
+                                                      "gamma_min", "gamma_max", "prediction")}
+
+
+def shape(config):
+    """(channels, size) of a network's images."""
+    return config.in_channels, config.image_size
+
+
 def checkpoint_or_shipped(path):
     """load_checkpoint(path); with nothing at the default path, the shipped model, said in one line."""
     try:
@@ -55,5 +92,7 @@ def make_shipped(ckpt, out=SHIPPED_MODEL):
     shipped["train_config"] = ckpt["train_config"]
     shipped["classes"] = list(class_names(ckpt))
     ema = {name: tensor.clone() for name, tensor in ckpt["ema"].items()}
+    if "guide" in ckpt:
+        shipped["guide"] = ckpt["guide"]
     torch.save({**shipped, "model": ema, "ema": ema}, out)
     return out

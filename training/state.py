@@ -4,6 +4,7 @@ Checkpoint layout (utils/checkpoint.py FORMAT_VERSION), written by RunState.chec
     format_version, model_config, diffusion_config, train_config    plain dicts
     model, ema            state dicts of the plain U-Net (no module./_orig_mod. prefixes)
     optimizer, grad_scaler, lr_scheduler, step, epoch, bad_steps, rng, classes
+    guide                 the EMA's state dict at --guide_at (only with it), autoguidance's guide
 The LR and EMA rates are functions of the step (training/schedule.py), so resuming needs no
 scheduler state; lr_scheduler records the schedule for a reader.
 """
@@ -30,6 +31,7 @@ class RunState:
     net: nn.Module = None             # what the step calls: the model, compiled and/or in DDP (default: model)
     step: int = 0                     # optimizer steps taken
     bad_steps: int = 0                # non-finite steps in a row at the last read-back
+    guide: dict = None                # the EMA's weights at --guide_at, autoguidance's weaker model
 
     def __post_init__(self):
         if self.net is None:  # not `or`: a compiled module has no truth value
@@ -55,6 +57,7 @@ class RunState:
             "epoch": self.step // steps_per_epoch,
             "bad_steps": self.bad_steps,
             "classes": list(classes),
+            **({"guide": self.guide} if self.guide is not None else {}),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }
@@ -78,4 +81,8 @@ class RunState:
         device = next(self.model.parameters()).device
         if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        self.step, self.bad_steps = ckpt["step"], ckpt["bad_steps"]
+        self.step, self.bad_steps, self.guide = ckpt["step"], ckpt["bad_steps"], ckpt.get("guide")
+
+    def keep_guide(self):
+        """Keep the EMA's weights as they are now: autoguidance's guide (Karras et al. 2024)."""
+        self.guide = {name: tensor.detach().clone() for name, tensor in self.ema.state_dict().items()}

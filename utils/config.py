@@ -235,6 +235,8 @@ class TrainConfig:
     warmup_steps: int = option(200, "linear LR warmup steps before the cosine decay", bounds="[0, inf)")
     grad_clip: float = option(1.0, "clip the gradient norm to this value (0 = off)", bounds="[0, inf)")
     ema_decay: float = option(0.999, "EMA decay of the weights used for sampling (with EMA warmup)", bounds="[0, 1)")
+    guide_at: float = option(0.0, "keep the EMA weights at this fraction of the run as autoguidance's weaker model "
+                             "(Karras et al. 2024; inference.py --guide_model auto); 0 = none", bounds="[0, 1)")
     p_uncond: float = option(0.1, "probability of dropping the label (classifier-free guidance, Ho & Salimans 2022)",
                              bounds="[0, 1)")
     seed: int = option(0, "random seed: data order, noise and timesteps", bounds="[0, inf)")
@@ -291,6 +293,10 @@ class SamplingConfig:
     guidance_interval: tuple = option((0.25, 0.7), "guide only the steps whose time is LO to HI of the way from "
                                       "the data to the noise (t / T for ddpm; Kynkaanniemi et al. 2024); a guided step costs two network evaluations (0 1 = every step)",
                                       bounds="[0, 1]")
+    guide_model: str = option("", "autoguidance (Karras et al. 2024): the weaker model whose output replaces the "
+                              "unconditional one, out = main + w (main - guide): auto (the early EMA snapshot the run "
+                              "saved, train.py --guide_at) or a checkpoint PATH of the same data and process; "
+                              "default: classifier-free guidance")
     seed: int = option(0, "seed of the starting noise (same seed, same noise, same samples) and of --inpaint's "
                        "choice of test images", bounds="[0, inf)")
 
@@ -305,9 +311,10 @@ class SamplingConfig:
         """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t in [0.25, 0.7] of the way'."""
         text = f"{self.sampler} " + ("all steps" if self.sampler == "ddpm" else f"{self.steps} steps eta {self.eta:g}")
         text += f" on the {self.grid} grid" if self.grid and self.sampler != "ddpm" else ""
-        if conditional:
+        if conditional or self.guide_model:
             lo, hi = self.guidance_interval
-            text += f", guidance {self.guidance:g}" + (f" for t in [{lo:g}, {hi:g}] of the way" if self.guidance else "")
+            kind = f"autoguidance by {self.guide_model}" if self.guide_model else "guidance"
+            text += f", {kind} {self.guidance:g}" + (f" for t in [{lo:g}, {hi:g}] of the way" if self.guidance else "")
         return text
 
 
