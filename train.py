@@ -29,6 +29,7 @@ from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
 from training.budget import planned_steps, repeat_flags, time_steps
 from training.log import Log, Progress
+from training.posthoc import PostHocEMA
 from training.schedule import ema_rate, learning_rate
 from training.state import RunState
 from training.step import BadSteps, make_optimizer, make_step
@@ -100,6 +101,8 @@ def train(argv, make_model):
         state.step += 1
         if cfg.guide_at and state.guide is None and state.step >= cfg.guide_at * plan.total:
             state.keep_guide()  # autoguidance's weaker model: the EMA this early in the run
+        if state.posthoc:
+            state.posthoc.update(state.model, state.step, finite, plan.total)
         step, stopping = state.step, distributed.any_rank(stop["signal"] is not None)
         if plan.update(step):  # a --minutes run: the total from the recent pace, to end on time
             end_step = min(plan.total, cfg.max_steps or plan.total)
@@ -130,7 +133,8 @@ def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
     check_batch(model, cfg.batch_size // world_size, device, work=training_pass, what="training step")
     state = RunState(model, copy.deepcopy(model).eval().requires_grad_(False),
                      make_optimizer(model, cfg, device, capturable=graphed),
-                     torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16))
+                     torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+                     posthoc=PostHocEMA(model, cfg.posthoc_ema) if cfg.posthoc_ema else None)
     if ckpt is not None:
         state.restore(ckpt, cfg.checkpoint_path)
         if state.step >= min(cfg.total_steps or float("inf"), cfg.max_steps or float("inf")):

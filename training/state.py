@@ -5,6 +5,7 @@ Checkpoint layout (utils/checkpoint.py FORMAT_VERSION), written by RunState.chec
     model, ema            state dicts of the plain U-Net (no module./_orig_mod. prefixes)
     optimizer, grad_scaler, lr_scheduler, step, epoch, bad_steps, rng, classes
     guide                 the EMA's state dict at --guide_at (only with it), autoguidance's guide
+    posthoc               the two power EMAs and their snapshots (only with --posthoc_ema; training/posthoc.py)
 The LR and EMA rates are functions of the step (training/schedule.py), so resuming needs no
 scheduler state; lr_scheduler records the schedule for a reader.
 """
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from models.unet import UNet
+from training.posthoc import PostHocEMA
 from training.schedule import schedule_state
 from utils.checkpoint import FORMAT_VERSION, load_weights
 from utils.errors import UserError
@@ -32,6 +34,7 @@ class RunState:
     step: int = 0                     # optimizer steps taken
     bad_steps: int = 0                # non-finite steps in a row at the last read-back
     guide: dict = None                # the EMA's weights at --guide_at, autoguidance's weaker model
+    posthoc: PostHocEMA = None        # --posthoc_ema's EMAs and snapshots
 
     def __post_init__(self):
         if self.net is None:  # not `or`: a compiled module has no truth value
@@ -58,6 +61,7 @@ class RunState:
             "bad_steps": self.bad_steps,
             "classes": list(classes),
             **({"guide": self.guide} if self.guide is not None else {}),
+            **({"posthoc": self.posthoc.state_dict()} if self.posthoc is not None else {}),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }
@@ -82,6 +86,11 @@ class RunState:
         if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
         self.step, self.bad_steps, self.guide = ckpt["step"], ckpt["bad_steps"], ckpt.get("guide")
+        if self.posthoc is not None and "posthoc" not in ckpt:
+            raise UserError(f"--posthoc_ema starts with a run: {path} was trained without it (resume with "
+                            "--posthoc_ema 0, or start a new run)")
+        if self.posthoc is not None:
+            self.posthoc.load_state_dict(ckpt["posthoc"])
 
     def keep_guide(self):
         """Keep the EMA's weights as they are now: autoguidance's guide (Karras et al. 2024)."""

@@ -237,6 +237,9 @@ class TrainConfig:
     ema_decay: float = option(0.999, "EMA decay of the weights used for sampling (with EMA warmup)", bounds="[0, 1)")
     guide_at: float = option(0.0, "keep the EMA weights at this fraction of the run as autoguidance's weaker model "
                              "(Karras et al. 2024; inference.py --guide_model auto); 0 = none", bounds="[0, 1)")
+    posthoc_ema: int = option(0, "post-hoc EMA (Karras et al. 2024): keep two power EMAs and save each this many "
+                              "times in the run, so that python posthoc_ema.py can make the EMA of any length "
+                              "afterwards (8 is plenty); 0 = off", bounds="[0, inf)")
     p_uncond: float = option(0.1, "probability of dropping the label (classifier-free guidance, Ho & Salimans 2022)",
                              bounds="[0, 1)")
     seed: int = option(0, "random seed: data order, noise and timesteps", bounds="[0, inf)")
@@ -385,6 +388,23 @@ class LikelihoodConfig:
 
     def __post_init__(self):
         check_fields(self)
+
+
+@dataclass
+class PostHocConfig:
+    checkpoint_path: str = checkpoint_option("checkpoint of a run trained with --posthoc_ema")
+    sigma_rel: tuple = option((0.05,), "the EMA lengths to make, each relative to the run's length (Karras et al. "
+                              "2024's sigma_rel: the width of the averaging profile over the step count); one "
+                              "checkpoint each", bounds="(0, 0.288]")
+    step: int = option(0, "make the EMA as it was at this step (0 = the run's last snapshot)", bounds="[0, inf)")
+    out: str = option("", "the checkpoint to write, with {sigma_rel} for each length (default: the checkpoint's "
+                      "path + _ema{sigma_rel})")
+
+    def __post_init__(self):
+        check_fields(self)
+        self.sigma_rel = tuple(self.sigma_rel)
+        if len(self.sigma_rel) > 1 and self.out and "{sigma_rel}" not in self.out:
+            raise UserError("--out needs {sigma_rel} in its name when --sigma_rel gives several lengths")
 
 
 @dataclass
