@@ -49,7 +49,7 @@ def tag(sampling):
 
 def main(argv=None, make_model=UNet):
     """Evaluate; `make_model(model_config)` builds the network (the benchmarks swap in a peer model)."""
-    args, _ = parse_flags("Measure the sample quality of a checkpoint.", CONFIGS, argv)
+    args, typed = parse_flags("Measure the sample quality of a checkpoint.", CONFIGS, argv)
     cfg, sampling = from_args(EvalConfig, args), from_args(SamplingConfig, args)
     device = select_device(cfg.device)
     set_cpu_threads()
@@ -70,6 +70,7 @@ def main(argv=None, make_model=UNet):
         out = Path(cfg.out or f"{OUTPUT_DIR}/eval_real{'' if dataset == 'mnist' else '_' + dataset}_n{cfg.num_samples}.json")
     else:
         model, diffusion = load_model(ckpt, path, True, device, make_model)
+        sampling = sampling.for_model(diffusion.config, typed)  # a few-step model's own steps
         requested = every_digit(cfg.num_samples, model.config.num_classes, device)  # None if unconditional
         amp_dtype = resolve_precision(cfg.precision, device)
         samples = generate(model, diffusion, cfg.num_samples, sampling, labels=requested,

@@ -90,13 +90,14 @@ def spread(timesteps, count):
 
 
 def main(argv=None):
-    args, _ = parse_flags("Sample images from a trained diffusion model.", CONFIGS, argv)
+    args, typed = parse_flags("Sample images from a trained diffusion model.", CONFIGS, argv)
     cfg, sampling = from_args(InferenceConfig, args), from_args(SamplingConfig, args)
     device = select_device(cfg.device)
     set_cpu_threads()
     amp_dtype = resolve_precision(cfg.precision, device)
     ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
     model, diffusion = load_model(ckpt, path, cfg.use_ema, device)
+    sampling = sampling.for_model(diffusion.config, typed)  # a few-step model's own steps
     classes = class_names(ckpt)
     labels, nrow = labels_for(cfg, model.config, device, classes)
     job = Job(cfg, sampling, model, diffusion, partial(autocast, device, amp_dtype),

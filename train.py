@@ -23,11 +23,12 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
-from diffusion.processes import make_process
+from diffusion.processes import PROCESSES, make_process
 from models.load import SHIPPED_MODEL
 from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
 from training.budget import planned_steps, repeat_flags, time_steps
+from training.distill import start_from_teacher, student_configs, teacher_pairs
 from training.log import Log, Progress
 from training.posthoc import PostHocEMA
 from training.schedule import ema_rate, learning_rate
@@ -72,7 +73,8 @@ def train(argv, make_model):
     out_dir = Path(cfg.output_dir)
     if is_main:
         ensure_writable(out_dir, Path(cfg.checkpoint_path).parent)
-    data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device)
+    data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device,
+                                    partial(autocast, device, amp_dtype), start)
     cfg = dataclasses.replace(cfg, batch_size=fit_batch(cfg.batch_size, len(data.images), world_size, cfg.dataset))
     model, diffusion = make_model(model_cfg).to(device), make_process(diffusion_cfg, device)
     batches = Batches(data, cfg, rank, world_size, diffusion, model_cfg.null_label if model_cfg.num_classes else None)
@@ -131,6 +133,8 @@ def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
     (compiled with --compile, in DistributedDataParallel under torchrun)."""
     device = next(model.parameters()).device
     check_batch(model, cfg.batch_size // world_size, device, work=training_pass, what="training step")
+    if ckpt is None and cfg.teacher:  # a reflow student starts as its teacher (and so does its EMA)
+        start_from_teacher(cfg, model)
     state = RunState(model, copy.deepcopy(model).eval().requires_grad_(False),
                      make_optimizer(model, cfg, device, capturable=graphed),
                      torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
@@ -157,7 +161,11 @@ def resolve_configs(argv):
     cfg = from_args(TrainConfig, args)
     refuse_shipped(cfg.checkpoint_path, Path(cfg.checkpoint_path))
     if not (Path(cfg.checkpoint_path).exists() or cfg.checkpoint_path == "latest"):
-        return cfg, from_args(ModelConfig, args), from_args(DiffusionConfig, args), None, typed
+        if cfg.teacher:
+            return (*student_configs(cfg, typed), None, typed)
+        diffusion_cfg = from_args(DiffusionConfig, args)  # a shortcut model's network is told its steps' size
+        model_cfg = from_args(ModelConfig, args, step_condition=PROCESSES[diffusion_cfg.process].takes_step)
+        return cfg, model_cfg, diffusion_cfg, None, typed
 
     ckpt, source = load_checkpoint(cfg.checkpoint_path)
     refuse_shipped(cfg.checkpoint_path, main_path(source))  # the file a folder or a link resolved to
@@ -186,11 +194,14 @@ def refuse_shipped(typed, path):
                         "train into another --checkpoint_path")
 
 
-def training_data(cfg, model_cfg, typed, device):
+def training_data(cfg, model_cfg, typed, device, amp, start):
     """(the training images on `device`, the U-Net config shaped by them). typed: the flags typed
     for a fresh run, whose U-Net takes the images' size, channels and classes, attention at the
     smallest feature map and the data set's own defaults (DATASET_MODEL), each unless typed;
-    None when resuming, whose U-Net is the checkpoint's."""
+    None when resuming, whose U-Net is the checkpoint's. With --teacher: the teacher's pairs,
+    made under `amp` within the budget that began at `start` (training/distill.py)."""
+    if cfg.teacher:
+        return teacher_pairs(cfg, device, amp, start), model_cfg
     given = {"image_size", "in_channels"} if typed is None else typed
     data = load_dataset(cfg.dataset, cfg.data_dir, train=True,
                         image_size=model_cfg.image_size if "image_size" in given else 0,

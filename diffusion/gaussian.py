@@ -32,6 +32,7 @@ def as64(t):
 class GaussianProcess:
     bound = None  # no variational bound unless a process defines one (likelihood.py: the ODE only)
     decoded_ode = False  # the ODE's density is read with uniform dequantisation
+    takes_step = False  # whether the network is also told the size of the step to take (shortcut models)
 
     def __init__(self, config, device="cpu"):
         self.config, self.device = config, torch.device(device)
@@ -141,6 +142,14 @@ class GaussianProcess:
             return (d_sigma - d_alpha * sigma / alpha).float().to(self.device)
         alpha, sigma = self.alpha_sigma(t)
         return sigma / alpha if self.prediction == "x0" else (alpha ** 2 + sigma ** 2) / alpha
+
+    def training_loss(self, net, x0, y, noise, t, amp):
+        """The loss of one training batch for the network `net` (what training/step.py asks): x_t
+        from q(x_t | x_0), the network's output under the autocast context `amp`, then `loss`."""
+        x_t = self.q_sample(x0, t, noise)
+        with amp():
+            prediction = net(x_t, self.model_time(t, len(t), t.device), y)
+        return self.loss(prediction, x0, noise, t)
 
     def loss(self, out, x0, noise, t):
         """The mean squared error to the target per pixel (Ho et al. 2020, eq. 14 for eps), in float32,

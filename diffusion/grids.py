@@ -5,6 +5,8 @@ times a sampler visits, from the noise end (process.t_max) to the clean end (pro
     lambda   evenly spaced in lambda = log(alpha / sigma) (DPM-Solver++; Lu et al. 2022)
     karras   sigma = exp(-lambda) on the rho = 7 schedule of Karras et al. 2022 (eq. 5),
              sigma_i = (s_max^(1/rho) + i / (N - 1) (s_min^(1/rho) - s_max^(1/rho)))^rho
+    jump     t_max (1 - i / N) for i < N: even in t, the last step a jump of t_max / N to the data
+             (few-step models: a shortcut model's 2 steps are 1 -> 1/2 -> 0)
 
 A grid asks a process only for t_max, t_min, lam(t), time_of_lam(lambda) and whether its times
 are the integer timesteps it was trained on (`discrete`, DDPM): a discrete process takes each
@@ -41,7 +43,12 @@ def karras(process, steps, rho=7.0):
     return from_lambdas(process, [-rho * math.log(s_max + i / (steps - 1) * (s_min - s_max)) for i in range(steps)])
 
 
-GRIDS = {"t": uniform_t, "lambda": uniform_lambda, "karras": karras}
+def jump(process, steps):
+    times = [process.t_max * (1 - i / steps) for i in range(steps)]
+    return sorted({int(round(t)) for t in times}, reverse=True) if process.discrete else times
+
+
+GRIDS = {"t": uniform_t, "lambda": uniform_lambda, "karras": karras, "jump": jump}
 
 
 def time_grid(grid, process, steps):

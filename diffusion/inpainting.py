@@ -23,9 +23,10 @@ def redraw_known(diffusion, x, t, known, mask, generator=None):
 
 
 def replacing(denoise, diffusion, known, mask, generator=None):
-    """denoise(x, t) that sees the known region of x_t redrawn from q(x_t | known)."""
-    def denoise_known(x, t):
-        return denoise(redraw_known(diffusion, x, t, known, mask, generator), t)
+    """denoise(x, t[, s]) that sees the known region of x_t redrawn from q(x_t | known)."""
+    def denoise_known(x, t, *s):
+        return denoise(redraw_known(diffusion, x, t, known, mask, generator), t, *s)
+    denoise_known.takes_step = getattr(denoise, "takes_step", False)
     return denoise_known
 
 

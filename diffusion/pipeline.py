@@ -27,27 +27,38 @@ def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.
         out = main + w * (main - guide)         (Karras et al. 2024's D_w with their w = 1 + ours)
     `interval` = (lo, hi) limits guidance to the steps whose time is that fraction of the way from
     the data to the noise (t / T for DDPM); the others are plain steps at half the cost
-    (Kynkaanniemi et al. 2024). The network sees the process's model_time(t).
+    (Kynkaanniemi et al. 2024). The network sees the process's model_time(t), and a network with a
+    step condition (shortcut models) the size of the step to s, the time the sampler lands on next
+    (s = -1, the data: time 0); without s, a step of size 0, the instantaneous field.
     """
     autocast = autocast or nullcontext
     null_label, num_classes = model.config.null_label, model.config.num_classes
 
-    def denoise(x, t):
+    def network(net, x, t_batch, y, step):
+        return net(x, t_batch, y) if step is None else net(x, t_batch, y, step)
+
+    def denoise(x, t, s=None):
         t_batch = diffusion.model_time(t, len(x), x.device)
+        step = None
+        if model.config.step_condition and s is not None:
+            step = diffusion.model_time(t - max(s, 0), len(x), x.device)
         with autocast():
             unguided = guidance == 0 or (labels is None and guide is None)
             if unguided or not interval[0] <= diffusion.fraction(t) <= interval[1]:
-                return model(x, t_batch, labels).float()
+                return network(model, x, t_batch, labels, step).float()
             if guide is not None:
-                cond, uncond = model(x, t_batch, labels).float(), guide(x, t_batch, labels).float()
+                cond = network(model, x, t_batch, labels, step).float()
+                uncond = network(guide, x, t_batch, labels, step).float()
                 return cond + guidance * (cond - uncond)
             null = torch.full_like(labels, null_label)
             if labels.is_floating_point():  # mixed labels (interpolation): the null label's weights
                 null = torch.nn.functional.one_hot(torch.full((len(labels),), null_label), num_classes + 1).to(labels)
-            out = model(torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([labels, null])).float()
+            out = network(model, torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([labels, null]),
+                          None if step is None else torch.cat([step, step])).float()
         cond, uncond = out.chunk(2)
         return cond + guidance * (cond - uncond)
 
+    denoise.takes_step = model.config.step_condition
     return denoise
 
 

@@ -4,6 +4,7 @@ registry and its one factory.
     ddpm   the discrete DDPM of Ho et al. 2020 (diffusion/ddpm.py): T steps, linear or cosine betas
     vdm    a variational diffusion model in continuous time (Kingma et al. 2021; diffusion/continuous.py)
     flow   flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023; diffusion/continuous.py)
+    shortcut  flow matching that also learns jumps, for 1-4 step sampling (Frans et al. 2025; diffusion/shortcut.py)
 
 A new process is one class that keeps the contract `Process`: it subclasses GaussianProcess
 (diffusion/gaussian.py: targets, estimates, posterior, transition and loss from alpha and sigma) or,
@@ -16,6 +17,7 @@ import torch
 
 from diffusion.continuous import VDM, Flow
 from diffusion.ddpm import DDPM
+from diffusion.shortcut import Shortcut
 
 
 @runtime_checkable
@@ -30,6 +32,7 @@ class Process(Protocol):
     discrete: bool            # True: its times are the integer timesteps the network was trained on
     t_min: float              # the clean end of the sampling range
     t_max: float              # the noise end
+    takes_step: bool          # True: the network also takes the size of the step (ModelConfig.step_condition)
     decoded_ode: bool         # True: likelihood.py reads the ODE's density through q(z_0 | x) and a decoder
     bound: object             # None, or bound(predict_x0, predict_eps, x0, generator, t_samples, batch_size)
                               # -> ({term: (N,) nats}, name): the process's variational bound
@@ -53,7 +56,7 @@ class Process(Protocol):
         """The (B,) time input of the network."""
 
     def draw_t(self, batch, generator, device):
-        """(B,) training times, from config.t_sampling."""
+        """(B,) training times, from config.t_sampling (shortcut: (B, 2) rows of a time and a step's size)."""
 
     def time_at(self, u):
         """The times a (B,) tensor of fractions u in [0, 1) of the way from t_min to t_max stand for."""
@@ -76,6 +79,10 @@ class Process(Protocol):
     def predict_x0_eps(self, x_t, t, out):
         """(x0, eps) estimates from the network's output `out`, whatever it predicts."""
 
+    def training_loss(self, net, x0, y, noise, t, amp):
+        """The loss of a training batch (x0, y, noise, t) for the network `net` called under `amp`:
+        x_t, the network's output, then `loss` (shortcut models: also their jumps' targets)."""
+
     def loss(self, out, x0, noise, t):
         """The training loss of a batch: a scalar tensor, weighted by config.weighting."""
 
@@ -86,7 +93,7 @@ class Process(Protocol):
         """d target / d eps at fixed x_t for what the network predicts: 1.0 for eps (the weightings)."""
 
 
-PROCESSES = {"ddpm": DDPM, "vdm": VDM, "flow": Flow}
+PROCESSES = {"ddpm": DDPM, "vdm": VDM, "flow": Flow, "shortcut": Shortcut}
 
 
 def make_process(config, device="cpu"):

@@ -6,9 +6,11 @@ One interface. A sampler is a generator function
 
     sampler(denoise, diffusion, x, timesteps, generator=None, eta=0.0) -> iterator of Step
 
-where denoise(x_t, t) returns the network's raw output for the batch x_t at time t (one Python
+where denoise(x_t, t[, s]) returns the network's raw output for the batch x_t at time t (one Python
 number for the whole batch: DDPM's integer timestep, or a float in [0, 1] for a continuous-time
-process), and `timesteps` is the process's descending sampling grid (`make_timesteps`).
+process; a denoiser with the attribute takes_step = True also gets s, the time ddim's step lands
+on: a network that takes the step's size), and `timesteps` is the process's descending sampling
+grid (`make_timesteps`).
 Everything else comes from the process: alpha_sigma(t), lam(t) = log(alpha_t / sigma_t),
 posterior(x0, x_t, t, s), predict_x0_eps; t = -1 stands for the clean data. So every sampler
 runs on every process (diffusion/ddpm.py, diffusion/continuous.py).
@@ -48,9 +50,11 @@ def following(timesteps, i):
     return timesteps[i + 1] if i + 1 < len(timesteps) else -1
 
 
-def predict(denoise, diffusion, x, t, clip=True):
-    """(x0, eps) estimates from the denoiser's output at timestep t, x0 clipped to [-1, 1] with clip."""
-    x0, eps = diffusion.predict_x0_eps(x, t, denoise(x, t).float())
+def predict(denoise, diffusion, x, t, clip=True, s=None):
+    """(x0, eps) estimates from the denoiser's output at timestep t, x0 clipped to [-1, 1] with clip;
+    s: the time the step lands on, told to a network that takes a step's size (None: the field at t)."""
+    out = denoise(x, t, s) if s is not None and getattr(denoise, "takes_step", False) else denoise(x, t)
+    x0, eps = diffusion.predict_x0_eps(x, t, out.float())
     if clip:  # data lives in [-1, 1]; recompute eps so the two stay consistent
         x0 = x0.clamp(-1, 1)
         alpha, sigma = diffusion.alpha_sigma(t)
@@ -85,11 +89,14 @@ def ddim(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
         s      = the next (smaller) time; alpha_s = 1, sigma_s = 0 after the last
         c      = eta * sigma_s * sqrt(1 - (alpha_t sigma_s / (alpha_s sigma_t))^2)             (eq. 16)
         x_s    = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z                                 (eq. 12)
+
+    On the straight path of flow matching (alpha = 1 - t, sigma = t) at eta = 0 this is Euler's
+    step x_s = x_t - (t - s) v; a shortcut model is told s and returns its jump to s.
     """
     for i, t in enumerate(timesteps):
-        x0, eps = predict(denoise, diffusion, x, t, clip)
-        yield Step(t, x, x0)
         s = following(timesteps, i)
+        x0, eps = predict(denoise, diffusion, x, t, clip, s)
+        yield Step(t, x, x0)
         (alpha_t, sigma_t), (alpha_s, sigma_s) = diffusion.alpha_sigma(t), diffusion.alpha_sigma(s)
         c = eta * sigma_s * (1 - (alpha_t * sigma_s / (alpha_s * sigma_t)) ** 2).clamp(min=0).sqrt()
         x = alpha_s * x0 + (sigma_s ** 2 - c ** 2).clamp(min=0).sqrt() * eps

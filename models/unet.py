@@ -27,6 +27,8 @@ class UNet(nn.Module):
 
         # Conditioning: sinusoidal time embedding -> MLP, plus a learned label embedding.
         self.time_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        if config.step_condition:  # the step's size, embedded like t; zero at first: a plain flow model
+            self.step_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), zero_init(nn.Linear(emb_dim, emb_dim)))
         if config.num_classes > 0:
             # one embedding per class and one for the null label (config.null_label)
             self.label_emb = nn.Embedding(config.num_classes + 1, emb_dim)
@@ -72,10 +74,14 @@ class UNet(nn.Module):
         self.out_norm = nn.GroupNorm(config.norm_groups, in_ch)
         self.out_conv = zero_init(nn.Conv2d(in_ch, config.in_channels, 3, padding=1))
 
-    def forward(self, x, t, y=None):
+    def forward(self, x, t, y=None, step=None):
         """x: (B, C, H, W) noisy images, t: (B,) timesteps, y: (B,) labels, None (the null label), or
-        (B, num_classes + 1) weights that mix the label embeddings (diffusion/interpolation.py)."""
+        (B, num_classes + 1) weights that mix the label embeddings (diffusion/interpolation.py);
+        step: (B,) sizes of the step asked for, on t's scale (config.step_condition; None: 0)."""
         emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        if self.config.step_condition:
+            step = torch.zeros_like(t) if step is None else step
+            emb = emb + self.step_mlp(timestep_embedding(step, self.config.base_channels))
         if self.config.num_classes > 0:
             if y is None:
                 y = torch.full((len(x),), self.config.null_label, device=x.device)  # unconditional

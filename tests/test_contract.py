@@ -26,7 +26,7 @@ def test_every_registered_process_keeps_the_contract(name):
     process = make_process(DiffusionConfig(process=name))
     assert isinstance(process, Process)
     methods = [m for m in vars(Process) if not m.startswith("_") and callable(getattr(Process, m))]
-    assert len(methods) == 17 and all(callable(getattr(process, m)) for m in methods)
+    assert len(methods) == 18 and all(callable(getattr(process, m)) for m in methods)
     assert process.bound is None or callable(process.bound)  # flow matching has no variational bound
 
 

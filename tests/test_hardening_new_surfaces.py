@@ -52,7 +52,7 @@ def test_a_lock_is_removed_only_where_its_run_wrote_nothing(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("process", "edm", "--process 'edm' is not one this version knows (ddpm, vdm, flow)"),
+    ("process", "edm", "--process 'edm' is not one this version knows (ddpm, vdm, flow, shortcut)"),
     ("schedule", "sigmoid", "--schedule 'sigmoid' is not one this version knows (linear, cosine)"),
     ("prediction", "score", "--prediction 'score' is not one this version knows"),
     ("gamma_max", 1000.0, "--gamma_max must be in [-50, 50], got 1000"),

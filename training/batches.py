@@ -46,7 +46,7 @@ class Batches:
         """data: a utils.datasets.Data on the training device; cfg: the TrainConfig (batch_size,
         seed, p_uncond); process: what draws the times (diffusion/processes.py); null_label: the
         label that stands for "none" (None: an unconditional model)."""
-        self.images, self.labels, self.cfg = data.images, data.labels, cfg
+        self.images, self.labels, self.pair_noise, self.cfg = data.images, data.labels, data.noise, cfg
         self.process, self.null_label = process, null_label
         local = cfg.batch_size // world_size
         self.part = slice(rank * local, (rank + 1) * local)
@@ -72,4 +72,6 @@ class Batches:
         t = self.process.draw_t(cfg.batch_size, self.noise_gen, device)[self.part]
         drop = torch.rand(cfg.batch_size, generator=self.noise_gen, device=device)[self.part] < cfg.p_uncond
         y = torch.where(drop, self.null_label, y) if self.null_label is not None else None
+        if self.pair_noise is not None:  # a teacher's pairs: each digit's own noise (training/distill.py)
+            noise = self.pair_noise[batch]
         return x0, y, noise, t

@@ -100,8 +100,8 @@ class QuickFid:
     def log(self, model, diffusion, amp, step, num, path):
         """(FID, confident share) of `num` samples of `model`, also appended to `path`."""
         begin = time.perf_counter()
-        samples = generate(model, diffusion, num, SamplingConfig(seed=QUICK_FID_SEED),
-                           batch_size=sampling_batch_size(self.device), autocast=amp)
+        sampling = SamplingConfig(seed=QUICK_FID_SEED).for_model(diffusion.config, ())
+        samples = generate(model, diffusion, num, sampling, batch_size=sampling_batch_size(self.device), autocast=amp)
         fake, probs = classify(self.classifier, samples, self.device)
         fid, confident = fid_kid(self.real, fake)[0], class_statistics(probs)["confident"]
         seconds = time.perf_counter() - begin
@@ -134,7 +134,8 @@ class Progress:
                                                 self.out_dir / "eval_log.csv")
             log.scalars(step, {"eval/fid": fid, "eval/confident": confident})
         if cfg.num_grid_samples and (step % self.grid_every == 0 or last):
-            grid = generate(model, self.diffusion, cfg.num_grid_samples, SamplingConfig(seed=GRID_SEED),
-                            batch_size=cfg.num_grid_samples, autocast=self.amp)
+            sampling = SamplingConfig(seed=GRID_SEED).for_model(self.diffusion.config, ())
+            grid = generate(model, self.diffusion, cfg.num_grid_samples, sampling, batch_size=cfg.num_grid_samples,
+                            autocast=self.amp)
             epoch = (step - 1) // self.steps_per_epoch  # the epoch this step belonged to
             log.grid(step, grid, self.out_dir / f"samples_epoch{epoch + 1:03d}.png")

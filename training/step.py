@@ -27,11 +27,7 @@ def one_step(state: RunState, diffusion: Process, batch, amp, grad_clip, ema_rat
     """Forward, backward, AdamW and EMA on one batch, for the RunState `state` (training/state.py).
     `ema_rate` is a 0-d device tensor holding 1 - decay of this step. Returns (loss, gradient
     norm, finite) as device tensors."""
-    x0, y, noise, t = batch
-    x_t = diffusion.q_sample(x0, t, noise)
-    with amp():
-        prediction = state.net(x_t, diffusion.model_time(t, len(t), t.device), y)
-    loss = diffusion.loss(prediction, x0, noise, t)
+    loss = diffusion.training_loss(state.net, *batch, amp)
     optimizer, scaler = state.optimizer, state.scaler
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()

@@ -108,6 +108,9 @@ class ModelConfig:
                               "guidance (Ho & Salimans 2022); train.py, unless typed: the data set's classes (0 for "
                               "unlabelled images); 0 = the unconditional DDPM of Ho et al. 2020",
                               bounds="[0, inf)")
+    step_condition: bool = recorded(False, "a second time input, the size of the step the network is asked to "
+                                    "take, embedded like t (shortcut models, Frans et al. 2025); train.py sets it "
+                                    "for --process shortcut")
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
@@ -143,8 +146,10 @@ class ModelConfig:
 @dataclass
 class DiffusionConfig:
     process: str = option("ddpm", "the noise process: ddpm (discrete, Ho et al. 2020), vdm (continuous time, the "
-                          "ELBO loss; Kingma et al. 2021) or flow (flow matching / rectified flow; Lipman et al. "
-                          "2023, Liu et al. 2023)", choices=("ddpm", "vdm", "flow"))
+                          "ELBO loss; Kingma et al. 2021), flow (flow matching / rectified flow; Lipman et al. "
+                          "2023, Liu et al. 2023) or shortcut (flow matching that also learns jumps of 1/2, 1/4, "
+                          "... of the way, for 1-4 step sampling; Frans et al. 2025)",
+                          choices=("ddpm", "vdm", "flow", "shortcut"))
     num_timesteps: int = option(1000, "ddpm: T, the number of diffusion steps (Ho et al. 2020: 1000)", bounds="[2, inf)")
     schedule: str = option("linear", "ddpm: beta schedule, linear (Ho et al. 2020) or cosine (Nichol & Dhariwal 2021)",
                            choices=("linear", "cosine"))
@@ -167,10 +172,18 @@ class DiffusionConfig:
                              "default: uniform for ddpm, stratified for vdm and flow", choices=T_SAMPLING)
     min_snr_gamma: float = option(5.0, "gamma of --weighting min_snr (Hang et al. 2023); 0 = target, the plain MSE",
                                   bounds="[0, inf)")
+    bootstrap_guidance: float = option(1.0, "shortcut: classifier-free guidance w built into the targets of its "
+                                       "smallest jumps, so that its 1-4 step samples are guided at one evaluation "
+                                       "per step (1.0: FID 0.75 against 1.93 at 0.1, docs/RESULTS.md)",
+                                       bounds="[0, inf)")
+    few_steps: int = recorded(0, "the steps a few-step model (shortcut, or a student of --teacher) samples in "
+                              "unless told: ddim on the jump grid, no noise, no guidance; 0 = the usual defaults")
 
     def __post_init__(self):
         if self.prediction is None:
-            self.prediction = "velocity" if self.process == "flow" else "eps"
+            self.prediction = "velocity" if self.process in ("flow", "shortcut") else "eps"
+        if self.process == "shortcut" and not self.few_steps:
+            self.few_steps = 2
         for name, value in process_defaults(self.process).items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
@@ -193,7 +206,7 @@ class DiffusionConfig:
 def process_defaults(process):
     """A process's own --weighting and --t_sampling: what it trains with unless told otherwise (and
     what a checkpoint saved before these flags trained with)."""
-    return {"weighting": {"ddpm": "min_snr", "vdm": "elbo"}.get(process, "target"),
+    return {"weighting": {"ddpm": "min_snr", "vdm": "elbo"}.get(process, "target"),  # shortcut: as flow
             "t_sampling": "uniform" if process == "ddpm" else "stratified"}
 
 
@@ -242,6 +255,12 @@ class TrainConfig:
                               "afterwards (8 is plenty); 0 = off", bounds="[0, inf)")
     p_uncond: float = option(0.1, "probability of dropping the label (classifier-free guidance, Ho & Salimans 2022)",
                              bounds="[0, 1)")
+    teacher: str = option("", "reflow distillation (Liu et al. 2023; training/distill.py): a checkpoint of any process "
+                          "(or the shipped models/weights/ddpm_mnist.pt) whose guided digits a flow model learns to "
+                          "draw in 1-2 steps; the student starts from its weights", )
+    pairs: int = option(20000, "--teacher: the teacher's (noise, digit) pairs to learn, made before step 0, in at "
+                        "most two fifths of a --minutes budget", bounds="[1, inf)")
+    teacher_sha256: str = recorded("", "the SHA-256 of the --teacher file the pairs came from")
     seed: int = option(0, "random seed: data order, noise and timesteps", bounds="[0, inf)")
     device: str = device_option()
     precision: str = precision_option()
@@ -286,8 +305,9 @@ class SamplingConfig:
     steps: int = option(8, "steps of ddim, dpm++ and heun (spaced by --grid)",
                         bounds="[1, inf)")
     grid: str = option("", "the times of those steps (diffusion/grids.py): t (even in t), lambda (even in log-SNR) "
-                       "or karras (Karras et al. 2022's rho = 7); default: lambda for dpm++, t for ddim and heun",
-                       choices=("", "t", "lambda", "karras"))
+                       "karras (Karras et al. 2022's rho = 7) or jump (even in t, the last step a jump to the "
+                       "data: few-step models); default: lambda for dpm++, t for ddim and heun",
+                       choices=("", "t", "lambda", "karras", "jump"))
     eta: float = option(1.0, "noise of the ddim and dpm++ steps: 0 = deterministic (the probability-flow ODE), "
                         "1 = stochastic (the DDPM posterior / the reverse SDE)", bounds="[0, 1]")
     guidance: float = option(0.1, "classifier-free guidance w for class-conditional models: out = cond + w (cond - "
@@ -309,6 +329,14 @@ class SamplingConfig:
         if len(self.guidance_interval) != 2 or self.guidance_interval[0] > self.guidance_interval[1]:
             raise UserError("--guidance_interval needs two fractions of T, 0 <= LO <= HI <= 1; got "
                             + " ".join(map(str, self.guidance_interval)))
+
+    def for_model(self, diffusion_config, typed):
+        """This sampling with a few-step model's own defaults (DiffusionConfig.few_steps: ddim on the
+        jump grid in that many steps, no noise, no guidance) in place of each setting not typed."""
+        if not getattr(diffusion_config, "few_steps", 0):
+            return self
+        own = {"sampler": "ddim", "grid": "jump", "steps": diffusion_config.few_steps, "eta": 0.0, "guidance": 0.0}
+        return dataclasses.replace(self, **{k: v for k, v in own.items() if k not in typed})
 
     def describe(self, conditional=True):
         """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t in [0.25, 0.7] of the way'."""

@@ -44,6 +44,7 @@ class Data:
     images: torch.Tensor          # uint8 (N, C, H, W)
     labels: torch.Tensor | None   # int64 (N,), or None for unlabelled images
     classes: tuple                # the label names, () when unlabelled
+    noise: torch.Tensor | None = None  # float (N, C, H, W): each image's own noise (a teacher's pairs), or None
 
 
 def load_dataset(name, data_dir, train=True, image_size=0, channels=0):
