@@ -1,14 +1,20 @@
-"""Sampling speed: network evaluations per second and seconds for 1,000 digits, per sampler.
+"""Sampling speed: network evaluations per second and digits per second, per sampler and per
+few-step model, timed interleaved in one run.
 
     python -m benchmarks.sample_throughput                        # random weights (speed only)
     python -m benchmarks.sample_throughput --checkpoint_path checkpoints/ddpm_checkpoint --samplers dpm++ dpm++:20 ddim:50
+    python -m benchmarks.sample_throughput --checkpoint_path models/weights/ddpm_mnist.pt \
+        --few_step checkpoints/shortcut checkpoints/reflow --few_steps 1 2 4
 
 Each sampler runs with the default sampling's other settings (SamplingConfig: eta, guidance and
 its interval). Class-conditional models (the default) are guided on the steps inside the
 interval, which doubles the batch there; the NFE column counts the network evaluations per digit
-actually made. --channels_last times the channels-last memory layout instead of the plain one.
+actually made. Each --few_step checkpoint (a shortcut model, a reflow student, or a flow model for
+Euler's steps) runs ddim on the jump grid, no noise, no guidance, in each of --few_steps. --channels_last times the
+channels-last memory layout instead of the plain one.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from statistics import median
 
 import torch
@@ -34,6 +40,8 @@ class Flags:
     guidance: float = option(SamplingConfig.guidance, "class-conditional models; 0 = none", bounds="[0, inf)")
     samplers: tuple = option((SamplingConfig.sampler,), "sampler names, each at the default steps, or name:steps "
                              "(e.g. dpm++:20)")
+    few_step: tuple = option((), "few-step checkpoints to time beside the samplers", item=str)
+    few_steps: tuple = option((1, 2), "their steps", bounds="[1, inf)")
     channels_last: bool = option(False, "the channels-last memory layout")
 
     def __post_init__(self):
@@ -55,28 +63,40 @@ def main():
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
 
-    images = [0]  # images through the network, counted by a forward hook
-    model.register_forward_hook(lambda module, inputs, output: images.__setitem__(0, images[0] + len(output)))
+    runs = [(sampler, model, diffusion, SamplingConfig(sampler=sampler, steps=int(steps or SamplingConfig.steps),
+                                                       guidance=args.guidance))
+            for sampler, _, steps in (spec.partition(":") for spec in args.samplers)]
+    for path in args.few_step:
+        ckpt, source = load_checkpoint(path)
+        few, process = load_model(ckpt, source, True, device)
+        for steps in args.few_steps:
+            sampling = SamplingConfig(sampler="ddim", grid="jump", steps=steps, eta=0.0, guidance=0.0)
+            runs.append((f"{process.config.process} {Path(path).parent.name}/{Path(path).name}", few, process, sampling))
 
-    def run(sampling):
-        generate(model, diffusion, args.num_samples, sampling, batch_size=batch_size,
-                 autocast=lambda: autocast(device, dtype))
+    images = [0]  # images through the networks, counted by forward hooks
+    for net in {id(run[1]): run[1] for run in runs}.values():
+        net.register_forward_hook(lambda module, inputs, output: images.__setitem__(0, images[0] + len(output)))
+
+    def run(net, process, sampling):
+        generate(net, process, args.num_samples, sampling, batch_size=batch_size, autocast=lambda: autocast(device, dtype))
 
     guided = f"guidance {args.guidance:g}" if model.config.num_classes else "unconditional"
     print(f"device {device}, CPU capability {torch.backends.cpu.get_cpu_capability()}, precision {dtype or 'fp32'}, "
           f"{'channels-last' if args.channels_last else 'contiguous'}, {args.num_samples} digits, batch {batch_size}, "
-          f"{guided}, {torch.get_num_threads()} threads, median of {args.repeats}")
-    print(f"{'sampler':8s} {'steps':>6s} {'NFE':>5s} {'eta':>4s} {'seconds':>9s} {'NFE/s':>10s}")
-    for spec in args.samplers:
-        sampler, _, steps = spec.partition(":")
-        sampling = SamplingConfig(sampler=sampler, steps=int(steps or SamplingConfig.steps), guidance=args.guidance)
-        repeats = 1 if sampler == "ddpm" else args.repeats
-        images[0] = 0
-        seconds = median([timed(lambda: run(sampling), device) for _ in range(repeats)])
-        nfe = images[0] / (repeats * args.num_samples)  # network evaluations per digit
-        steps = len(make_timesteps(sampler, diffusion, sampling.steps))
-        print(f"{sampler:8s} {steps:>6d} {nfe:>5g} {sampling.eta:>4g} {seconds:>9.1f} "
-              f"{nfe * args.num_samples / seconds:>10.0f}", flush=True)
+          f"{guided}, {torch.get_num_threads()} threads, median of {args.repeats}, interleaved")
+    seconds, nfe = {i: [] for i in range(len(runs))}, {}
+    for repeat in range(args.repeats):
+        for i, (name, net, process, sampling) in enumerate(runs):
+            if sampling.sampler == "ddpm" and repeat:
+                continue  # 1,000 steps: once
+            images[0] = 0
+            seconds[i].append(timed(lambda: run(net, process, sampling), device))
+            nfe[i] = images[0] / args.num_samples  # network evaluations per digit
+    print(f"{'method':24s} {'steps':>6s} {'NFE':>5s} {'eta':>4s} {'seconds':>9s} {'NFE/s':>10s} {'digits/s':>9s}")
+    for i, (name, net, process, sampling) in enumerate(runs):
+        steps, time_ = len(make_timesteps(sampling.sampler, process, sampling.steps, sampling.grid)), median(seconds[i])
+        print(f"{name:24s} {steps:>6d} {nfe[i]:>5g} {sampling.eta:>4g} {time_:>9.2f} "
+              f"{nfe[i] * args.num_samples / time_:>10.0f} {args.num_samples / time_:>9.0f}", flush=True)
 
 
 if __name__ == "__main__":
