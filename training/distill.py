@@ -16,7 +16,6 @@ the data set; the student starts from the teacher's EMA weights, has the teacher
 samples in DiffusionConfig.few_steps steps unless told otherwise.
 """
 import dataclasses
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from models.load import class_names, load_model
 from utils import distributed
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.config import DiffusionConfig, ModelConfig, SamplingConfig
+from utils.data import file_digest
 from utils.datasets import Data
 from utils.errors import UserError
 
@@ -37,14 +37,6 @@ TEACHER_SAMPLING = SamplingConfig(eta=0.0)  # the default sampler as an ODE: one
 STUDENT_STEPS = 2                            # the student's default steps (inference.py --steps to change)
 PAIR_SHARE = 0.4                             # of a --minutes budget, at most, for the pairs
 PAIR_SEED = 2 ** 30                          # the pairs' noise: from --seed + PAIR_SEED
-
-
-def sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def student_configs(cfg, typed):
@@ -55,7 +47,7 @@ def student_configs(cfg, typed):
                         "--prediction, --weighting and the network's flags")
     ckpt, source = load_checkpoint(cfg.teacher)
     cfg = dataclasses.replace(cfg, dataset=ckpt["train_config"].get("dataset", "mnist"), p_uncond=0.0,
-                              teacher=str(source), teacher_sha256=sha256(source))
+                              teacher=str(source), teacher_sha256=file_digest(source, "sha256"))
     return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(process="flow", few_steps=STUDENT_STEPS)
 
 
