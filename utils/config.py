@@ -301,10 +301,12 @@ class SamplingConfig:
     """How samples are drawn; shared by inference.py, evaluate.py, training's grids and the benchmarks."""
     sampler: str = option("dpm++", "dpm++ (DPM-Solver++(2M), Lu et al. 2022), ddim (Song et al. 2021), heun (the "
                           "probability-flow ODE, Karras et al. 2022) or ddpm (ancestral, Ho et al. 2020; always all "
-                          "T steps, 1000 for continuous time)", choices=("ddpm", "ddim", "dpm++", "heun"))
+                          "T steps, 1000 for continuous time); a few-step checkpoint (shortcut, a --teacher's student) "
+                          "samples by ddim on the jump grid in its own steps, eta 0, guidance 0, unless typed",
+                          choices=("ddpm", "ddim", "dpm++", "heun"))
     steps: int = option(8, "steps of ddim, dpm++ and heun (spaced by --grid)",
                         bounds="[1, inf)")
-    grid: str = option("", "the times of those steps (diffusion/grids.py): t (even in t), lambda (even in log-SNR) "
+    grid: str = option("", "the times of those steps (diffusion/grids.py): t (even in t), lambda (even in log-SNR), "
                        "karras (Karras et al. 2022's rho = 7) or jump (even in t, the last step a jump to the "
                        "data: few-step models); default: lambda for dpm++, t for ddim and heun",
                        choices=("", "t", "lambda", "karras", "jump"))
