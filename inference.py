@@ -18,7 +18,6 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 from diffusion.inpainting import MASKS, inpaint, named_mask
@@ -33,7 +32,7 @@ from utils.data import to_model_range
 from utils.datasets import checkpoint_data, read_image
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, ensure_writable, exit_on_user_error
-from utils.plotting import can_show, save_gif, save_grid, step_figure
+from utils.plotting import can_show, save_gif, save_grid, spread, step_figure
 
 
 CONFIGS = (InferenceConfig, SamplingConfig)
@@ -81,12 +80,6 @@ def labels_for(cfg, model_cfg, device, classes):
     if not cfg.digit.isdigit() or int(cfg.digit) >= n:
         raise UserError(f"--digit {cfg.digit!r}: give 'all', a class index 0-{n - 1} or one of {', '.join(classes)}")
     return torch.full((cfg.num_samples,), int(cfg.digit), device=device), 8
-
-
-def spread(timesteps, count):
-    """`count` times spread evenly from the first (the noise) to the last (the data) of the sampler's."""
-    picks = np.unique(np.linspace(0, len(timesteps) - 1, min(count, len(timesteps))).round().astype(int))
-    return {timesteps[i] for i in picks}
 
 
 def main(argv=None):

@@ -4,6 +4,7 @@ import os
 import sys
 
 import matplotlib
+import numpy as np
 import torchvision
 
 
@@ -35,6 +36,12 @@ def grid_image(images, nrow=8):
 def save_grid(images, path, nrow=8):
     """Save (B, C, H, W) images in [-1, 1] as one PNG grid."""
     torchvision.utils.save_image(grid_image(images, nrow), path)
+
+
+def spread(timesteps, count):
+    """`count` times spread evenly from the first (the noise) to the last (the data) of the sampler's."""
+    picks = np.unique(np.linspace(0, len(timesteps) - 1, min(count, len(timesteps))).round().astype(int))
+    return {timesteps[i] for i in picks}
 
 
 def step_figure(steps, path, show=False, with_x0=True, row_names=None):
