@@ -14,6 +14,7 @@ TINY_MODEL = ["--base_channels", "8", "--channel_mults", "1", "2", "--attention_
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: minutes-long tests, excluded by default (run with -m slow)")
+    config.addinivalue_line("markers", "browser: the demo page in headless Chromium, excluded by default (run with -m browser)")
 
 
 def untracked():
