@@ -12,6 +12,8 @@ machine; the page's checkpoint box, which reads any file the server can read, is
 """
 import contextvars
 import queue
+import socket
+import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
@@ -70,11 +72,12 @@ class Model:
     sampling: SamplingConfig  # its default sampling (a few-step model's own)
     amp: object
 
-    def about(self):
+    def about(self, full_path=True):
         process, train = self.diffusion.config, self.ckpt.get("train_config", {})
         budget = f"{train['minutes']:g} minutes, " if train.get("minutes") else ""
         labels = "class-conditional" if self.classes and self.net.config.num_classes else "unconditional"
-        return (f"**{self.path}**: {process.process} ({labels}, predicts {process.prediction}), trained "
+        name = self.path if full_path else Path(self.path).name
+        return (f"**{name}**: {process.process} ({labels}, predicts {process.prediction}), trained "
                 f"{budget}{self.ckpt['step']:,} steps of batch {train.get('batch_size', '?')} on "
                 f"{train.get('dataset', 'mnist')}; samples by {self.sampling.describe(labels != 'unconditional')}")
 
@@ -107,13 +110,17 @@ def open_model(path, cfg):
     except UserError:
         raise
     except Exception as err:  # a checkpoint of another network, a truncated file, ...
-        raise UserError(f"cannot load {path}: {type(err).__name__}: {str(err).splitlines()[0][:200]}") from None
+        first = (str(err).splitlines() or [""])[0][:200]
+        raise UserError(f"cannot load {path}: {type(err).__name__}: {first}") from None
 
 
-def picture(images, nrow):
-    """(B, C, 28, 28) in [-1, 1] -> a uint8 (H, W, 3) grid, ZOOM screen pixels per pixel."""
-    grid = (grid_image(images.float(), nrow) * 255).round().byte().permute(1, 2, 0).numpy()
-    return grid.repeat(ZOOM, 0).repeat(ZOOM, 1)
+def picture(images, nrow, zoom=ZOOM):
+    """(B, C, 28, 28) in [-1, 1] -> a uint8 (H, W, 3) grid, `zoom` screen pixels per pixel."""
+    return zoomed((grid_image(images.float(), nrow) * 255).round().byte().permute(1, 2, 0).numpy(), zoom)
+
+
+def zoomed(grid, zoom=ZOOM):
+    return grid.repeat(zoom, 0).repeat(zoom, 1)
 
 
 def sampling_for(model, sampler, steps, guidance, seed):
@@ -136,7 +143,7 @@ def ticker(progress, total, desc, after=0.5):
 
 
 def denoising(model, sampling, digit, progress=None):
-    """(the final grid, the frames of the slider: x_t beside the predicted x0, their captions)."""
+    """(the final grid; the frames of the slider, x_t beside the predicted x0, unzoomed; their captions)."""
     try:
         times = make_timesteps(sampling.sampler, model.diffusion, sampling.steps, sampling.grid)
     except ValueError as err:
@@ -147,7 +154,7 @@ def denoising(model, sampling, digit, progress=None):
         tick()
         if step.t in shown:
             x0 = step.pred_x0.clamp(-1, 1)
-            frames.append((np.concatenate([picture(step.x.clamp(-1, 1), 4), picture(x0, 4)], axis=1),
+            frames.append((np.concatenate([picture(step.x.clamp(-1, 1), 4, 1), picture(x0, 4, 1)], axis=1),
                            "finished digits" if step.t < 0 else f"t = {step.t:.3g}: x_t (left), predicted x0 (right)"))
 
     final = generate(model.net, model.diffusion, NUM, sampling, labels=model.labels(digit, NUM), batch_size=NUM,
@@ -161,6 +168,8 @@ def drawing_to_digit(sketch):
     if sketch is None or sketch.get("composite") is None:
         return None
     rgba = np.asarray(sketch["composite"], dtype=np.float32)
+    if rgba.shape[:2] != (CANVAS, CANVAS):
+        raise UserError(f"the drawing should be {CANVAS} x {CANVAS} pixels, got {rgba.shape[1]} x {rgba.shape[0]}")
     if rgba.ndim == 2:
         rgba = np.stack([rgba] * 3 + [np.full_like(rgba, 255)], axis=-1)
     alpha = rgba[..., 3] / 255 if rgba.shape[-1] == 4 else 1.0
@@ -180,19 +189,26 @@ def drawing_to_digit(sketch):
     return torch.from_numpy(digit.clip(0, 255).round().astype(np.uint8))[None]
 
 
-def redraw(model, digit_image, digit, strength, seed):
-    """EDITS SDEdits of a (1, 28, 28) uint8 image toward `digit`: (before, after) pictures."""
-    image = to_model_range(digit_image[None]).to(model.diffusion.device).repeat(EDITS, 1, 1, 1)
+def edit_setup(model, image, digit, seed):
+    """For EDITS edits of a (1, 28, 28) uint8 image toward `digit` (as inference.Job does for one):
+    (the image, repeated in [-1, 1]; the model's sampling with `seed`; denoise; the noise; its generator)."""
+    image = to_model_range(image[None]).to(model.diffusion.device).repeat(EDITS, 1, 1, 1)
     sampling = replace(model.sampling, seed=int(seed))
     generator = torch.Generator(device=image.device).manual_seed(sampling.seed)
     noise = torch.randn(image.shape, generator=generator, device=image.device)
     denoise = make_denoiser(model.net, model.diffusion, model.labels(digit, EDITS, every=False), sampling.guidance,
                             sampling.guidance_interval, model.amp)
+    return image, sampling, denoise, noise, generator
+
+
+def redraw(model, digit_image, digit, strength, seed):
+    """EDITS SDEdits of a (1, 28, 28) uint8 image toward `digit`: (before, after) pictures."""
+    image, sampling, denoise, noise, generator = edit_setup(model, digit_image, digit, seed)
     try:
         with torch.inference_mode():
             edits = sdedit(denoise, model.diffusion, image, noise, sampling, float(strength), generator)
     except ValueError as err:
-        raise UserError(f"strength {strength:g}: {err}; raise the strength or the steps") from None
+        raise UserError(f"strength {strength:g}: {err}; raise the strength") from None
     return picture(image[:1], 1), picture(edits, EDITS)
 
 
@@ -201,9 +217,13 @@ def erased(editor):
     the image is its background, the mask what was brushed over it (None where nothing was)."""
     if editor is None or editor.get("background") is None:
         return None, None
-    background = np.asarray(editor["background"], dtype=np.float32)[..., :3]
-    composite = np.asarray(editor["composite"], dtype=np.float32)[..., :3]
-    size = background.shape[0] // 28
+    background = np.asarray(editor["background"])
+    composite = background if editor.get("composite") is None else editor["composite"]
+    if background.shape[:2] != (CANVAS, CANVAS) or np.shape(composite)[:2] != (CANVAS, CANVAS):
+        raise UserError(f"the canvas should be {CANVAS} x {CANVAS} pixels, got {background.shape[1]} x "
+                        f"{background.shape[0]}")
+    composite = np.asarray(composite, dtype=np.float32)[..., :3]
+    background, size = background[..., :3].astype(np.float32), CANVAS // 28
     brushed = (np.abs(composite - background).max(-1) > 8).astype(np.float32)
     pooled = lambda a: a[:28 * size, :28 * size].reshape(28, size, 28, size).mean((1, 3))  # noqa: E731
     image = torch.from_numpy(pooled(background.mean(-1)).round().astype(np.uint8))[None]
@@ -213,14 +233,8 @@ def erased(editor):
 
 def complete(model, image, mask, digit, seed, progress=None):
     """EDITS completions of `image` outside `mask`: (the masked input, the completions) pictures."""
-    device = model.diffusion.device
-    known = to_model_range(image[None]).to(device).repeat(EDITS, 1, 1, 1)
-    mask = mask.to(device)
-    sampling = replace(model.sampling, seed=int(seed))
-    generator = torch.Generator(device=device).manual_seed(sampling.seed)
-    noise = torch.randn(known.shape, generator=generator, device=device)
-    denoise = make_denoiser(model.net, model.diffusion, model.labels(digit, EDITS, every=False), sampling.guidance,
-                            sampling.guidance_interval, model.amp)
+    known, sampling, denoise, noise, generator = edit_setup(model, image, digit, seed)
+    mask = mask.to(known.device)
     tick = ticker(progress, sampling.steps + 1, "completing")
     with torch.inference_mode():
         final = inpaint(denoise, model.diffusion, known, mask, noise, sampling, generator, callback=tick)
@@ -228,7 +242,7 @@ def complete(model, image, mask, digit, seed, progress=None):
 
 
 @lru_cache(maxsize=2)
-def test_digits(model):
+def held_out_digits(model):
     """The test images of the data set `model` was trained on."""
     return checkpoint_data(model.ckpt, False)[1].images
 
@@ -248,14 +262,16 @@ def read_upload(path):
 
 class MainThread:
     """Runs the page's work, one job at a time, on the main thread (serve()), called from the web
-    server's threads. PyTorch's CPU kernels ran slower on those: the shipped model's grid took 0.35 s
-    of the server's time here against 0.47 s there (2-core Xeon, docs/RESULTS.md#the-demo-page)."""
+    server's threads: the shipped model's grid appeared 0.42-0.45 s after a click so, against 0.51-0.57 s
+    run on those threads (2-core Xeon, docs/RESULTS.md#the-demo-page-how-fast-a-click-draws)."""
 
     def __init__(self):
         self.jobs = queue.Queue()
 
     def __call__(self, fn, *args, **kwargs):
         """fn(*args, **kwargs) run on the main thread, in the caller's context (its progress bar)."""
+        if threading.current_thread() is threading.main_thread():
+            return fn(*args, **kwargs)
         done = Future()
         self.jobs.put((done, contextvars.copy_context(), fn, args, kwargs))
         return done.result()
@@ -268,6 +284,9 @@ class MainThread:
                 done.set_result(context.run(fn, *args, **kwargs))
             except Exception as err:
                 done.set_exception(err)
+            except BaseException as err:  # Ctrl+C: the caller gets it too, and serving stops
+                done.set_exception(err)
+                raise
 
 
 def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, **kwargs)):
@@ -307,12 +326,13 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
         seconds = time.perf_counter() - start
         print(f"generated {NUM} digits in {seconds:.3f} s by {sampling.describe(False)}", flush=True)
         last = len(frames) - 1
-        return grid, frames, gr.update(maximum=last, value=last), *frames[-1]
+        return grid, frames, gr.update(maximum=last, value=last), zoomed(frames[-1][0]), frames[-1][1]
 
     def on_scrub(frames, index):
         if not frames:
             return None, ""
-        return frames[min(int(index), len(frames) - 1)]
+        image, caption = frames[min(int(index), len(frames) - 1)]
+        return zoomed(image), caption
 
     @in_page
     def on_draw(path, sketch, digit, strength, seed):
@@ -325,10 +345,10 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
         return on_draw(path, sketch, digit, strength, seed) if drawing_to_digit(sketch) is not None else (None, None)
 
     @in_page
-    def new_digit(path, count):
-        digits = test_digits(open_model(path, cfg))
-        index = int(torch.randint(len(digits), (1,), generator=torch.Generator().manual_seed(count)))
-        return {"background": canvas(digits[index]), "layers": [], "composite": None}, count + 1
+    def new_digit(path, draws):
+        digits = held_out_digits(open_model(path, cfg))
+        index = int(torch.randint(len(digits), (1,), generator=torch.Generator().manual_seed(draws)))
+        return {"background": canvas(digits[index]), "layers": [], "composite": None}, draws + 1
 
     @in_page
     def on_upload(file):
@@ -345,11 +365,11 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
 
     conditional = bool(model.net.config.num_classes)
     digits = dict(choices=["any", *model.classes], value="any", label="digit", visible=conditional)
-    with gr.Blocks(title="Diffusion playground") as page:
-        path, frames, count = gr.State(model.path), gr.State([]), gr.State(0)
-        about = gr.Markdown(model.about(), elem_id="about")
+    with gr.Blocks(title="Diffusion playground", delete_cache=(3600, 3600)) as page:  # files older than an hour
+        path, frames, draws = gr.State(model.path), gr.State([]), gr.State(0)  # draws: test digits shown
+        about = gr.Markdown(model.about(full_path=can_load), elem_id="about")
         with gr.Row(visible=can_load):
-            box = gr.Textbox(model.path, label="checkpoint", scale=5, elem_id="checkpoint")
+            box = gr.Textbox(model.path if can_load else "", label="checkpoint", scale=5, elem_id="checkpoint")
             load_button = gr.Button("Load", scale=1, elem_id="load")
         with gr.Tab("Generate", elem_id="tab-generate"):
             with gr.Row():
@@ -406,17 +426,23 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
                               [path, about, digit, draw_digit, erase_digit, sampler, steps, guidance])
         go.click(on_generate, [path, digit, sampler, steps, guidance, seed], [grid, frames, scrub, frame, caption],
                  show_progress="minimal", show_progress_on=[grid])
-        scrub.change(on_scrub, [frames, scrub], [frame, caption], show_progress="hidden")
+        scrub.input(on_scrub, [frames, scrub], [frame, caption], show_progress="hidden")
         drawing = [path, sketch, draw_digit, strength, draw_seed]
         redraw_button.click(on_draw, drawing, [before, after], show_progress="minimal")
         sketch.change(on_stroke, drawing, [before, after], trigger_mode="always_last",
                       show_progress="hidden")
-        another.click(new_digit, [path, count], [editor, count])
+        another.click(new_digit, [path, draws], [editor, draws])
         upload.upload(on_upload, [upload], [editor])
         complete_button.click(on_complete, [path, editor, erase_digit, erase_seed], [masked, completed],
                               show_progress="minimal", show_progress_on=[completed])
-        page.load(new_digit, [path, count], [editor, count])
+        page.load(new_digit, [path, draws], [editor, draws])
     return page
+
+
+def free_port(host):
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
 
 
 def main(argv=None):
@@ -424,16 +450,23 @@ def main(argv=None):
                           [DemoConfig], argv)
     cfg = from_args(DemoConfig, args)
     set_cpu_threads()
+    Image.MAX_IMAGE_PIXELS = 1 << 24  # PIL's guard for the canvases too, which Gradio decodes: 4096 x 4096
     model = open_model(cfg.checkpoint_path, cfg)
     public = cfg.share or cfg.host not in LOCAL
     worker = MainThread()
     page = build(cfg, model, not public, worker)
-    print(f"serving {model.path} on http://{cfg.host}:{cfg.port or '<free port>'}" + (" (and a public link)" if
-          cfg.share else "") + "; Ctrl+C stops", flush=True)
-    page.queue(default_concurrency_limit=1).launch(server_name=cfg.host, server_port=cfg.port or None,
-                                                   share=cfg.share, max_file_size=f"{MAX_UPLOAD_MB}mb",
-                                                   show_error=True, quiet=True, prevent_thread_lock=True)
-    worker.serve()
+    try:
+        page.queue(default_concurrency_limit=1).launch(
+            server_name=cfg.host, server_port=cfg.port or free_port(cfg.host), share=cfg.share, quiet=True,
+            max_file_size=f"{MAX_UPLOAD_MB}mb", show_error=not public, prevent_thread_lock=True)
+    except OSError as err:
+        raise UserError(f"cannot serve on {cfg.host}:{cfg.port}: {str(err).split('. ')[0]}") from None
+    print(f"serving {model.path} on {page.local_url}" + (f" and {page.share_url}" if cfg.share else "")
+          + "; Ctrl+C stops", flush=True)
+    try:
+        worker.serve()
+    except KeyboardInterrupt:
+        page.close()
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """demo.py's parts without a browser (tests/test_demo_page.py drives the page itself)."""
 import contextvars
+import socket
 import subprocess
 import sys
 import threading
@@ -9,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from demo import CANVAS, EDITS, NUM, DemoConfig, MainThread, canvas, complete, denoising, drawing_to_digit, erased, \
+from demo import CANVAS, EDITS, DemoConfig, MainThread, canvas, complete, denoising, drawing_to_digit, erased, \
     open_model, read_upload, sampling_for
 from utils.errors import UserError
 
@@ -59,6 +60,11 @@ def test_erasing_keeps_the_image_and_masks_what_was_brushed():
     assert mask[0, 0, :14].sum() == 0 and mask[0, 0, 14:].min() == 1
     assert erased({"background": background, "layers": [], "composite": background})[1] is None  # nothing brushed
     assert erased(None) == (None, None)
+    assert erased({"background": background, "layers": [], "composite": None})[1] is None
+    with pytest.raises(UserError, match="280 x 280"):
+        erased({"background": background[:100], "layers": [], "composite": composite[:100]})
+    with pytest.raises(UserError, match="280 x 280"):
+        drawing_to_digit({"composite": np.zeros((4000, 4000, 4), np.uint8)})
 
 
 def test_an_upload_is_read_as_a_white_digit_on_black(tmp_path):
@@ -87,11 +93,10 @@ def test_denoising_gives_the_grid_and_frames_ending_in_the_digits(model):
     grid, frames = denoising(model, sampling, "7")
     assert grid.shape == (4 * 122, 4 * 122, 3)  # 4 x 4 digits of 28 + 2 padding, ZOOM 4
     assert len(frames) == 4 and frames[-1][1] == "finished digits"
-    assert all(f.shape == (4 * 122, 8 * 122, 3) for f, _ in frames)  # x_t beside x0
+    assert all(f.shape == (122, 2 * 122, 3) for f, _ in frames)  # x_t beside x0, zoomed when shown
     assert not np.array_equal(frames[0][0], frames[-1][0])
     with pytest.raises(UserError, match="steps"):
         denoising(model, sampling_for(model, "ddim", 5000, 0.0, 0), "7")
-    assert NUM == 16
 
 
 def test_completion_keeps_the_known_part(model):
@@ -111,22 +116,45 @@ def test_main_thread_runs_each_job_in_its_callers_context():
     worker, seen, where = MainThread(), contextvars.ContextVar("seen"), {}
 
     def caller():
-        seen.set("caller's")
-        where["thread"], where["value"] = worker(lambda: (threading.current_thread(), seen.get()))
-        with pytest.raises(ZeroDivisionError):
-            worker(lambda: 1 / 0)
-        worker.jobs.put(None)
+        try:
+            seen.set("caller's")
+            where["thread"], where["value"] = worker(lambda: (threading.current_thread(), seen.get()))
+            with pytest.raises(ZeroDivisionError):
+                worker(lambda: 1 / 0)
+            where["raised"] = True
+        finally:
+            worker.jobs.put(None)  # serve() returns whatever happened here
 
     thread = threading.Thread(target=caller)
     thread.start()
     worker.serve()
     thread.join()
-    assert where == {"thread": threading.main_thread(), "value": "caller's"}
+    assert where == {"thread": threading.main_thread(), "value": "caller's", "raised": True}
+    assert worker(threading.current_thread) is threading.main_thread()  # on the main thread: at once
 
 
-@pytest.mark.parametrize("flags, text", [(["--checkpoint_path", "no/such.pt"], "no/such.pt"),
-                                         (["--port", "70000"], "port")])
-def test_bad_flags_exit_2_with_one_line(flags, text):
+def test_a_public_page_cannot_load_a_file_by_its_path(model):
+    pytest.importorskip("gradio")
+    from demo import build
+    local, public = (build(DemoConfig(), model, can_load) for can_load in (True, False))
+    names = lambda page: {f.fn.__name__ for f in page.fns.values() if f.fn}  # noqa: E731
+    assert "switch" in names(local) and "switch" not in names(public)
+    assert "models/weights/" not in public.config["components"].__repr__()
+
+
+@pytest.fixture
+def busy_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+@pytest.mark.parametrize("flags, text", [
+    (["--checkpoint_path", "no/such.pt"], "no/such.pt"), (["--port", "70000"], "port"),
+    (["--port", "BUSY", "--checkpoint_path", "models/weights/ddpm_mnist.pt"], "cannot serve")])
+def test_bad_flags_exit_2_with_one_line(flags, text, request):
+    flags = [str(request.getfixturevalue("busy_port")) if f == "BUSY" else f for f in flags]
     run = subprocess.run([sys.executable, "demo.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()
