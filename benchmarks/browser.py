@@ -14,7 +14,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-                  "--disable-background-networking", "--disable-component-update"]
+                  "--disable-background-networking", "--disable-component-update", "--disable-dev-shm-usage"]
 
 
 def chromium_path():
@@ -74,7 +74,8 @@ def open_page(browser, url):
     return page
 
 
-# Milliseconds from a click on #button to a new, loaded picture in #target, timed in the page.
+# Milliseconds from a click on #button to a new, loaded picture in #target, timed in the page (an error
+# after a minute without one).
 CLICK_TO_PICTURE = """async ([button, target]) => {
     const src = () => {
         const i = document.querySelector('#' + target + ' img');
@@ -82,6 +83,9 @@ CLICK_TO_PICTURE = """async ([button, target]) => {
     };
     const old = src(), start = performance.now();
     document.querySelector('#' + button).click();
-    while (src() === old || src() === null) await new Promise(r => setTimeout(r, 2));
+    while (src() === old || src() === null) {
+        if (performance.now() - start > 60000) throw new Error('no new picture in #' + target + ' after a minute');
+        await new Promise(r => setTimeout(r, 2));
+    }
     return performance.now() - start;
 }"""

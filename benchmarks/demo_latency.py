@@ -1,7 +1,7 @@
 """Seconds from a click on Generate to the grid of 16 digits shown in the demo page, in headless
 Chromium, for each checkpoint served at once by its own `python demo.py`, the clicks interleaved.
 
-    pip install -r requirements-demo.txt playwright && apt-get install chromium
+    pip install -r requirements-dev.txt && apt-get install chromium
     python -m benchmarks.demo_latency                                      # the shipped model
     python -m benchmarks.demo_latency --checkpoints models/weights/ddpm_mnist.pt checkpoints/shortcut
     python -m benchmarks.demo_latency --checkpoints checkpoints/shortcut --steps 1     # one step
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from statistics import median
 
 from benchmarks.browser import CLICK_TO_PICTURE, chromium, demo_server, open_page
+from demo import NUM
 from utils.config import check_fields, from_args, option, parse_flags
 from utils.errors import exit_on_user_error
 
@@ -39,20 +40,20 @@ def main(argv=None):
                    for path in flags.checkpoints]
         browser = stack.enter_context(chromium())
         pages = [open_page(browser, url) for url, _ in servers]
-        clicks = {path: [] for path in flags.checkpoints}
+        clicks = [[] for _ in flags.checkpoints]
         for page in pages if flags.steps else ():
             page.locator("#steps input[type=number]").fill(str(flags.steps))
             page.locator("#steps input[type=number]").press("Enter")
         for seed in range(flags.repeats + 1):  # a new seed each click: new digits, a new picture
-            for path, page in zip(flags.checkpoints, pages):
+            for times, page in zip(clicks, pages):
                 page.locator("#seed input").fill(str(seed))
                 ms = page.evaluate(CLICK_TO_PICTURE, ["generate", "grid"])
                 if seed:
-                    clicks[path].append(ms / 1000)
+                    times.append(ms / 1000)
         logs = [log.read_text() for _, log in servers]
     print(f"{'checkpoint':44} {'click to grid (s)':>18} {'min':>6} {'max':>6} {'server (s)':>11}  sampling")
-    for (path, times), log in zip(clicks.items(), logs):
-        server = re.findall(r"generated 16 digits in ([\d.]+) s by (.*)", log)[1:]
+    for path, times, log in zip(flags.checkpoints, clicks, logs):
+        server = re.findall(rf"generated {NUM} digits in ([\d.]+) s by (.*)", log)[1:]
         print(f"{path:44} {median(times):18.3f} {min(times):6.3f} {max(times):6.3f} "
               f"{median(float(s) for s, _ in server):11.3f}  {server[-1][1]}")
     return clicks

@@ -28,7 +28,7 @@ def server():
     """`python demo.py` on the shipped model, as a user starts it; its address."""
     need(chromium_path(), "Chromium (apt-get install chromium)")
     for module in ("gradio", "playwright"):
-        need(importlib.util.find_spec(module), f"{module} (pip install -r requirements-demo.txt playwright)")
+        need(importlib.util.find_spec(module), f"{module} (pip install -r requirements-dev.txt)")
     with demo_server("--checkpoint_path", "models/weights/ddpm_mnist.pt") as (url, _):
         yield url
 
@@ -132,7 +132,7 @@ def test_draw_follows_the_pen(page, shots):
 
 def test_erase_and_complete(page, shots):
     page.get_by_role("tab", name="Erase and complete").click()
-    page.wait_for_timeout(500)  # the test digit arrives with the page
+    page.wait_for_timeout(2000)  # the test digit arrives with the page
     stroke(page, "eraser", [(0.02, 0.6), (0.98, 0.6), (0.02, 0.75), (0.98, 0.75), (0.02, 0.9), (0.98, 0.9)])
     page.click("#complete")
     masked, _ = image_of(page, "masked")
