@@ -1,6 +1,5 @@
 """demo.py's parts without a browser (tests/test_demo_page.py drives the page itself)."""
 import contextvars
-import socket
 import subprocess
 import sys
 import threading
@@ -133,28 +132,9 @@ def test_main_thread_runs_each_job_in_its_callers_context():
     assert worker(threading.current_thread) is threading.main_thread()  # on the main thread: at once
 
 
-def test_a_public_page_cannot_load_a_file_by_its_path(model):
-    pytest.importorskip("gradio")
-    from demo import build
-    local, public = (build(DemoConfig(), model, can_load) for can_load in (True, False))
-    names = lambda page: {f.fn.__name__ for f in page.fns.values() if f.fn}  # noqa: E731
-    assert "switch" in names(local) and "switch" not in names(public)
-    assert "models/weights/" not in public.config["components"].__repr__()
-
-
-@pytest.fixture
-def busy_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        s.listen()
-        yield s.getsockname()[1]
-
-
-@pytest.mark.parametrize("flags, text", [
-    (["--checkpoint_path", "no/such.pt"], "no/such.pt"), (["--port", "70000"], "port"),
-    (["--port", "BUSY", "--checkpoint_path", "models/weights/ddpm_mnist.pt"], "cannot serve")])
-def test_bad_flags_exit_2_with_one_line(flags, text, request):
-    flags = [str(request.getfixturevalue("busy_port")) if f == "BUSY" else f for f in flags]
+@pytest.mark.parametrize("flags, text", [(["--checkpoint_path", "no/such.pt"], "no/such.pt"),
+                                         (["--port", "70000"], "port")])
+def test_bad_flags_exit_2_with_one_line(flags, text):
     run = subprocess.run([sys.executable, "demo.py", *flags], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert run.returncode == 2, run.stderr
     lines = run.stderr.strip().splitlines()

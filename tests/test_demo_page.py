@@ -1,10 +1,14 @@
 """The demo page in a real browser: demo.py served on a free local port, driven by Playwright on
-headless Chromium (Debian's package: apt-get install chromium). Marked `browser`, out of the
+headless Chromium (Debian's package: apt-get install chromium), and the server's checks that need
+Gradio (a busy port, a public page). Marked `browser`, out of the
 default run; .ci/run runs it (python -m pytest -m browser). DEMO_SCREENSHOTS=docs writes the
 screenshots of docs/ (else they go to a temporary folder)."""
 import importlib.util
 import io
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -206,3 +210,24 @@ def test_listens_on_this_machine_only(server):
                  for line in table.read_text().splitlines()[1:]
                  if line.split()[3] == "0A" and int(line.split()[1].rsplit(":", 1)[1], 16) == port]
     assert listening and set(listening) <= {"0100007F", "00000000000000000000000001000000"}, listening
+
+
+def test_a_busy_port_is_a_one_line_error():
+    need(importlib.util.find_spec("gradio"), "gradio (pip install -r requirements-dev.txt)")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        run = subprocess.run([sys.executable, "demo.py", "--port", str(taken.getsockname()[1]), "--checkpoint_path",
+                              "models/weights/ddpm_mnist.pt"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 2 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines() == [run.stderr.strip()] and "cannot serve" in run.stderr
+
+
+def test_a_public_page_cannot_load_a_file_by_its_path():
+    need(importlib.util.find_spec("gradio"), "gradio (pip install -r requirements-dev.txt)")
+    from demo import DemoConfig, build, open_model
+    model = open_model("models/weights/ddpm_mnist.pt", DemoConfig(precision="fp32"))
+    local, public = (build(DemoConfig(), model, can_load) for can_load in (True, False))
+    names = lambda page: {f.fn.__name__ for f in page.fns.values() if f.fn}  # noqa: E731
+    assert "switch" in names(local) and "switch" not in names(public)
+    assert "models/weights/" not in public.config["components"].__repr__()
