@@ -1,8 +1,8 @@
 """The demo page in a real browser: demo.py served on a free local port, driven by Playwright on
-headless Chromium (Debian's package: apt-get install chromium), and the server's checks that need
-Gradio (a busy port, a public page). Marked `browser`, out of the
-default run; .ci/run runs it (python -m pytest -m browser). DEMO_SCREENSHOTS=docs writes the
-screenshots of docs/ (else they go to a temporary folder)."""
+headless Chromium (Debian's package: apt-get install chromium); and the server's checks that need
+Gradio (a busy port, a public page). Marked `browser`, out of the default run; .ci/run runs it
+(python -m pytest -m browser). DEMO_SCREENSHOTS=docs writes the screenshots of docs/ (else they go
+to a temporary folder)."""
 import importlib.util
 import io
 import os
