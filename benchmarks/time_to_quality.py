@@ -2,9 +2,12 @@
 
     python -m benchmarks.time_to_quality --marks 5 10 20
     python -m benchmarks.time_to_quality --marks 5 10 20 --model peer     # diffusers' UNet2DModel, same recipe
+    python -m benchmarks.time_to_quality --marks 5 10 --recipes "--batch_size 128" ""   # two recipes, one table
 
 Runs train.py (or benchmarks/train_peer.py) on its defaults in a fresh folder, keeping a step
 checkpoint every --save_every steps, and stops it with SIGTERM (which saves) at the last mark.
+With --recipes, one run per recipe (its flags added to the defaults; "" is the defaults), one
+after another, evaluated the same way and printed in one table.
 Each checkpoint's training time comes from the log's wall_s column; for each mark the last
 checkpoint saved before it is evaluated with evaluate.py (--num_samples samples, inference.py's
 default sampler unless --sampler is given), next to the real-data floor at the same sample count.
@@ -12,6 +15,7 @@ A mark after the end of the default run gets the finished model (see its train_m
 """
 import csv
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -37,6 +41,7 @@ class Flags:
     model: str = option("ours", "the project's U-Net, or diffusers' UNet2DModel trained with the same recipe",
                         choices=("ours", "peer"))
     work_dir: str = option("", "keep checkpoints and logs here (default: a temp folder)")
+    recipes: tuple = option(("",), "train.py flags of each recipe to compare, quoted (\"\" = the defaults)", item=str)
 
     def __post_init__(self):
         check_fields(self)
@@ -49,23 +54,12 @@ def read_log(path):
         return list(csv.DictReader(f))
 
 
-def main():
-    argv = sys.argv[1:]
-    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
-    flags, _ = parse_flags(__doc__.splitlines()[0] + " Extra train.py flags go after --.", [Flags, SamplingConfig], own)
-    args, sampling = from_args(Flags, flags), from_args(SamplingConfig, flags)  # sampling: the default unless given
-    work = Path(args.work_dir or tempfile.mkdtemp(prefix="ttq_"))
-    ckpt, out = work / "ck", work / "out"
-
-    # ---- train, stopping at the last mark ---------------------------------------------------
-    script = ["train.py"] if args.model == "ours" else ["-m", "benchmarks.train_peer"]
-    cmd = [sys.executable, *script, "--checkpoint_path", str(ckpt), "--output_dir", str(out),
-           "--save_every", str(args.save_every), "--log_every", str(args.save_every), "--keep_last", "100000",
-           *train_args]
-    log = out / "train_log.csv"
-    deadline = max(args.marks) * 60
+def train_until(cmd, work, deadline):
+    """Run the training command `cmd` in `work`, stopped by SIGTERM (which saves) once its log
+    passes `deadline` seconds; its stderr (the progress bar, any error) goes to work/train_stderr.log."""
+    log = work / "out" / "train_log.csv"
     work.mkdir(parents=True, exist_ok=True)
-    with open(work / "train_stderr.log", "w") as errors:  # the progress bar and any error message
+    with open(work / "train_stderr.log", "w") as errors:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
         while proc.poll() is None:
             rows = read_log(log)
@@ -75,31 +69,47 @@ def main():
             time.sleep(2)
     if proc.returncode not in (0, 143):
         sys.exit(f"training failed (exit {proc.returncode}); see {work / 'train_stderr.log'}")
+    return read_log(log)
 
-    # ---- evaluate the checkpoint at each mark ---------------------------------------------------
-    rows = [r for r in read_log(log) if Path(f"{ckpt}_step{int(r['step']):07d}").exists()]  # saved steps
-    floor = evaluate.main(["--real", "--num_samples", str(args.num_samples), "--out", str(work / "real.json")])
+
+def main():
+    argv = sys.argv[1:]
+    own, train_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    flags, _ = parse_flags(__doc__.splitlines()[0] + " Extra train.py flags go after --.", [Flags, SamplingConfig], own)
+    args, sampling = from_args(Flags, flags), from_args(SamplingConfig, flags)  # sampling: the default unless given
+    root = Path(args.work_dir or tempfile.mkdtemp(prefix="ttq_"))
+    script = ["train.py"] if args.model == "ours" else ["-m", "benchmarks.train_peer"]
+    floor = evaluate.main(["--real", "--num_samples", str(args.num_samples), "--out", str(root / "real.json")])
+    sample_flags = ["--sampler", sampling.sampler, "--steps", str(sampling.steps), "--eta", str(sampling.eta),
+                    "--guidance", str(sampling.guidance), "--guidance_interval", *map(str, sampling.guidance_interval),
+                    "--seed", str(sampling.seed)]
     table = []
-    for mark in args.marks:
-        done = [r for r in rows if float(r["wall_s"]) <= mark * 60]
-        if not done:
-            continue
-        step = int(done[-1]["step"])
-        flags = ["--sampler", sampling.sampler, "--steps", str(sampling.steps), "--eta", str(sampling.eta),
-                 "--guidance", str(sampling.guidance), "--guidance_interval", *map(str, sampling.guidance_interval),
-                 "--seed", str(sampling.seed)]
-        result = evaluate.main(["--checkpoint_path", f"{ckpt}_step{step:07d}", "--num_samples", str(args.num_samples),
-                                *flags, "--out", str(work / f"eval_{mark:g}min.json")],
-                               make_model=UNet if args.model == "ours" else Peer)
-        table.append({"minutes": mark, "step": step, "train_seconds": float(done[-1]["wall_s"]), **result})
-    print(f"\n{'minutes':>8s} {'trained':>8s} {'step':>6s} {'FID':>8s} {'FID/floor':>10s} {'confident':>10s}   "
-          f"({args.model}, {args.num_samples} samples, {sampling.describe()}; "
+    for i, recipe in enumerate(args.recipes):
+        work = root if len(args.recipes) == 1 else root / f"recipe{i}"
+        ckpt = work / "ck"
+        cmd = [sys.executable, *script, "--checkpoint_path", str(ckpt), "--output_dir", str(work / "out"),
+               "--save_every", str(args.save_every), "--log_every", str(args.save_every), "--keep_last", "100000",
+               *train_args, *shlex.split(recipe)]
+        rows = train_until(cmd, work, max(args.marks) * 60)
+        rows = [r for r in rows if Path(f"{ckpt}_step{int(r['step']):07d}").exists()]  # saved steps
+        for mark in args.marks:  # the last checkpoint saved before each mark
+            done = [r for r in rows if float(r["wall_s"]) <= mark * 60]
+            if not done:
+                continue
+            step = int(done[-1]["step"])
+            result = evaluate.main(["--checkpoint_path", f"{ckpt}_step{step:07d}", "--num_samples",
+                                    str(args.num_samples), *sample_flags, "--out", str(work / f"eval_{mark:g}min.json")],
+                                   make_model=UNet if args.model == "ours" else Peer)
+            table.append({"recipe": recipe or "(defaults)", "minutes": mark, "step": step,
+                          "train_seconds": float(done[-1]["wall_s"]), **result})
+    print(f"\n{'recipe':<24s} {'minutes':>8s} {'trained':>8s} {'step':>6s} {'FID':>8s} {'FID/floor':>10s} "
+          f"{'confident':>10s}   ({args.model}, {args.num_samples} samples, {sampling.describe()}; "
           f"floor FID {floor['fid']:.4f})")
     for r in table:
-        print(f"{r['minutes']:>8g} {r['train_seconds'] / 60:>8.1f} {r['step']:>6d} {r['fid']:>8.4f} "
-              f"{r['fid'] / floor['fid']:>10.1f} {r['confident']:>10.3f}")
-    (work / "time_to_quality.json").write_text(json.dumps({"floor": floor, "marks": table}, indent=2))
-    print(f"wrote {work / 'time_to_quality.json'}")
+        print(f"{r['recipe']:<24s} {r['minutes']:>8g} {r['train_seconds'] / 60:>8.1f} {r['step']:>6d} "
+              f"{r['fid']:>8.4f} {r['fid'] / floor['fid']:>10.1f} {r['confident']:>10.3f}")
+    (root / "time_to_quality.json").write_text(json.dumps({"floor": floor, "marks": table}, indent=2))
+    print(f"wrote {root / 'time_to_quality.json'}")
 
 
 if __name__ == "__main__":
