@@ -27,7 +27,7 @@ from diffusion.processes import PROCESSES, make_process
 from models.load import SHIPPED_MODEL
 from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
-from training.budget import budget_batch, planned_steps, repeat_flags, sizes_batch, time_steps
+from training.budget import planned_steps, repeat_flags, time_steps
 from training.distill import start_from_teacher, student_configs, teacher_pairs
 from training.log import Log, Progress
 from training.posthoc import PostHocEMA
@@ -77,13 +77,11 @@ def train(argv, make_model):
                                     partial(autocast, device, amp_dtype), start)
     cfg = dataclasses.replace(cfg, batch_size=fit_batch(cfg.batch_size, len(data.images), world_size, cfg.dataset))
     model, diffusion = make_model(model_cfg).to(device), make_process(diffusion_cfg, device)
+    batches = Batches(data, cfg, rank, world_size, diffusion, model_cfg.null_label if model_cfg.num_classes else None)
     state = new_state(model, cfg, ckpt, amp_dtype, graphed, world_size)
-    loop = partial(batches_and_step, data=data, rank=rank, world_size=world_size, process=diffusion, state=state,
-                   null_label=model_cfg.null_label if model_cfg.num_classes else None, amp=(amp_dtype, graphed))
-    sized = sizes_batch(cfg, typed, ckpt is None, device)  # a budget on a CPU picks the batch from the pace
-    cfg, batches, step_fn, pace = sized_batch(cfg, loop, partial(time_steps, state=state, device=device), sized,
-                                              start, world_size)
-    plan = planned_steps(cfg, batches.steps_per_epoch, pace, time.perf_counter() - start, state.step, start)
+    step_fn = make_step(state, diffusion, amp_dtype, cfg.grad_clip, batches.get(state.step), graphed)
+    plan = planned_steps(cfg, batches.steps_per_epoch, lambda: time_steps(step_fn, batches, state, device),
+                         time.perf_counter() - start, state.step, start)
     end_step = min(plan.total, cfg.max_steps or plan.total)
     if is_main:
         print(f"device {device} | precision {amp_dtype or torch.float32} | processes {world_size} | "
@@ -127,27 +125,6 @@ def train(argv, make_model):
         if progress:
             progress.sample(state.ema, step, step == end_step, log)
     finish(log, state, world_size, start, cfg, lock, plan)
-
-
-def batches_and_step(cfg, data, rank, world_size, process, state, null_label, amp):
-    """What each step trains on at cfg.batch_size (training/batches.py), and the step itself."""
-    batches = Batches(data, cfg, rank, world_size, process, null_label)
-    return batches, make_step(state, process, amp[0], cfg.grad_clip, batches.get(state.step), amp[1])
-
-
-def sized_batch(cfg, loop, timer, sized, start, world_size):
-    """(cfg, batches, step, pace): the run at its batch, which the budget chooses from the pace
-    measured at cfg.batch_size where `sized` (training/budget.py); pace() gives the seconds per
-    step at the batch chosen (timer(step, batches) measures them)."""
-    batches, step_fn = loop(cfg)
-    if sized:
-        seconds = timer(step_fn, batches)
-        batch = budget_batch(cfg, seconds, time.perf_counter() - start, world_size)
-        if batch == cfg.batch_size:
-            return cfg, batches, step_fn, lambda: seconds
-        cfg = dataclasses.replace(cfg, batch_size=batch)
-        batches, step_fn = loop(cfg)
-    return cfg, batches, step_fn, lambda: timer(step_fn, batches)
 
 
 def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
@@ -276,7 +253,7 @@ def finish(log, state, world_size, start, cfg, lock, plan):
             print(f"weights identical on all {world_size} processes", file=sys.stderr)
         loss_curve(log.path, Path(cfg.output_dir) / "loss_curve.png")
         print(f"done: step {state.step} in {time.perf_counter() - start:.1f} s, checkpoint {cfg.checkpoint_path}, "
-              f"images in {cfg.output_dir}/ (to repeat this run: {repeat_flags(plan, cfg.batch_size)})", file=sys.stderr)
+              f"images in {cfg.output_dir}/ (to repeat this run: {repeat_flags(plan)})", file=sys.stderr)
     if lock is not None:
         lock.close()
     distributed.cleanup()

@@ -1,14 +1,13 @@
 """The length of a --minutes run (training/budget.py): planned before step 0, re-planned from the
 pace on the way so that it ends on time, the LR continuous through a re-plan, the plan saved,
-resumed and repeated exactly; on a slow CPU the batch halved, saved and repeated."""
+resumed and repeated exactly."""
 import math
 
 import pytest
 
 import train
 from test_train import assert_same_state, exit_code, logged_losses, train_args
-from training import budget
-from training.budget import CHECKS, END_SECONDS, Plan, budget_batch, repeat_flags
+from training.budget import CHECKS, END_SECONDS, Plan, repeat_flags
 from training.schedule import LR_FLOOR, learning_rate
 from utils.checkpoint import load_checkpoint
 from utils.config import TrainConfig
@@ -94,55 +93,8 @@ def test_a_re_planned_run_resumes_and_repeats_exactly(tmp_path, mnist_dir, capsy
     assert_same_state(straight, resumed)
     assert logged_losses(tmp_path, "straight") == logged_losses(tmp_path, "resumed")
     assert tuple(resumed["train_config"]["plan"]) == (12, 3, 9, 5, 10) and resumed["train_config"]["total_steps"] == 10
-    assert repeat_flags(Plan(tuple(resumed["train_config"]["plan"])), 16) == "--batch_size 16 --plan 12 3 9 5 10"
-    assert "(to repeat this run: --batch_size 16 --plan 12 3 9 5 10)" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("minutes, pace, batch", [
-    (17.0, 1.25, 64),   # a 2-core AVX2 EPYC at batch 128: about 770 steps in 17 minutes
-    (9.5, 0.67, 64),    # the Xeon under the AVX2 cap: about 800 steps in 9.5 minutes
-    (17.0, 0.67, 128),  # and about 1,440 in 17
-    (17.0, 0.28, 128),  # an AVX-512 CPU with bf16: about 3,400 steps
-])
-def test_a_slow_budget_halves_the_batch(minutes, pace, batch, capsys):
-    assert budget_batch(TrainConfig(minutes=minutes, batch_size=128), pace, 5.0) == batch
-    assert ("training at --batch_size 64" in capsys.readouterr().err) == (batch == 64)
-
-
-def budget_args(tmp_path, mnist_dir, name, *extra):
-    """train_args of a --minutes run on the default batch: no --epochs, no --batch_size."""
-    args = train_args(tmp_path, mnist_dir, name, "--minutes", "0.3", "--warmup_steps", "2", "--max_steps", "3",
-                      "--num_grid_samples", "0", *extra)
-    for flag in ("--epochs", "--batch_size"):
-        i = args.index(flag)
-        del args[i:i + 2]
-    return args
-
-
-def test_the_batch_the_budget_chose_is_saved_and_the_printed_flags_repeat_the_run(tmp_path, mnist_dir, capsys,
-                                                                                  monkeypatch):
-    """A fresh budget run on the CPU with no --batch_size typed halves the default batch where its
-    pace allows too few steps; the checkpoint keeps the batch, and the flags printed at the end
-    repeat the run exactly. A typed --batch_size is kept, and so is the batch where the pace allows
-    enough steps."""
-    monkeypatch.setattr(budget, "MIN_STEPS", 10 ** 9)  # every pace is too slow
-    train.main(budget_args(tmp_path, mnist_dir, "budget"))
-    err = capsys.readouterr().err
-    assert "batch 128 would train" in err and "training at --batch_size 64" in err
-    flags = err.split("(to repeat this run: ")[1].split(")")[0].split()
-    chosen = load_checkpoint(tmp_path / "budget")[0]
-    assert chosen["train_config"]["batch_size"] == 64 and flags[:2] == ["--batch_size", "64"]
-    train.main([*budget_args(tmp_path, mnist_dir, "again"), *flags])
-    assert "would train" not in capsys.readouterr().err
-    assert_same_state(chosen, load_checkpoint(tmp_path / "again")[0])
-    assert logged_losses(tmp_path, "budget") == logged_losses(tmp_path, "again")
-
-    train.main(budget_args(tmp_path, mnist_dir, "typed", "--batch_size", "16", "--max_steps", "1"))
-    assert "would train" not in capsys.readouterr().err
-    assert load_checkpoint(tmp_path / "typed")[0]["train_config"]["batch_size"] == 16
-    monkeypatch.setattr(budget, "MIN_STEPS", 0)
-    train.main(budget_args(tmp_path, mnist_dir, "fast", "--max_steps", "1"))
-    assert load_checkpoint(tmp_path / "fast")[0]["train_config"]["batch_size"] == 128
+    assert repeat_flags(Plan(tuple(resumed["train_config"]["plan"]))) == "--plan 12 3 9 5 10"
+    assert "(to repeat this run: --plan 12 3 9 5 10)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("plan, message", [

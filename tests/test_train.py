@@ -253,7 +253,7 @@ def test_budget_plans_the_steps_at_the_start_and_the_printed_flags_repeat_the_ru
     del budget[i:i + 2]  # no --epochs: the budget sets the length
     train.main([*budget, "--minutes", "0.3", "--warmup_steps", "2", "--max_steps", "3", "--num_grid_samples", "0"])
     err = capsys.readouterr().err
-    printed = int(err.split("(to repeat this run: --batch_size 16 --total_steps ")[1].split(")")[0])  # no re-plan in 3 steps
+    printed = int(err.split("(to repeat this run: --total_steps ")[1].split(")")[0])  # not re-planned in 3 steps
     first = load_checkpoint(tmp_path / "budget")[0]
     assert first["train_config"]["total_steps"] == printed > 6 and first["step"] == 3
     assert first["lr_scheduler"]["t_initial"] == printed - first["train_config"]["warmup_steps"]

@@ -6,11 +6,6 @@ later ones, or share the CPU for a while), so that the run ends on time. A re-pl
 total and keeps the LR continuous: the cosine's progress q moves on from where it is toward 1 at
 the new total. The plan, its first total and each re-plan's (step, total), is saved in the
 checkpoint: a resumed run follows it, and `--plan` repeats the run exactly.
-
-A fresh budget run on a CPU whose --batch_size was not typed also sizes its batch to the machine:
-where the measured pace would allow fewer than MIN_STEPS steps, it halves the batch (at the same LR),
-so that a slow CPU trains more, smaller steps; on the AVX2 class's budget batch 64 beat batch 128
-(docs/RESULTS.md). The batch chosen is saved with the run and printed in the flags that repeat it.
 """
 import sys
 import time
@@ -27,7 +22,6 @@ END_SECONDS = 10.0   # of a --minutes budget kept after the last step: the last 
 CHECKS = 50          # re-plan checks in a budget run: every total / CHECKS steps
 WINDOW = 10          # checks over which the recent pace is measured
 MIN_CHANGE = 5.0     # seconds: a re-plan moves the end by at least this much (else the total is kept)
-MIN_STEPS = 1_100    # a budget that would train fewer steps at the default batch halves it (sizes_batch)
 
 
 @dataclass
@@ -98,30 +92,11 @@ def planned_steps(cfg, steps_per_epoch, seconds_per_step, seconds_spent, step, s
     return Plan((planned,), deadline=start + cfg.minutes * 60 - END_SECONDS, every=max(1, planned // CHECKS))
 
 
-def sizes_batch(cfg, typed, fresh, device):
-    """Whether this run's batch is chosen by the budget: a fresh --minutes run on a CPU, --batch_size
-    not typed (and no GPU preset, teacher or fixed length)."""
-    fixed = cfg.plan or cfg.total_steps or cfg.epochs or cfg.teacher
-    return fresh and device.type == "cpu" and "batch_size" not in typed and not fixed
-
-
-def budget_batch(cfg, seconds_per_step, seconds_spent, world_size=1):
-    """The batch of a budget run whose steps at cfg.batch_size take `seconds_per_step`: half of
-    it where the budget left would train fewer than MIN_STEPS steps at it, said in one line."""
-    steps = int(BUDGET_SHARE * (cfg.minutes * 60 - seconds_spent) / seconds_per_step)
-    half = cfg.batch_size // 2
-    halve = steps < MIN_STEPS and half % world_size == 0 and half >= 2 * world_size
-    batch = distributed.from_rank0(half if halve else cfg.batch_size)  # every process keeps rank 0's choice
-    if batch != cfg.batch_size and distributed.is_main():
-        print(f"budget {cfg.minutes:g} min: batch {cfg.batch_size} would train {steps:,} steps (fewer than "
-              f"{MIN_STEPS:,}): training at --batch_size {batch} (type --batch_size to choose)", file=sys.stderr)
-    return batch
-
-
-def repeat_flags(plan, batch_size):
-    """The flags that repeat a run of this plan and batch exactly."""
-    length = f"--total_steps {plan.total}" if len(plan.lengths) == 1 else "--plan " + " ".join(map(str, plan.lengths))
-    return f"--batch_size {batch_size} {length}"
+def repeat_flags(plan):
+    """The flags that repeat a run of this plan exactly."""
+    if len(plan.lengths) == 1:
+        return f"--total_steps {plan.total}"
+    return "--plan " + " ".join(map(str, plan.lengths))
 
 
 def time_steps(step_fn, batches, state, device, warmup=2, min_steps=5, min_seconds=2.0):

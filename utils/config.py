@@ -242,8 +242,7 @@ class TrainConfig:
     max_steps: int = option(0, "stop after this many optimizer steps in total, the schedule unchanged (0 = no limit)",
                             bounds="[0, inf)")
     batch_size: int = option(128, "images per optimizer step (global, over all processes); a data set with fewer "
-                             "images trains with all of them per step. Untyped, a fresh --minutes run on a CPU too "
-                             "slow for 1,100 steps at 128 trains at 64 (training/budget.py)", bounds="[1, inf)")
+                             "images trains with all of them per step", bounds="[1, inf)")
     lr: float = option(2e-3, "peak learning rate of AdamW", bounds="(0, inf)")
     weight_decay: float = option(0.0, "AdamW weight decay", bounds="[0, inf)")
     warmup_steps: int = option(200, "linear LR warmup steps before the cosine decay", bounds="[0, inf)")
