@@ -111,7 +111,7 @@ def time_steps(step_fn, batches, state, device, warmup=2, min_steps=5, min_secon
         step_fn(nan_batch(batches.get(state.step + i)), lr, 0.0)
     sync()
     timed, begin = 0, time.perf_counter()
-    while timed < min_steps or time.perf_counter() - begin < min_seconds:
+    while distributed.from_rank0(timed < min_steps or time.perf_counter() - begin < min_seconds):  # ranks in step
         step_fn(nan_batch(batches.get(state.step + warmup + timed)), lr, 0.0)
         timed += 1
         sync()
