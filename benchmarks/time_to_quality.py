@@ -2,7 +2,7 @@
 
     python -m benchmarks.time_to_quality --marks 5 10 20
     python -m benchmarks.time_to_quality --marks 5 10 20 --model peer     # diffusers' UNet2DModel, same recipe
-    python -m benchmarks.time_to_quality --marks 5 10 --recipes "--batch_size 128" ""   # two recipes, one table
+    python -m benchmarks.time_to_quality --marks 5 10 --recipes "" "--batch_size 64"   # two recipes, one table
 
 Runs train.py (or benchmarks/train_peer.py) on its defaults in a fresh folder, keeping a step
 checkpoint every --save_every steps, and stops it with SIGTERM (which saves) at the last mark.
@@ -29,6 +29,7 @@ import evaluate
 from benchmarks.common import Peer
 from models.unet import UNet
 from utils.config import SamplingConfig, check_fields, from_args, option, parse_flags
+from utils.errors import UserError, exit_on_user_error
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,10 +42,13 @@ class Flags:
     model: str = option("ours", "the project's U-Net, or diffusers' UNet2DModel trained with the same recipe",
                         choices=("ours", "peer"))
     work_dir: str = option("", "keep checkpoints and logs here (default: a temp folder)")
-    recipes: tuple = option(("",), "train.py flags of each recipe to compare, quoted (\"\" = the defaults)", item=str)
+    recipes: tuple = option(("",), "train.py flags of each recipe to compare, each quoted (\"\" = the defaults; "
+                            "a recipe of one flag needs a space inside its quotes: \"--compile \")", item=str)
 
     def __post_init__(self):
         check_fields(self)
+        if not self.recipes:
+            raise UserError("--recipes needs at least one recipe (\"\" = the defaults)")
 
 
 def read_log(path):
@@ -113,4 +117,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

@@ -59,6 +59,13 @@ def test_likelihood_options_are_refused_in_one_line(capsys):
         assert code == 2 and message in err and "Traceback" not in err
 
 
+def test_time_to_quality_needs_a_recipe():
+    from benchmarks.time_to_quality import Flags
+    with pytest.raises(UserError, match="--recipes needs at least one recipe"):
+        Flags(recipes=())
+    assert Flags(recipes=("", "--batch_size 64")).recipes == ("", "--batch_size 64")
+
+
 # ---- small data sets -------------------------------------------------------------------------------
 
 def test_a_folder_smaller_than_one_batch_trains_on_all_of_it(tmp_path, capsys):
