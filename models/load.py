@@ -6,7 +6,7 @@ import torch
 
 from diffusion.processes import make_process
 from models.unet import UNet
-from utils.checkpoint import load_checkpoint, load_weights
+from utils.checkpoint import in_format_1, load_checkpoint, load_weights
 from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, DiffusionConfig, ModelConfig
 from utils.errors import UserError
 
@@ -87,12 +87,14 @@ def class_names(ckpt):
 
 def make_shipped(ckpt, out=SHIPPED_MODEL):
     """Write a training checkpoint's EMA weights as a shipped model: loadable with
-    torch.load(weights_only=True), "model" and "ema" the same tensors (stored once), no optimizer."""
+    torch.load(weights_only=True), "model" and "ema" the same tensors (stored once), no optimizer;
+    in format version 1 where that format says the same model (utils/checkpoint.py)."""
     shipped = {key: ckpt[key] for key in ("format_version", "model_config", "diffusion_config", "step", "epoch")}
     shipped["train_config"] = ckpt["train_config"]
     shipped["classes"] = list(class_names(ckpt))
     ema = {name: tensor.clone() for name, tensor in ckpt["ema"].items()}
     if "guide" in ckpt:
         shipped["guide"] = ckpt["guide"]
+    shipped = in_format_1(shipped) or shipped
     torch.save({**shipped, "model": ema, "ema": ema}, out)
     return out

@@ -149,3 +149,22 @@ def test_a_checkpoint_saved_with_t_density_loads_and_only_one_without_a_density_
     assert "t_density" not in loaded["diffusion_config"]
     assert ("--t_density" in loaded.get("not_resumable", "")) == bool(density)
     assert (loaded["diffusion_config"]["weighting"], loaded["diffusion_config"]["t_sampling"]) == ("elbo", "stratified")
+
+
+def test_the_shipped_model_is_written_in_format_1_where_that_format_says_the_same_model(tmp_path):
+    """make_shipped keeps a DDPM in format version 1 (what every version of the code reads), and a
+    load gives back the configs and weights it was made from; a model format 1 cannot describe
+    (another process, Fourier features) keeps the present format."""
+    from models.load import SHIPPED_MODEL, make_shipped
+    assert torch.load(SHIPPED_MODEL, weights_only=True)["format_version"] == 1
+    ckpt = load_checkpoint(SHIPPED_MODEL)[0]
+    for name, change, version in (("ddpm", {}, 1), ("flow", {"diffusion_config": {"process": "flow"}}, 2),
+                                  ("fourier", {"model_config": {"fourier_features": (7, 8)}}, 2),
+                                  ("l_simple", {"diffusion_config": {"weighting": "simple"}}, 2)):
+        made = {**ckpt, **{key: {**ckpt[key], **fields} for key, fields in change.items()}}
+        make_shipped(made, tmp_path / name)
+        assert torch.load(tmp_path / name, weights_only=True)["format_version"] == version, name
+        back = load_checkpoint(tmp_path / name)[0]
+        for key in ("model_config", "diffusion_config"):
+            assert back[key] == {**made[key], **back[key]} and set(made[key]) <= set(back[key]), (name, key)
+        assert all(torch.equal(back["ema"][k], made["ema"][k]) for k in made["ema"])

@@ -287,6 +287,26 @@ def migrate(ckpt, path):
     return ckpt
 
 
+# The fields of format version 1's configs: what a DDPM checkpoint saved before processes, weightings,
+# time distributions, Fourier features and step conditioning held.
+FORMAT_1 = {"model_config": ("image_size", "in_channels", "base_channels", "channel_mults", "num_res_blocks",
+                             "attention_resolutions", "num_heads", "dropout", "norm_groups", "num_classes"),
+            "diffusion_config": ("num_timesteps", "schedule", "beta_start", "beta_end", "prediction", "min_snr_gamma")}
+
+
+def in_format_1(ckpt):
+    """The checkpoint in format version 1, which every version of this code reads (the shipped
+    model is kept in it), or None where that format cannot say the same model: what migrate()
+    restores from the version-1 fields must build the same configs as the checkpoint's own."""
+    configs = {key: {name: ckpt[key][name] for name in names if name in ckpt[key]} for key, names in FORMAT_1.items()}
+    old = {**configs, "format_version": 1, "train_config": {**ckpt.get("train_config", {}), "seed_scheme": 2}}
+    back = migrate({key: dict(value) if isinstance(value, dict) else value for key, value in old.items()}, "")
+    for key, cls in (("model_config", ModelConfig), ("diffusion_config", DiffusionConfig)):
+        if cls(**back[key]) != cls(**ckpt[key]):
+            return None
+    return {**ckpt, **old}
+
+
 def validate(ckpt, path):
     for key, cls in (("model_config", ModelConfig), ("diffusion_config", DiffusionConfig)):
         try:
