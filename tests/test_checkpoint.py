@@ -152,19 +152,33 @@ def test_a_checkpoint_saved_with_t_density_loads_and_only_one_without_a_density_
 
 
 def test_the_shipped_model_is_written_in_format_1_where_that_format_says_the_same_model(tmp_path):
-    """make_shipped keeps a DDPM in format version 1 (what every version of the code reads), and a
-    load gives back the configs and weights it was made from; a model format 1 cannot describe
-    (another process, Fourier features) keeps the present format."""
+    """make_shipped keeps an MNIST DDPM in format version 1 (what every version of the code reads),
+    and a load gives back the configs and weights it was made from; a model format 1 cannot
+    describe (another process, a weighting, Fourier features, another data set) keeps the present
+    format."""
     from models.load import SHIPPED_MODEL, make_shipped
     assert torch.load(SHIPPED_MODEL, weights_only=True)["format_version"] == 1
     ckpt = load_checkpoint(SHIPPED_MODEL)[0]
-    for name, change, version in (("ddpm", {}, 1), ("flow", {"diffusion_config": {"process": "flow"}}, 2),
-                                  ("fourier", {"model_config": {"fourier_features": (7, 8)}}, 2),
-                                  ("l_simple", {"diffusion_config": {"weighting": "simple"}}, 2)):
+    for process in ("flow", "vdm", "shortcut"):
+        assert make_process_config(process)["process"] == process
+    cases = (("ddpm", {}, 1), ("ddpm_v", {"diffusion_config": {"prediction": "v"}}, 1),
+             ("flow", {"diffusion_config": make_process_config("flow")}, 2),
+             ("vdm", {"diffusion_config": make_process_config("vdm")}, 2),
+             ("l_simple", {"diffusion_config": {"weighting": "simple"}}, 2),
+             ("fourier", {"model_config": {"fourier_features": (7, 8)}}, 2),
+             ("cifar", {"train_config": {"dataset": "cifar10"}}, 2))
+    for name, change, version in cases:
         made = {**ckpt, **{key: {**ckpt[key], **fields} for key, fields in change.items()}}
         make_shipped(made, tmp_path / name)
         assert torch.load(tmp_path / name, weights_only=True)["format_version"] == version, name
         back = load_checkpoint(tmp_path / name)[0]
-        for key in ("model_config", "diffusion_config"):
-            assert back[key] == {**made[key], **back[key]} and set(made[key]) <= set(back[key]), (name, key)
+        assert ModelConfig(**back["model_config"]) == ModelConfig(**made["model_config"]), name
+        assert DiffusionConfig(**back["diffusion_config"]) == DiffusionConfig(**made["diffusion_config"]), name
+        assert back["train_config"]["dataset"] == made["train_config"]["dataset"]
+        assert (back["step"], back["classes"]) == (made["step"], list(made["classes"]))
         assert all(torch.equal(back["ema"][k], made["ema"][k]) for k in made["ema"])
+
+
+def make_process_config(process):
+    """A process's full diffusion config with its own defaults (a flow model predicts velocity)."""
+    return dataclasses.asdict(DiffusionConfig(process=process))

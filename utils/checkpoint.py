@@ -295,15 +295,22 @@ FORMAT_1 = {"model_config": ("image_size", "in_channels", "base_channels", "chan
 
 
 def in_format_1(ckpt):
-    """The checkpoint in format version 1, which every version of this code reads (the shipped
-    model is kept in it), or None where that format cannot say the same model: what migrate()
-    restores from the version-1 fields must build the same configs as the checkpoint's own."""
+    """A checkpoint without training state (a shipped model) in format version 1, which every
+    version of this code reads, or None where that format cannot say the same model: an MNIST DDPM
+    whose configs migrate() restores, from the version-1 fields, to the same as its own."""
+    train_cfg = ckpt.get("train_config", {})
+    if ckpt["diffusion_config"].get("process", "ddpm") != "ddpm" or train_cfg.get("dataset", "mnist") != "mnist" \
+            or "optimizer" in ckpt:
+        return None
     configs = {key: {name: ckpt[key][name] for name in names if name in ckpt[key]} for key, names in FORMAT_1.items()}
-    old = {**configs, "format_version": 1, "train_config": {**ckpt.get("train_config", {}), "seed_scheme": 2}}
+    old = {**configs, "format_version": 1, "train_config": {**train_cfg, "seed_scheme": 2}}
     back = migrate({key: dict(value) if isinstance(value, dict) else value for key, value in old.items()}, "")
-    for key, cls in (("model_config", ModelConfig), ("diffusion_config", DiffusionConfig)):
-        if cls(**back[key]) != cls(**ckpt[key]):
+    try:
+        if any(cls(**back[key]) != cls(**ckpt[key]) for key, cls in (("model_config", ModelConfig),
+                                                                   ("diffusion_config", DiffusionConfig))):
             return None
+    except (TypeError, UserError):  # a field format 1 cannot hold
+        return None
     return {**ckpt, **old}
 
 
