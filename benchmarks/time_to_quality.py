@@ -106,13 +106,14 @@ def main():
                                    make_model=UNet if args.model == "ours" else Peer)
             table.append({"recipe": recipe or "(defaults)", "minutes": mark, "step": step,
                           "train_seconds": float(done[-1]["wall_s"]), **result})
+        # after each recipe, so that a later recipe's failure keeps the results so far
+        (root / "time_to_quality.json").write_text(json.dumps({"floor": floor, "marks": table}, indent=2))
     print(f"\n{'recipe':<28s} {'minutes':>8s} {'trained':>8s} {'step':>6s} {'FID':>8s} {'FID/floor':>10s} "
           f"{'confident':>10s}   ({args.model}, {args.num_samples} samples, {sampling.describe()}; "
           f"floor FID {floor['fid']:.4f})")
     for r in table:
         print(f"{r['recipe']:<28s} {r['minutes']:>8g} {r['train_seconds'] / 60:>8.1f} {r['step']:>6d} "
               f"{r['fid']:>8.4f} {r['fid'] / floor['fid']:>10.1f} {r['confident']:>10.3f}")
-    (root / "time_to_quality.json").write_text(json.dumps({"floor": floor, "marks": table}, indent=2))
     print(f"wrote {root / 'time_to_quality.json'}")
 
 

@@ -66,6 +66,29 @@ def test_time_to_quality_needs_a_recipe():
     assert Flags(recipes=("", "--batch_size 64")).recipes == ("", "--batch_size 64")
 
 
+def test_time_to_quality_keeps_the_results_so_far_when_a_later_recipe_fails(tmp_path, monkeypatch):
+    """Each recipe's marks are written as soon as it is evaluated; a recipe given as a quoted
+    "--flag value" is read as a recipe, not as a flag."""
+    import json
+    from benchmarks import time_to_quality as ttq
+    monkeypatch.setattr(ttq.evaluate, "main", lambda argv, **kwargs: {"fid": 0.5, "confident": 0.9})
+
+    def train_until(cmd, work, deadline):
+        if cmd[-2:] == ["--batch_size", "64"]:
+            sys.exit("training failed")
+        work.mkdir(parents=True)
+        (work / "ck_step0000050").touch()
+        return [{"step": "50", "wall_s": "30"}]
+
+    monkeypatch.setattr(ttq, "train_until", train_until)
+    monkeypatch.setattr(sys, "argv", ["ttq", "--marks", "1", "--work_dir", str(tmp_path), "--recipes", "",
+                                      "--batch_size 64"])
+    with pytest.raises(SystemExit, match="training failed"):
+        ttq.main()
+    marks = json.loads((tmp_path / "time_to_quality.json").read_text())["marks"]
+    assert [(m["recipe"], m["step"]) for m in marks] == [("(defaults)", 50)]
+
+
 # ---- small data sets -------------------------------------------------------------------------------
 
 def test_a_folder_smaller_than_one_batch_trains_on_all_of_it(tmp_path, capsys):
