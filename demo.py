@@ -292,7 +292,10 @@ class MainThread:
 def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, **kwargs)):
     """The page (a gradio Blocks) for `model`, its work done by `run` (e.g. a MainThread); each browser
     session keeps its own checkpoint and results."""
-    import gradio as gr
+    try:
+        import gradio as gr
+    except ImportError:
+        raise UserError("the demo needs Gradio: pip install -r requirements-demo.txt") from None
 
     def in_page(fn):
         """fn, by `run`, with a UserError shown as a message in the page (the server keeps serving)."""

@@ -22,9 +22,9 @@ import torch
 
 from diffusion.inpainting import MASKS, inpaint, named_mask
 from diffusion.interpolation import slerp, soft_labels
-from diffusion.pipeline import every_digit, generate, make_denoiser
+from diffusion.pipeline import every_digit, generate, make_denoiser, sampling_times
 from diffusion.processes import Process
-from diffusion.samplers import make_timesteps, sample
+from diffusion.samplers import sample
 from diffusion.sdedit import sdedit
 from models.load import checkpoint_or_shipped, class_names, load_guide, load_model
 from utils.config import InferenceConfig, SamplingConfig, from_args, parse_flags
@@ -96,15 +96,12 @@ def main(argv=None):
     job = Job(cfg, sampling, model, diffusion, partial(autocast, device, amp_dtype),
               load_guide(sampling.guide_model, ckpt, path, model))
     num = len(labels) if labels is not None else cfg.num_samples
+    timesteps = sampling_times(sampling, diffusion)  # bad --steps refused before anything is written
     ensure_writable(cfg.output_dir, Path(cfg.gif).parent if cfg.gif else cfg.output_dir)
     if cfg.interpolate:
         return interpolation(job, labels)
 
     # the steps to keep: columns of the figure, and frames of the GIF
-    try:
-        timesteps = make_timesteps(sampling.sampler, diffusion, sampling.steps, sampling.grid)
-    except ValueError as err:
-        raise UserError(f"--steps: {err}") from None
     shown = spread(timesteps, cfg.figure_steps) | {-1}
     frames = set(timesteps[::cfg.gif_every or max(1, len(timesteps) // 50)]) | {-1} if cfg.gif else set()
 

@@ -14,6 +14,7 @@ from models.unet import UNet
 from training.state import RunState
 from training.step import make_optimizer, make_step, nan_batch
 from utils.config import DiffusionConfig, ModelConfig, TrainConfig, check_fields, from_args, option, parse_flags
+from utils.errors import exit_on_user_error
 
 
 @dataclass
@@ -84,4 +85,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

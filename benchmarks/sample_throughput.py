@@ -28,6 +28,7 @@ from models.unet import UNet
 from utils.checkpoint import load_checkpoint
 from utils.config import DiffusionConfig, ModelConfig, SamplingConfig, device_option, check_fields, from_args, option, parse_flags
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
+from utils.errors import exit_on_user_error
 
 
 @dataclass
@@ -100,4 +101,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

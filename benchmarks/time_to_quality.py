@@ -13,6 +13,7 @@ checkpoint saved before it is evaluated with evaluate.py (--num_samples samples,
 default sampler unless --sampler is given), next to the real-data floor at the same sample count.
 A mark after the end of the default run gets the finished model (see its train_minutes).
 """
+import argparse
 import csv
 import json
 import shlex
@@ -49,6 +50,11 @@ class Flags:
         check_fields(self)
         if not self.recipes:
             raise UserError("--recipes needs at least one recipe (\"\" = the defaults)")
+        for recipe in self.recipes:  # before minutes of work, not after
+            try:
+                shlex.split(recipe)
+            except ValueError as err:
+                raise UserError(f"--recipes {recipe!r}: {err}") from None
 
 
 def read_log(path):
@@ -56,6 +62,15 @@ def read_log(path):
         return []
     with open(path) as f:
         return list(csv.DictReader(f))
+
+
+def data_flags(train_args):
+    """train.py's --data_dir and --dataset among `train_args`: the floor is measured on the same data."""
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--data_dir")
+    parser.add_argument("--dataset")
+    known = vars(parser.parse_known_args(train_args)[0])
+    return [arg for name, value in known.items() if value is not None for arg in (f"--{name}", value)]
 
 
 def train_until(cmd, work, deadline):
@@ -83,7 +98,8 @@ def main():
     args, sampling = from_args(Flags, flags), from_args(SamplingConfig, flags)  # sampling: the default unless given
     root = Path(args.work_dir or tempfile.mkdtemp(prefix="ttq_"))
     script = ["train.py"] if args.model == "ours" else ["-m", "benchmarks.train_peer"]
-    floor = evaluate.main(["--real", "--num_samples", str(args.num_samples), "--out", str(root / "real.json")])
+    floor = evaluate.main(["--real", "--num_samples", str(args.num_samples), *data_flags(train_args),
+                           "--out", str(root / "real.json")])
     sample_flags = ["--sampler", sampling.sampler, "--steps", str(sampling.steps), "--eta", str(sampling.eta),
                     "--guidance", str(sampling.guidance), "--guidance_interval", *map(str, sampling.guidance_interval),
                     "--seed", str(sampling.seed)]

@@ -25,6 +25,7 @@ from training.state import RunState
 from training.step import make_optimizer, make_step
 from utils.config import DiffusionConfig, ModelConfig, TrainConfig, device_option, check_fields, from_args, option, parse_flags
 from utils.device import resolve_precision, select_device, set_cpu_threads
+from utils.errors import exit_on_user_error
 
 WIDE = dict(base_channels=32, channel_mults=(1, 2, 2))
 
@@ -120,4 +121,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    exit_on_user_error(main)

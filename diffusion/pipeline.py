@@ -2,6 +2,7 @@
 around the solvers of diffusion/samplers.py, which stay pure maths over a denoiser.
 
     generate(model, diffusion, num, sampling)   -> (num, C, H, W) in [-1, 1]; steps through a callback
+    sampling_times(sampling, diffusion)         -> the times the sampler visits; bad --steps: a UserError
 """
 from contextlib import nullcontext
 from functools import partial
@@ -9,8 +10,9 @@ from functools import partial
 import torch
 from tqdm import tqdm
 
-from diffusion.samplers import sample
+from diffusion.samplers import make_timesteps, sample
 from utils.config import SamplingConfig
+from utils.errors import UserError
 from utils.memory import check_batch
 
 
@@ -62,6 +64,15 @@ def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.
     return denoise
 
 
+def sampling_times(sampling, diffusion):
+    """The descending times `sampling` visits on `diffusion`; steps the process cannot take (more
+    than a DDPM's T, say) are a one-line UserError."""
+    try:
+        return make_timesteps(sampling.sampler, diffusion, sampling.steps, sampling.grid)
+    except ValueError as err:
+        raise UserError(f"--steps: {err}") from None
+
+
 def every_digit(num, num_classes, device=None):
     """Labels 0, 1, ..., num_classes - 1, 0, 1, ... for `num` samples: every class in turn, so a
     class-conditional model's samples have balanced classes (None for unconditional models)."""
@@ -86,6 +97,7 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
     cfg = model.config
     if labels is None:
         labels = every_digit(num, cfg.num_classes, device)
+    sampling_times(sampling, diffusion)  # refuse bad --steps before any work
     guided = (labels is not None or guide is not None) and sampling.guidance  # guided steps: twice the batch
     check_batch(model, min(batch_size, num), device, flag=batch_flag, copies=2 if guided else 1)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)

@@ -143,11 +143,14 @@ def lock_checkpoint(path):
     path = Path(path).resolve()
     if path in _HELD:
         _HELD.pop(path).close()
-    path.parent.mkdir(parents=True, exist_ok=True)
     lock_file = path.parent / f".{path.name}.lock"
     while True:
         created = not lock_file.exists()
-        lock = open(lock_file, "a+")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock = open(lock_file, "a+")
+        except OSError as err:
+            raise UserError(f"cannot write to {path.parent}: {err.strerror or err}") from None
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -232,7 +232,7 @@ class TrainConfig:
                                   "('latest' or a folder: the newest valid one). One run at a time writes it")
     minutes: float = option(17.0, "wall-clock budget of this run: the speed of the first steps fixes the number of "
                             "steps (printed, and saved as total_steps) so that training ends on time with the LR "
-                            "annealed; used unless --epochs or --total_steps is given", bounds="[0, inf)")
+                            "annealed; used unless --epochs or --total_steps is given", bounds="[0, 1e6]")
     epochs: int = option(0, "train this many passes over the training images instead of a budget (0 = use --minutes)",
                          bounds="[0, inf)")
     total_steps: int = option(0, "train this many optimizer steps (0 = from --epochs or --minutes); a budgeted run "
