@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffusion.processes import PROCESSES, make_process
-from models.load import SHIPPED_MODEL
+from models.load import refuse_shipped
 from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
 from training.budget import planned_steps, repeat_flags, time_steps
@@ -185,13 +185,6 @@ def resolve_configs(argv):
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
     return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**ckpt["diffusion_config"]), ckpt, typed
-
-
-def refuse_shipped(typed, path):
-    """The shipped model (its file, its folder, or a link to either) is never trained into."""
-    if path.resolve() in (SHIPPED_MODEL.resolve(), SHIPPED_MODEL.parent.resolve()):
-        raise UserError(f"{typed} is the shipped model {SHIPPED_MODEL.parent.parent.name}/weights/{SHIPPED_MODEL.name}; "
-                        "train into another --checkpoint_path")
 
 
 def training_data(cfg, model_cfg, typed, device, amp, start):

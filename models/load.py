@@ -28,8 +28,9 @@ def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
 def load_guide(spec, ckpt, path, model):
     """The guide network of autoguidance (Karras et al. 2024), in eval mode beside `model`, or None:
     spec "" (classifier-free guidance), "auto" (the EMA snapshot `ckpt` from `path` keeps under
-    "guide", saved by train.py --guide_at) or the path of another checkpoint of the same data and
-    process, whose EMA weights guide (its network may be smaller)."""
+    "guide", saved by train.py --guide_at) or the path of another checkpoint of the same data set and
+    process, whose EMA weights guide (its network may be smaller). Its weights must be finite and
+    differ from the model's: guided by itself, out = main + w (main - main) = main."""
     if not spec:
         return None
     device = next(model.parameters()).device
@@ -39,16 +40,36 @@ def load_guide(spec, ckpt, path, model):
                             "--guide_model PATH)")
         guide = UNet(model.config)
         load_weights(guide, ckpt["guide"], path)
-        return guide.to(device).eval()
-    other = load_checkpoint(spec)[0]
-    guide, process = load_model(other, spec, True, device)
-    mine = DiffusionConfig(**ckpt["diffusion_config"])
-    for what, theirs, ours in (("process", defining(process.config), defining(mine)),
-                               ("images", shape(guide.config), shape(model.config)),
-                               ("classes", guide.config.num_classes, model.config.num_classes)):
-        if theirs != ours:
-            raise UserError(f"--guide_model {spec}: its {what} ({theirs}) differ from {path}'s ({ours})")
+    else:
+        other, source = load_checkpoint(spec)
+        if data_set(other) != data_set(ckpt):
+            raise UserError(f"--guide_model {spec} was trained on {data_set(other)}, {path} on {data_set(ckpt)}; "
+                            "the guide must learn the same data set")
+        guide, process = load_model(other, source, True, device)
+        mine = DiffusionConfig(**ckpt["diffusion_config"])
+        for what, theirs, ours in (("process", defining(process.config), defining(mine)),
+                                   ("images", shape(guide.config), shape(model.config)),
+                                   ("classes", guide.config.num_classes, model.config.num_classes)):
+            if theirs != ours:
+                raise UserError(f"--guide_model {spec}: its {what} ({theirs}) differ from {path}'s ({ours})")
+    guide = guide.to(device).eval()
+    weights, own = guide.state_dict(), model.state_dict()
+    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise UserError(f"--guide_model {spec}: the guide's weights hold NaN or Inf ({', '.join(bad[:3])})")
+    if weights.keys() == own.keys() and all(torch.equal(weights[name], own[name]) for name in own):
+        raise UserError(f"--guide_model {spec}: the guide has the weights of {path}'s model, and autoguidance by "
+                        "the model itself changes nothing (out = main + w (main - main) = main)")
     return guide
+
+
+def data_set(ckpt):
+    """The data set a checkpoint learnt, in words: its name, and for a folder the folder and its classes."""
+    train_cfg = ckpt.get("train_config", {})
+    name = train_cfg.get("dataset", "mnist")
+    if name != "folder":
+        return name
+    return f"the folder {Path(train_cfg.get('data_dir', ''))} (classes {', '.join(class_names(ckpt))})"
 
 
 def defining(config):
@@ -72,6 +93,14 @@ def checkpoint_or_shipped(path):
     print(f"no checkpoint at {path}: using the shipped MNIST model {SHIPPED_MODEL.parent.parent.name}/weights/"
           f"{SHIPPED_MODEL.name} (python train.py trains your own)", file=sys.stderr)
     return load_checkpoint(SHIPPED_MODEL)
+
+
+def refuse_shipped(typed, path, instead="train into another --checkpoint_path"):
+    """The shipped model (its file, its folder, or a link to either) is never written over: a
+    one-line UserError saying what to do `instead`."""
+    if Path(path).resolve() in (SHIPPED_MODEL.resolve(), SHIPPED_MODEL.parent.resolve()):
+        raise UserError(f"{typed} is the shipped model {SHIPPED_MODEL.parent.parent.name}/weights/{SHIPPED_MODEL.name}; "
+                        f"{instead}")
 
 
 def results_path(path, suffix):

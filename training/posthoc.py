@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from training.schedule import update_ema
+from utils.errors import UserError
 
 SIGMA_RELS = (0.05, 0.10)     # the two profiles kept (EDM2's)
 MAX_SIGMA_REL = 1 / math.sqrt(12)  # the profile of g = 0, the plain average of the whole run
@@ -85,6 +86,10 @@ def reconstruct(state, sigma_rel, step=None):
     """The EMA weights of `sigma_rel` at `step` (default: the last snapshot) from a run's post-hoc state."""
     step = step or max(s for s, _, _ in state["snapshots"])
     snapshots = [s for s in state["snapshots"] if s[0] <= step]
+    for s, r, w in snapshots:
+        if not all(torch.isfinite(tensor).all() for tensor in w.values() if tensor.is_floating_point()):
+            raise UserError(f"the post-hoc EMA snapshot of step {s} (sigma_rel {r:g}) is not finite (NaN or Inf); "
+                            "an EMA made at an earlier --step does not use it")
     x = coefficients([(s, r) for s, r, _ in snapshots], sigma_rel, step)
     weights = {}
     for name, first in snapshots[0][2].items():

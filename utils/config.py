@@ -433,8 +433,13 @@ class PostHocConfig:
     def __post_init__(self):
         check_fields(self)
         self.sigma_rel = tuple(self.sigma_rel)
-        if len(self.sigma_rel) > 1 and self.out and "{sigma_rel}" not in self.out:
-            raise UserError("--out needs {sigma_rel} in its name when --sigma_rel gives several lengths")
+        if not self.sigma_rel:
+            raise UserError("--sigma_rel needs at least one length, e.g. --sigma_rel 0.05 0.1")
+        try:
+            self.out.format(sigma_rel="0.05")
+        except (KeyError, IndexError, AttributeError, TypeError, ValueError) as err:
+            raise UserError(f"--out {self.out}: give a file name whose only field is {{sigma_rel}} "
+                            f"({type(err).__name__}: {err})") from None
 
 
 @dataclass

@@ -1,0 +1,132 @@
+"""Hardening of post-hoc EMA (posthoc_ema.py) and of autoguidance's guide (models/load.py load_guide):
+each bad input gives one line and exit code 2, and leaves every file byte for byte as it was."""
+import hashlib
+import os
+import shutil
+
+import pytest
+import torch
+
+import inference
+import posthoc_ema
+import train
+from models.load import SHIPPED_MODEL
+from test_train import exit_code, train_args
+from utils.checkpoint import load_checkpoint
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, mnist_dir):
+    """A 4-step run with a guide snapshot (step 2) and post-hoc snapshots (steps 2 and 4)."""
+    folder = tmp_path_factory.mktemp("run")
+    train.main(train_args(folder, mnist_dir, "ck", "--total_steps", "4", "--guide_at", "0.5", "--posthoc_ema", "2",
+                          "--num_grid_samples", "0"))
+    return folder / "ck"
+
+
+def files(folder):
+    """sha256 of every file under `folder` (through links) and of the shipped model, by name."""
+    paths = [p for p in sorted(folder.rglob("*")) if p.is_file()] + [SHIPPED_MODEL]
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def edited(run, path, change):
+    """A copy of the run's checkpoint at `path`, changed by change(ckpt) (saved as is: NaN allowed)."""
+    ckpt = load_checkpoint(run)[0]
+    change(ckpt)
+    torch.save(ckpt, path)
+
+
+def refused(main, argv, message, folder, capsys):
+    """main(argv) exits with code 2 and one line holding `message`, and no file changes."""
+    before = files(folder)
+    code, err = exit_code(main, argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert files(folder) == before
+
+
+# ---- posthoc_ema.py ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("checkpoint, out, sigma_rel, message", [
+    ("ck", "ck", ["0.05"], "would write over"),
+    ("ck", "symlink", ["0.05"], "would write over"),
+    ("ck", "ck_step0000004", ["0.05"], "would write over"),                  # a hard link to ck, as keep_last makes
+    ("run", "run/ck", ["0.05"], "would write over"),                         # the folder's newest is ck_step0000004
+    ("ck", str(SHIPPED_MODEL), ["0.05"], "is the shipped model"),
+    ("ck", "shipped_link", ["0.05"], "is the shipped model"),
+    ("ck", "e{sigma_rel}", ["0.05", "0.050"], "--sigma_rel 0.05 and 0.05 would both write"),
+    ("ck", "e{sigma_rel:.3}", ["0.05", "0.06"], "--sigma_rel 0.05 and 0.06 would both write"),
+    ("ck", "", ["0.05", "0.05"], "would both write"),
+    ("ck", "e", ["0.05", "0.1"], "or an --out whose {sigma_rel} tells them apart"),
+])
+def test_posthoc_never_writes_over_its_source_the_shipped_model_or_itself(run, tmp_path, capsys, checkpoint, out,
+                                                                          sigma_rel, message):
+    shutil.copy(run, tmp_path / "ck")
+    os.link(tmp_path / "ck", tmp_path / "ck_step0000004")
+    (tmp_path / "run").mkdir()
+    shutil.copy(run, tmp_path / "run" / "ck")
+    os.link(tmp_path / "run" / "ck", tmp_path / "run" / "ck_step0000004")
+    (tmp_path / "symlink").symlink_to(tmp_path / "ck")
+    (tmp_path / "shipped_link").symlink_to(SHIPPED_MODEL)
+    argv = ["--checkpoint_path", str(tmp_path / checkpoint), "--sigma_rel", *sigma_rel]
+    refused(posthoc_ema.main, argv + (["--out", str(tmp_path / out)] if out else []), message, tmp_path, capsys)
+
+
+def nan_in_last_snapshot(ckpt):
+    weights = ckpt["posthoc"]["snapshots"][-1][2]  # step 4's, of sigma_rel 0.1
+    next(iter(weights.values())).fill_(float("nan"))
+
+
+@pytest.mark.parametrize("checkpoint, argv, message", [
+    ("empty", [], "has no post-hoc EMA snapshot yet"),
+    ("ck", ["--sigma_rel"], "--sigma_rel needs at least one length"),
+    ("ck", ["--out", "x_{foo}"], "only field is {sigma_rel} (KeyError: 'foo')"),
+    ("missing", ["--out", "x_{foo}"], "only field is {sigma_rel}"),  # checked before loading anything
+    ("nan", [], "the post-hoc EMA snapshot of step 4 (sigma_rel 0.1) is not finite"),
+])
+def test_posthoc_bad_requests_are_one_line(run, tmp_path, capsys, checkpoint, argv, message):
+    shutil.copy(run, tmp_path / "ck")
+    edited(run, tmp_path / "empty", lambda ckpt: ckpt["posthoc"].update(snapshots=[]))
+    edited(run, tmp_path / "nan", nan_in_last_snapshot)
+    argv = [str(tmp_path / arg) if arg.startswith("x_") else arg for arg in argv]
+    refused(posthoc_ema.main, ["--checkpoint_path", str(tmp_path / checkpoint), *argv], message, tmp_path, capsys)
+
+
+def test_an_ema_before_a_non_finite_snapshot_is_made_without_it(run, tmp_path):
+    edited(run, tmp_path / "nan", nan_in_last_snapshot)
+    written = posthoc_ema.main(["--checkpoint_path", str(tmp_path / "nan"), "--step", "2"])
+    assert load_checkpoint(written[0])[0]["posthoc_source"]["step"] == 2
+
+
+# ---- inference.py --guide_model -------------------------------------------------------------
+
+@pytest.mark.parametrize("checkpoint, guide, message", [
+    ("ck", "fashion", "was trained on fashion_mnist, {ck} on mnist"),
+    ("images_a", "images_b", "was trained on the folder images_b (classes 0, 1"),
+    ("nan_guide", "auto", "the guide's weights hold NaN or Inf"),
+    ("ck", "nan_ema", "has NaN or Inf values"),  # load_checkpoint's check of every EMA
+    ("ck", "ck", "autoguidance by the model itself changes nothing"),
+    ("ck", "link", "autoguidance by the model itself changes nothing"),
+    ("link", "copy", "autoguidance by the model itself changes nothing"),  # a folder, holding a copy
+])
+def test_a_guide_of_other_data_non_finite_or_the_model_itself_is_refused(run, tmp_path, capsys, checkpoint, guide,
+                                                                         message):
+    shutil.copy(run, tmp_path / "ck")
+    (tmp_path / "link").symlink_to(tmp_path / "ck")
+    (tmp_path / "copy").mkdir()
+    shutil.copy(run, tmp_path / "copy" / "ck")
+    edited(run, tmp_path / "fashion", lambda ckpt: ckpt["train_config"].update(dataset="fashion_mnist"))
+    for name in ("images_a", "images_b"):
+        edited(run, tmp_path / name, lambda ckpt: ckpt["train_config"].update(dataset="folder", data_dir=name))
+    edited(run, tmp_path / "nan_guide", lambda ckpt: next(iter(ckpt["guide"].values())).fill_(float("nan")))
+    edited(run, tmp_path / "nan_ema", lambda ckpt: next(iter(ckpt["ema"].values())).fill_(float("nan")))
+    guide = guide if guide == "auto" else str(tmp_path / guide)
+    argv = ["--checkpoint_path", str(tmp_path / checkpoint), "--guide_model", guide, "--num_samples", "2",
+            "--steps", "2", "--no_show", "--output_dir", str(tmp_path / "out")]
+    refused(inference.main, argv, message.format(ck=tmp_path / "ck"), tmp_path, capsys)
+
+
+def test_the_raw_weights_may_be_guided_by_their_own_ema(run, tmp_path):
+    raw = inference.main(["--checkpoint_path", str(run), "--guide_model", str(run), "--no-use_ema", "--num_samples",
+                          "2", "--steps", "2", "--no_show", "--output_dir", str(tmp_path / "out")])
+    assert raw.shape == (2, 1, 28, 28) and torch.isfinite(raw).all()
