@@ -28,7 +28,7 @@ from models.load import refuse_shipped
 from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
 from training.budget import planned_steps, repeat_flags, time_steps
-from training.distill import start_from_teacher, student_configs, teacher_pairs
+from training.distill import check_teacher, start_from_teacher, student_configs, teacher_pairs
 from training.log import Log, Progress
 from training.posthoc import PostHocEMA
 from training.schedule import ema_rate, learning_rate
@@ -59,7 +59,7 @@ def main(argv=None, make_model=UNet):
 def train(argv, make_model):
     start = time.perf_counter()
     cfg, model_cfg, diffusion_cfg, ckpt, typed = resolve_configs(argv)
-    stop = catch_signals()  # preemption or Ctrl-C: finish the step, save, exit
+    stop = catch_signals()  # preemption or Ctrl-C: finish the step, save, exit (the teacher's pairs: the batch)
 
     # ---- setup: devices, data, model, optimizer, length ----------------------------------------------
     rank, world_size, device_name = distributed.setup(cfg.device)
@@ -74,7 +74,9 @@ def train(argv, make_model):
     if is_main:
         ensure_writable(out_dir, Path(cfg.checkpoint_path).parent)
     data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device,
-                                    partial(autocast, device, amp_dtype), start)
+                                    partial(autocast, device, amp_dtype), start, stop)
+    if data is None:  # a signal while the teacher made its pairs: nothing saved, the next run makes them
+        exit_on_signal(stop["signal"] or signal.SIGTERM, "stopped making the teacher's pairs; nothing saved")
     cfg = dataclasses.replace(cfg, batch_size=fit_batch(cfg.batch_size, len(data.images), world_size, cfg.dataset))
     model, diffusion = make_model(model_cfg).to(device), make_process(diffusion_cfg, device)
     batches = Batches(data, cfg, rank, world_size, diffusion, model_cfg.null_label if model_cfg.num_classes else None)
@@ -120,7 +122,7 @@ def train(argv, make_model):
                 raise UserError(f"stopped at step {step}: {cfg.max_bad_steps} non-finite losses or gradients "
                                 f"in a row (last finite weights saved to {cfg.checkpoint_path}); try a lower --lr")
             if stopping:
-                exit_on_signal(log, stop["signal"] or signal.SIGTERM, step, cfg.checkpoint_path)
+                exit_on_signal(stop["signal"] or signal.SIGTERM, f"saved step {step} to {cfg.checkpoint_path}", log)
         # sample: the quick FID of --eval_every, and a grid after each epoch
         if progress:
             progress.sample(state.ema, step, step == end_step, log)
@@ -162,13 +164,16 @@ def resolve_configs(argv):
     refuse_shipped(cfg.checkpoint_path, Path(cfg.checkpoint_path))
     if not (Path(cfg.checkpoint_path).exists() or cfg.checkpoint_path == "latest"):
         if cfg.teacher:
-            return (*student_configs(cfg, typed), None, typed)
+            return (*student_configs(cfg, args, typed), None, typed)
         diffusion_cfg = from_args(DiffusionConfig, args)  # a shortcut model's network is told its steps' size
+        refuse_unused(diffusion_cfg, typed)
         model_cfg = from_args(ModelConfig, args, step_condition=PROCESSES[diffusion_cfg.process].takes_step)
         return cfg, model_cfg, diffusion_cfg, None, typed
 
     ckpt, source = load_checkpoint(cfg.checkpoint_path)
     refuse_shipped(cfg.checkpoint_path, main_path(source))  # the file a folder or a link resolved to
+    if "teacher" in typed:  # a student keeps its teacher; no run learns from itself
+        check_teacher(cfg.teacher, source, ckpt.get("train_config", {}))
     saved = {**ckpt["model_config"], **ckpt["diffusion_config"]}
     process = {} if "process" in typed else {"process": saved.get("process", "ddpm")}  # flags read as of the saved process
     requested = {**dataclasses.asdict(from_args(ModelConfig, args)),
@@ -184,17 +189,27 @@ def resolve_configs(argv):
         changes["plan"] = ()  # the saved plan gives way to the new length
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
-    return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(**ckpt["diffusion_config"]), ckpt, typed
+    diffusion_cfg = DiffusionConfig(**ckpt["diffusion_config"])
+    refuse_unused(diffusion_cfg, typed)
+    return cfg, ModelConfig(**ckpt["model_config"]), diffusion_cfg, ckpt, typed
 
 
-def training_data(cfg, model_cfg, typed, device, amp, start):
+def refuse_unused(diffusion_cfg, typed):
+    """Refuse a flag typed for another process than the run's."""
+    if "bootstrap_guidance" in typed and not PROCESSES[diffusion_cfg.process].takes_step:
+        raise UserError(f"--bootstrap_guidance is for --process shortcut (its jumps' targets); a "
+                        f"{diffusion_cfg.process} run has none: drop it")
+
+
+def training_data(cfg, model_cfg, typed, device, amp, start, stop):
     """(the training images on `device`, the U-Net config shaped by them). typed: the flags typed
     for a fresh run, whose U-Net takes the images' size, channels and classes, attention at the
     smallest feature map and the data set's own defaults (DATASET_MODEL), each unless typed;
     None when resuming, whose U-Net is the checkpoint's. With --teacher: the teacher's pairs,
-    made under `amp` within the budget that began at `start` (training/distill.py)."""
+    made under `amp` within the budget that began at `start`, None if a signal in `stop` came first
+    (training/distill.py)."""
     if cfg.teacher:
-        return teacher_pairs(cfg, device, amp, start), model_cfg
+        return teacher_pairs(cfg, device, amp, start, stop), model_cfg
     given = {"image_size", "in_channels"} if typed is None else typed
     data = load_dataset(cfg.dataset, cfg.data_dir, train=True,
                         image_size=model_cfg.image_size if "image_size" in given else 0,
@@ -260,9 +275,11 @@ def catch_signals():
     return stop
 
 
-def exit_on_signal(log, signum, step, path):
-    log.close()
-    print(f"received {signal.Signals(signum).name}: saved step {step} to {path}", file=sys.stderr)
+def exit_on_signal(signum, done, log=None):
+    """Close the log, say what was `done`, exit with the signal's code (EXIT_CODES)."""
+    if log is not None:
+        log.close()
+    print(f"received {signal.Signals(signum).name}: {done}", file=sys.stderr)
     distributed.cleanup()
     sys.exit(EXIT_CODES[signum])
 

@@ -196,6 +196,9 @@ class DiffusionConfig:
             raise UserError(f"--weighting {self.weighting} needs a continuous-time process (vdm or flow)")
         if self.process == "ddpm" and self.prediction == "velocity":
             raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
+        if self.process == "shortcut" and self.prediction != "velocity":
+            raise UserError(f"--prediction {self.prediction}: a shortcut model's jumps are average velocities, so it "
+                            "predicts velocity; drop --prediction")
         if self.clip_x0 is None:
             self.clip_x0 = self.process == "vdm"
         if self.clip_x0 and self.process != "vdm":
