@@ -24,17 +24,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diffusion.config import SamplingConfig
 from diffusion.inpainting import inpaint
 from diffusion.pipeline import every_digit, generate, make_denoiser
 from diffusion.samplers import SAMPLERS, make_timesteps
 from diffusion.sdedit import sdedit
 from models.load import checkpoint_or_shipped, class_names, load_model
-from utils.config import SamplingConfig, check_fields, checkpoint_option, device_option, from_args, option, \
-    parse_flags, precision_option
+from utils.config import checkpoint_option, device_option, precision_option
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data, read_image
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
+from utils.flags import check_fields, from_args, option, parse_flags
 from utils.plotting import grid_image, spread
 
 NUM = 16            # digits per generated grid, 4 x 4

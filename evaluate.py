@@ -16,15 +16,17 @@ from pathlib import Path
 
 import torch
 
+from diffusion.config import SamplingConfig
 from diffusion.pipeline import every_digit, generate
 from models.classifier import load_classifier
 from models.load import checkpoint_or_shipped, load_guide, load_model, results_path
 from models.unet import UNet
-from utils.config import OUTPUT_DIR, EvalConfig, SamplingConfig, from_args, parse_flags
+from utils.config import OUTPUT_DIR, EvalConfig
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
+from utils.flags import from_args, parse_flags
 from utils.metrics import evaluate_samples
 
 COLUMNS = ["fid", "kid", "precision", "recall", "confident", "digit_accuracy", "class_kl", "memorisation"]

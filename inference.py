@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from diffusion.config import SamplingConfig
 from diffusion.inpainting import MASKS, inpaint, named_mask
 from diffusion.interpolation import slerp, soft_labels
 from diffusion.pipeline import every_digit, generate, make_denoiser, sampling_times
@@ -27,13 +28,13 @@ from diffusion.processes import Process
 from diffusion.samplers import sample
 from diffusion.sdedit import sdedit
 from models.load import checkpoint_or_shipped, class_names, load_guide, load_model
-from utils.config import InferenceConfig, SamplingConfig, from_args, parse_flags
+from utils.config import InferenceConfig
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data, read_image
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, ensure_writable, exit_on_user_error
+from utils.flags import from_args, parse_flags
 from utils.plotting import can_show, save_gif, save_grid, spread, step_figure
-
 
 CONFIGS = (InferenceConfig, SamplingConfig)
 

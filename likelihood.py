@@ -21,11 +21,12 @@ import torch
 
 from diffusion.likelihood import ode_log_likelihood, vdm_decoder_log_likelihood
 from models.load import checkpoint_or_shipped, load_model, results_path
-from utils.config import LikelihoodConfig, from_args, parse_flags
+from utils.config import LikelihoodConfig
 from utils.data import to_model_range
 from utils.datasets import checkpoint_data
 from utils.device import select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
+from utils.flags import from_args, parse_flags
 from utils.memory import check_batch
 
 # dequantised 8-bit MNIST, bits/dim (FFJORD paper, Grathwohl et al. 2019, Table 2; Residual Flows, Chen et al. 2019)

@@ -14,8 +14,9 @@ from pathlib import Path
 from models.load import refuse_shipped
 from training.posthoc import reconstruct
 from utils.checkpoint import load_checkpoint, main_path, save_checkpoint
-from utils.config import PostHocConfig, from_args, parse_flags
+from utils.config import PostHocConfig
 from utils.errors import UserError, exit_on_user_error
+from utils.flags import from_args, parse_flags
 
 
 def main(argv=None):

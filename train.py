@@ -23,8 +23,9 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from diffusion.config import DiffusionConfig, refuse_flags_of_other_processes
 from diffusion.processes import PROCESSES, make_process
-from models.load import refuse_shipped
+from models.load import diffusion_config, refuse_shipped
 from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
 from training.budget import planned_steps, repeat_flags, time_steps
@@ -37,10 +38,11 @@ from training.step import BadSteps, make_optimizer, make_step
 from utils import distributed
 from utils.checkpoint import (config_mismatch, load_checkpoint, lock_checkpoint, main_path, release_locks,
                               save_checkpoint)
-from utils.config import DATASET_MODEL, GPU_PRESET, DiffusionConfig, ModelConfig, TrainConfig, from_args, parse_flags
+from utils.config import DATASET_MODEL, GPU_PRESET, ModelConfig, TrainConfig
 from utils.datasets import load_dataset
 from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
 from utils.errors import UserError, ensure_writable, exit_on_user_error
+from utils.flags import from_args, parse_flags
 from utils.memory import check_batch
 from utils.plotting import loss_curve
 
@@ -166,7 +168,7 @@ def resolve_configs(argv):
         if cfg.teacher:
             return (*student_configs(cfg, args, typed), None, typed)
         diffusion_cfg = from_args(DiffusionConfig, args)  # a shortcut model's network is told its steps' size
-        refuse_unused(diffusion_cfg, typed)
+        refuse_flags_of_other_processes(diffusion_cfg, typed)
         model_cfg = from_args(ModelConfig, args, step_condition=PROCESSES[diffusion_cfg.process].takes_step)
         return cfg, model_cfg, diffusion_cfg, None, typed
 
@@ -174,8 +176,9 @@ def resolve_configs(argv):
     refuse_shipped(cfg.checkpoint_path, main_path(source))  # the file a folder or a link resolved to
     if "teacher" in typed:  # a student keeps its teacher; no run learns from itself
         check_teacher(cfg.teacher, source, ckpt.get("train_config", {}))
-    saved = {**ckpt["model_config"], **ckpt["diffusion_config"]}
-    process = {} if "process" in typed else {"process": saved.get("process", "ddpm")}  # flags read as of the saved process
+    diffusion_cfg = diffusion_config(ckpt, source)
+    saved = {**ckpt["model_config"], **dataclasses.asdict(diffusion_cfg)}
+    process = {} if "process" in typed else {"process": diffusion_cfg.process}  # flags read as of the saved process
     requested = {**dataclasses.asdict(from_args(ModelConfig, args)),
                  **dataclasses.asdict(from_args(DiffusionConfig, args, **process))}
     mismatch = config_mismatch(saved, requested, sorted(typed & set(saved)))
@@ -189,16 +192,8 @@ def resolve_configs(argv):
         changes["plan"] = ()  # the saved plan gives way to the new length
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
-    diffusion_cfg = DiffusionConfig(**ckpt["diffusion_config"])
-    refuse_unused(diffusion_cfg, typed)
+    refuse_flags_of_other_processes(diffusion_cfg, typed)
     return cfg, ModelConfig(**ckpt["model_config"]), diffusion_cfg, ckpt, typed
-
-
-def refuse_unused(diffusion_cfg, typed):
-    """Refuse a flag typed for another process than the run's."""
-    if "bootstrap_guidance" in typed and not PROCESSES[diffusion_cfg.process].takes_step:
-        raise UserError(f"--bootstrap_guidance is for --process shortcut (its jumps' targets); a "
-                        f"{diffusion_cfg.process} run has none: drop it")
 
 
 def training_data(cfg, model_cfg, typed, device, amp, start, stop):

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 
 import torch
 
+from diffusion.config import DiffusionConfig
 from diffusion.ddpm import DDPM
 from models.unet import UNet
 from training.state import RunState
 from training.step import make_optimizer, make_step, nan_batch
-from utils.config import DiffusionConfig, ModelConfig, TrainConfig, check_fields, from_args, option, parse_flags
+from utils.config import ModelConfig, TrainConfig
 from utils.errors import exit_on_user_error
+from utils.flags import check_fields, from_args, option, parse_flags
 
 
 @dataclass

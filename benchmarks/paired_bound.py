@@ -17,8 +17,9 @@ import torch
 
 from benchmarks.common import bound_checkpoint
 from likelihood import mean_and_error, network
-from utils.config import check_fields, data_dir_option, device_option, from_args, option, parse_flags
+from utils.config import data_dir_option, device_option
 from utils.errors import UserError, exit_on_user_error
+from utils.flags import check_fields, from_args, option, parse_flags
 
 
 @dataclass

@@ -20,15 +20,17 @@ from statistics import median
 import torch
 
 from benchmarks.common import timed
+from diffusion.config import DiffusionConfig, SamplingConfig
 from diffusion.ddpm import DDPM
 from diffusion.pipeline import generate
 from diffusion.samplers import make_timesteps
 from models.load import load_model
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig, ModelConfig, SamplingConfig, device_option, check_fields, from_args, option, parse_flags
+from utils.config import ModelConfig, device_option
 from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
+from utils.flags import check_fields, from_args, option, parse_flags
 
 
 @dataclass

@@ -22,15 +22,15 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
-
 from dataclasses import dataclass
+from pathlib import Path
 
 import evaluate
 from benchmarks.common import Peer
+from diffusion.config import SamplingConfig
 from models.unet import UNet
-from utils.config import SamplingConfig, check_fields, from_args, option, parse_flags
 from utils.errors import UserError, exit_on_user_error
+from utils.flags import check_fields, from_args, option, parse_flags
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,13 +19,15 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import Peer, matmul_peak, timed
+from diffusion.config import DiffusionConfig
 from diffusion.ddpm import DDPM
 from models.unet import UNet, count_parameters
 from training.state import RunState
 from training.step import make_optimizer, make_step
-from utils.config import DiffusionConfig, ModelConfig, TrainConfig, device_option, check_fields, from_args, option, parse_flags
+from utils.config import ModelConfig, TrainConfig, device_option
 from utils.device import resolve_precision, select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
+from utils.flags import check_fields, from_args, option, parse_flags
 
 WIDE = dict(base_channels=32, channel_mults=(1, 2, 2))
 

@@ -70,6 +70,10 @@ class VDM(ContinuousProcess):
     never grows: the loss and the bound are of this clamped denoiser, the one the samplers use.
     """
 
+    name, about = "vdm", "continuous time, the ELBO loss; Kingma et al. 2021"
+    defaults = {"prediction": "eps", "weighting": "elbo", "t_sampling": "stratified", "clip_x0": True, "few_steps": 0}
+    allowed = {}
+
     def __init__(self, config, device="cpu"):
         super().__init__(config, device)
         self.gamma_min, self.gamma_max = config.gamma_min, config.gamma_max
@@ -127,6 +131,9 @@ class Flow(ContinuousProcess):
     """Flow matching on the straight path x_t = (1 - t) x_0 + t eps (rectified flow). Its loss is the
     MSE to the target (default weighting none): with the velocity v = eps - x_0, the conditional flow
     matching loss (Lipman et al. 2023, eq. 23)."""
+    name, about = "flow", "flow matching / rectified flow; Lipman et al. 2023, Liu et al. 2023"
+    defaults = {"prediction": "velocity", "weighting": "target", "t_sampling": "stratified", "clip_x0": False,
+                "few_steps": 0}
     t_min, t_max = 1e-4, 1.0 - 1e-4  # sigma(0) = 0 and alpha(1) = 0 would make lambda infinite
 
     def alpha_sigma64(self, t):

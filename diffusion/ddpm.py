@@ -20,6 +20,10 @@ from diffusion.schedules import make_betas
 
 
 class DDPM(GaussianProcess):
+    name, about = "ddpm", "discrete, Ho et al. 2020"
+    defaults = {"prediction": "eps", "weighting": "min_snr", "t_sampling": "uniform", "clip_x0": False,
+                "few_steps": 0}
+    allowed = {"prediction": ("eps", "x0", "v"), "clip_x0": (False,)}  # the velocity is d/dt: none on a grid
     discrete = True  # its times are the integer timesteps the network was trained on
 
     def __init__(self, config, device="cpu"):

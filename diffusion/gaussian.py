@@ -30,6 +30,13 @@ def as64(t):
 
 
 class GaussianProcess:
+    """A process's facts, on its class (DiffusionConfig reads them from the registry, --help too):"""
+    name = ""       # its --process, the key in diffusion/processes.py's PROCESSES
+    about = ""      # what --help says of it
+    defaults = {}   # its own value of each DiffusionConfig field left unset (None)
+    allowed = {"clip_x0": (False,)}  # the values it takes of a field, where it does not take every value
+    own_flags = ()  # DiffusionConfig flags for it alone: refused when typed for another process
+    num_timesteps = None  # T, the integer timesteps of a discrete process
     bound = None  # no variational bound unless a process defines one (likelihood.py: the ODE only)
     decoded_ode = False  # the ODE's density is read with uniform dequantisation
     takes_step = False  # whether the network is also told the size of the step to take (shortcut models)

@@ -10,8 +10,8 @@ from functools import partial
 import torch
 from tqdm import tqdm
 
+from diffusion.config import SamplingConfig
 from diffusion.samplers import make_timesteps, sample
-from utils.config import SamplingConfig
 from utils.errors import UserError
 from utils.memory import check_batch
 

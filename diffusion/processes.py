@@ -26,10 +26,16 @@ class Process(Protocol):
     step (training/), the likelihood and the tools may ask of a process. Times t are one Python
     number for a whole batch or a (B,) tensor; t = -1 stands for the clean data."""
 
+    name: str                 # its --process, the key in PROCESSES
+    about: str                # what --help says of it
+    defaults: dict            # its own value of each DiffusionConfig field left unset (prediction, weighting, ...)
+    allowed: dict             # {field: the values it takes} where it does not take every value
+    own_flags: tuple          # DiffusionConfig flags for it alone (refused when typed for another process)
     config: object            # the DiffusionConfig it was made from (saved in every checkpoint)
     device: torch.device      # where its coefficients live
     prediction: str           # what the network predicts: eps, x0, v or velocity
     discrete: bool            # True: its times are the integer timesteps the network was trained on
+    num_timesteps: int        # T of a discrete process (None in continuous time)
     t_min: float              # the clean end of the sampling range
     t_max: float              # the noise end
     takes_step: bool          # True: the network also takes the size of the step (ModelConfig.step_condition)
@@ -42,6 +48,15 @@ class Process(Protocol):
 
     def alpha_sigma(self, t):
         """(alpha_t, sigma_t) as float32 tensors on the device; (1, 0) at t = -1."""
+
+    def alpha_sigma64(self, t):
+        """(alpha_t, sigma_t) in float64 for a float64 tensor t: the process's definition."""
+
+    def derivatives(self, t):
+        """(alpha'(t), sigma'(t)) in float64 for a float64 tensor t."""
+
+    def posterior64(self, t, s):
+        """(c_x0, c_xt, variance) of q(x_s | x_t, x_0) = N(c_x0 x_0 + c_xt x_t, variance I), in float64."""
 
     def lam(self, t):
         """lambda_t = log(alpha_t / sigma_t) as a float, decreasing in t."""

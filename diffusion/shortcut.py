@@ -33,6 +33,11 @@ SHARE = 4   # every SHARE-th row of a batch learns a jump (Frans et al. 2025: a 
 
 class Shortcut(Flow):
     """Flow matching plus jumps; its network has config.step_condition (models/unet.py)."""
+    name = "shortcut"
+    about = "flow matching that also learns jumps of 1/2, 1/4, ... of the way, for 1-4 step sampling; Frans et al. 2025"
+    defaults = {**Flow.defaults, "few_steps": 2}
+    allowed = {"prediction": ("velocity",), "clip_x0": (False,)}  # its jumps are average velocities
+    own_flags = ("bootstrap_guidance",)
     takes_step = True
 
     def draw_t(self, batch, generator, device):

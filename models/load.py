@@ -4,10 +4,11 @@ from pathlib import Path
 
 import torch
 
+from diffusion.config import DiffusionConfig
 from diffusion.processes import make_process
 from models.unet import UNet
-from utils.checkpoint import in_format_1, load_checkpoint, load_weights
-from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, DiffusionConfig, ModelConfig
+from utils.checkpoint import load_checkpoint, load_weights, migrate
+from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, ModelConfig
 from utils.errors import UserError
 
 # The default MNIST model, trained by `python train.py` on its defaults: EMA weights only, in a
@@ -22,7 +23,16 @@ def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
     device = torch.device(device)
     model = make_model(ModelConfig(**ckpt["model_config"]))
     load_weights(model, ckpt["ema" if use_ema else "model"], path)
-    return model.to(device).eval(), make_process(DiffusionConfig(**ckpt["diffusion_config"]), device)
+    return model.to(device).eval(), make_process(diffusion_config(ckpt, path), device)
+
+
+def diffusion_config(ckpt, path):
+    """The DiffusionConfig a checkpoint saved, or one line naming the file (a process this version
+    does not know, a value out of range)."""
+    try:
+        return DiffusionConfig(**ckpt["diffusion_config"])
+    except (TypeError, UserError) as err:
+        raise UserError(f"{path} has an invalid diffusion_config: {err}") from None
 
 
 def load_guide(spec, ckpt, path, model):
@@ -46,7 +56,7 @@ def load_guide(spec, ckpt, path, model):
             raise UserError(f"--guide_model {spec} was trained on {data_set(other)}, {path} on {data_set(ckpt)}; "
                             "the guide must learn the same data set")
         guide, process = load_model(other, source, True, device)
-        mine = DiffusionConfig(**ckpt["diffusion_config"])
+        mine = diffusion_config(ckpt, path)
         for what, theirs, ours in (("process", defining(process.config), defining(mine)),
                                    ("images", shape(guide.config), shape(model.config)),
                                    ("classes", guide.config.num_classes, model.config.num_classes)):
@@ -112,6 +122,32 @@ def results_path(path, suffix):
 def class_names(ckpt):
     """The names of a checkpoint's labels: saved by train.py, else MNIST's digits."""
     return tuple(ckpt.get("classes") or (str(d) for d in range(ckpt["model_config"].get("num_classes", 10))))
+
+
+# The fields of format version 1's configs: what a DDPM checkpoint saved before processes, weightings,
+# time distributions, Fourier features and step conditioning held.
+FORMAT_1 = {"model_config": ("image_size", "in_channels", "base_channels", "channel_mults", "num_res_blocks",
+                             "attention_resolutions", "num_heads", "dropout", "norm_groups", "num_classes"),
+            "diffusion_config": ("num_timesteps", "schedule", "beta_start", "beta_end", "prediction", "min_snr_gamma")}
+
+
+def in_format_1(ckpt):
+    """A checkpoint without training state (a shipped model) in format version 1, which every
+    version of this code reads, or None where that format cannot say the same model: an MNIST DDPM
+    whose configs migrate() restores, from the version-1 fields, to the same as its own."""
+    train_cfg = ckpt.get("train_config", {})
+    if train_cfg.get("dataset", "mnist") != "mnist" or "optimizer" in ckpt:  # (another process: configs differ)
+        return None
+    configs = {key: {name: ckpt[key][name] for name in names if name in ckpt[key]} for key, names in FORMAT_1.items()}
+    old = {**configs, "format_version": 1, "train_config": {**train_cfg, "seed_scheme": 2}}
+    back = migrate({key: dict(value) if isinstance(value, dict) else value for key, value in old.items()}, "")
+    try:
+        if any(cls(**back[key]) != cls(**ckpt[key]) for key, cls in (("model_config", ModelConfig),
+                                                                   ("diffusion_config", DiffusionConfig))):
+            return None
+    except (TypeError, UserError):  # a field format 1 cannot hold
+        return None
+    return {**ckpt, **old}
 
 
 def make_shipped(ckpt, out=SHIPPED_MODEL):

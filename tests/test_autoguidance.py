@@ -9,12 +9,13 @@ import torch
 import evaluate
 import inference
 import train
+from diffusion.config import DiffusionConfig
 from diffusion.ddpm import DDPM
 from diffusion.pipeline import make_denoiser
 from models.load import load_guide, load_model
 from test_train import exit_code, train_args
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig, ModelConfig
+from utils.config import ModelConfig
 
 
 class Constant(torch.nn.Module):

@@ -6,13 +6,14 @@ import torch
 
 import likelihood
 import train
+from diffusion.config import DiffusionConfig
 from diffusion.continuous import VDM
 from diffusion.likelihood import ode_log_likelihood, vdm_bound_terms
 from diffusion.processes import make_process
 from models.unet import UNet
 from test_train import exit_code
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig, ModelConfig
+from utils.config import ModelConfig
 from utils.errors import UserError
 
 
@@ -116,7 +117,7 @@ def test_every_new_vdm_clamps_and_no_flag_turns_it_off(tmp_path, capsys):
         code, err = exit_code(train.main, ["--process", "vdm", flag, "--checkpoint_path", str(tmp_path / "ck"),
                                            "--max_steps", "1"], capsys)
         assert code == 2 and err.strip().splitlines() == [f"error: unrecognized arguments: {flag} (see --help)"]
-    with pytest.raises(UserError, match="clip_x0 is VDM's; a flow model cannot have it"):
+    with pytest.raises(UserError, match="clip_x0 True is not for a flow model, which takes False"):
         DiffusionConfig(process="flow", clip_x0=True)
 
 

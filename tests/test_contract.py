@@ -1,6 +1,7 @@
 """The process contract (diffusion/processes.py): every registered process keeps it, and a new
 process, here EDM's sigma schedule (Karras et al. 2022) in variance-preserving form, is one class
-and one registry line: it trains and samples with every sampler on every time grid."""
+and one registry line: it trains and samples with every sampler on every time grid, and from the
+command line train.py and inference.py take it, with its defaults, as they take the others."""
 import copy
 import math
 
@@ -9,6 +10,8 @@ import torch
 
 import diffusion.processes as processes
 import diffusion.samplers as samplers
+from conftest import TINY_MODEL, run_script
+from diffusion.config import DiffusionConfig, SamplingConfig
 from diffusion.continuous import ContinuousProcess
 from diffusion.grids import GRIDS
 from diffusion.pipeline import generate
@@ -18,7 +21,8 @@ from models.unet import UNet
 from test_unet import SMALL
 from training.state import RunState
 from training.step import make_optimizer, make_step
-from utils.config import DiffusionConfig, ModelConfig, SamplingConfig, TrainConfig
+from utils.checkpoint import load_checkpoint
+from utils.config import ModelConfig, TrainConfig
 
 
 @pytest.mark.parametrize("name", sorted(PROCESSES))
@@ -26,7 +30,7 @@ def test_every_registered_process_keeps_the_contract(name):
     process = make_process(DiffusionConfig(process=name))
     assert isinstance(process, Process)
     methods = [m for m in vars(Process) if not m.startswith("_") and callable(getattr(Process, m))]
-    assert len(methods) == 18 and all(callable(getattr(process, m)) for m in methods)
+    assert len(methods) == 21 and all(callable(getattr(process, m)) for m in methods)
     assert process.bound is None or callable(process.bound)  # flow matching has no variational bound
 
 
@@ -39,6 +43,8 @@ def test_the_likelihood_tool_never_branches_on_a_process_s_name():
 class EDMSchedule(ContinuousProcess):
     """sigma_edm(t) = exp(log s_min + t (log s_max - log s_min)), s in [0.002, 80], written as
     x_t = alpha x_0 + sigma eps with alpha = 1 / sqrt(1 + s^2), sigma = s / sqrt(1 + s^2)."""
+    name, about = "edm", "the sigma schedule of Karras et al. 2022, variance preserving"
+    defaults = {"prediction": "x0", "weighting": "edm", "t_sampling": "logit_normal", "clip_x0": False, "few_steps": 0}
     log_min, log_max = math.log(0.002), math.log(80.0)
 
     def edm_sigma(self, t):
@@ -56,16 +62,12 @@ class EDMSchedule(ContinuousProcess):
     def time_of_lam(self, lam):  # lambda = log(alpha / sigma) = -log s
         return (-lam - self.log_min) / (self.log_max - self.log_min)
 
-    def loss(self, out, x0, noise, t):
-        return (out.float() - noise).pow(2).mean()
 
 
 def test_a_new_process_is_one_class_and_one_registry_line(monkeypatch):
     monkeypatch.setitem(processes.PROCESSES, "edm", EDMSchedule)  # the registry line
-    config = DiffusionConfig(process="vdm")
-    config.process = "edm"  # on the command line its name would also join DiffusionConfig's choices
-    edm = make_process(config)
-    assert isinstance(edm, Process)
+    edm = make_process(DiffusionConfig(process="edm"))
+    assert isinstance(edm, Process) and edm.prediction == "x0" and edm.config.weighting == "edm"
 
     torch.manual_seed(0)
     model = UNet(ModelConfig(**SMALL))
@@ -91,6 +93,33 @@ def test_a_new_process_is_one_class_and_one_registry_line(monkeypatch):
         for grid in sorted(GRIDS) if sampler != "ddpm" else [""]:
             sampling = SamplingConfig(sampler=sampler, steps=3, grid=grid)
             assert torch.isfinite(generate(model, edm, 2, sampling)).all(), (sampler, grid)
+
+
+# python SCRIPT ARGS... with the EDM process's one registry line run first, as a user's own file would
+WITH_EDM = ("import runpy, sys; sys.path.insert(0, 'tests'); import diffusion.processes as p; "
+            "from test_contract import EDMSchedule; p.PROCESSES[EDMSchedule.name] = EDMSchedule; "
+            "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
+
+
+def test_a_new_process_trains_and_samples_from_the_command_line(tmp_path, mnist_dir):
+    help_text = run_script("-c", WITH_EDM, "train.py", "--help")
+    words = " ".join(help_text.stdout.split())
+    assert help_text.returncode == 0 and "edm (the sigma schedule of Karras et al. 2022" in words
+    assert "--process {ddpm,vdm,flow,shortcut,edm}" in words
+    ck = tmp_path / "edm"
+    trained = run_script("-c", WITH_EDM, "train.py", "--process", "edm", "--total_steps", "2", *TINY_MODEL,
+                         "--data_dir", mnist_dir, "--batch_size", "16", "--num_grid_samples", "4",
+                         "--checkpoint_path", ck, "--output_dir", tmp_path / "out", timeout=300)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    saved = load_checkpoint(ck)[0]["diffusion_config"]
+    assert (saved["process"], saved["prediction"], saved["weighting"], saved["t_sampling"]) == \
+        ("edm", "x0", "edm", "logit_normal")  # the class's defaults
+    sampled = run_script("-c", WITH_EDM, "inference.py", "--checkpoint_path", ck, "--num_samples", "4", "--steps",
+                         "3", "--no_show", "--output_dir", tmp_path / "inf", timeout=300)
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    assert (tmp_path / "inf" / "samples.png").stat().st_size > 0
+    unknown = run_script("train.py", "--process", "edm", "--checkpoint_path", tmp_path / "x")
+    assert unknown.returncode == 2 and "invalid choice: 'edm'" in unknown.stderr
 
 
 @pytest.mark.parametrize("num_timesteps", [5, 50, 1000])

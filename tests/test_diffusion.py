@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import torch
 
+from diffusion.config import DiffusionConfig
 from diffusion.ddpm import DDPM
 from diffusion.schedules import cosine_betas, linear_betas, make_betas
-from utils.config import DiffusionConfig
 
 
 @pytest.mark.parametrize("schedule", ["linear", "cosine"])

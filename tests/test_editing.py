@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import inference
+from diffusion.config import DiffusionConfig, SamplingConfig
 from diffusion.ddpm import DDPM
 from diffusion.inpainting import inpaint, named_mask
 from diffusion.interpolation import slerp, soft_labels
@@ -11,7 +12,6 @@ from diffusion.pipeline import every_digit, make_denoiser
 from diffusion.samplers import sample
 from models.load import SHIPPED_MODEL, load_model
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig, SamplingConfig
 from utils.data import to_model_range
 from utils.datasets import load_dataset
 

@@ -9,6 +9,7 @@ import evaluate
 import inference
 import train
 from conftest import TINY_MODEL
+from diffusion.config import DiffusionConfig, SamplingConfig
 from diffusion.continuous import TIME_SCALE, Flow
 from diffusion.grids import time_grid
 from diffusion.processes import make_process
@@ -18,7 +19,7 @@ from models.load import SHIPPED_MODEL, load_model
 from models.unet import UNet
 from test_train import assert_same_state
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig, ModelConfig, SamplingConfig
+from utils.config import ModelConfig
 
 MU, S = 0.4, 0.3  # data N(MU, S^2) in every dimension
 

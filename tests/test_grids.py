@@ -2,18 +2,20 @@
 clean end on every process, a new one is one function and one registry line, and no process
 knows a sampler's name."""
 import math
+import re
 
 import pytest
 import torch
 
 import diffusion.grids as grids
 from conftest import ROOT
+from diffusion.config import DiffusionConfig, SamplingConfig
 from diffusion.pipeline import generate
 from diffusion.processes import PROCESSES, make_process
 from diffusion.samplers import SAMPLERS, make_timesteps
 from models.unet import UNet
 from test_unet import SMALL, perturbed
-from utils.config import DiffusionConfig, ModelConfig, SamplingConfig
+from utils.config import ModelConfig
 
 
 @pytest.mark.parametrize("process", sorted(PROCESSES))
@@ -59,6 +61,6 @@ def test_a_new_grid_is_one_function_and_one_registry_line(monkeypatch):
 
 def test_no_process_branches_on_a_sampler_s_name():
     for name in ("gaussian.py", "ddpm.py", "continuous.py"):
-        text = (ROOT / "diffusion" / name).read_text()
+        text = re.sub(r"\n    name.*", "", (ROOT / "diffusion" / name).read_text())  # its own name ("ddpm")
         for sampler in SAMPLERS:
             assert f'"{sampler}"' not in text and f"'{sampler}'" not in text, (name, sampler)

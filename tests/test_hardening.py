@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from test_datasets import SMALL, make_folder
 
 import evaluate
 import inference
@@ -17,13 +18,13 @@ import likelihood
 import train
 import train_classifier
 from conftest import ROOT, TINY_MODEL
-from test_datasets import SMALL, make_folder
-from test_train import exit_code
 from models.classifier import WEIGHTS, classifier_path
+from test_train import exit_code
 from training.batches import fit_batch
 from utils.checkpoint import load_checkpoint
-from utils.config import ClassifierConfig, from_args, in_bounds, parse_flags
+from utils.config import ClassifierConfig
 from utils.errors import UserError
+from utils.flags import from_args, in_bounds, parse_flags
 
 SCRIPTS = {"train.py": train, "inference.py": inference, "evaluate.py": evaluate, "likelihood.py": likelihood,
            "train_classifier.py": train_classifier}
@@ -70,6 +71,7 @@ def test_time_to_quality_keeps_the_results_so_far_when_a_later_recipe_fails(tmp_
     """Each recipe's marks are written as soon as it is evaluated; a recipe given as a quoted
     "--flag value" is read as a recipe, not as a flag."""
     import json
+
     from benchmarks import time_to_quality as ttq
     monkeypatch.setattr(ttq.evaluate, "main", lambda argv, **kwargs: {"fid": 0.5, "confident": 0.9})
 

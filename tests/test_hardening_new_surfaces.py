@@ -10,12 +10,12 @@ from PIL import Image
 import inference
 import train
 from conftest import TINY_MODEL, untracked
-from test_train import exit_code
+from diffusion.config import DiffusionConfig
 from diffusion.processes import PROCESSES, make_process
 from diffusion.samplers import SAMPLERS, make_timesteps
 from models.load import SHIPPED_MODEL
+from test_train import exit_code
 from utils.checkpoint import lock_checkpoint, release_locks, save_checkpoint
-from utils.config import DiffusionConfig
 from utils.datasets import load_folder, read_image
 from utils.errors import UserError
 
@@ -68,10 +68,11 @@ def test_a_checkpoint_with_a_value_this_version_does_not_know_is_one_line(field,
 
 @pytest.mark.parametrize("gamma", [(-50.0, -49.0), (-50.0, 50.0), (49.0, 50.0)])
 def test_vdm_samples_at_the_ends_of_its_gamma_range(gamma):
+    from diffusion.config import SamplingConfig
     from diffusion.pipeline import generate
     from models.unet import UNet
     from test_unet import SMALL, perturbed
-    from utils.config import ModelConfig, SamplingConfig
+    from utils.config import ModelConfig
     torch.manual_seed(0)
     model = perturbed(UNet(ModelConfig(**SMALL)), 0.01).eval()
     vdm = make_process(DiffusionConfig(process="vdm", gamma_min=gamma[0], gamma_max=gamma[1]))

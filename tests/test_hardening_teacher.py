@@ -14,11 +14,11 @@ from PIL import Image
 
 import train
 from conftest import TINY_MODEL
+from diffusion.config import DiffusionConfig
 from models.load import SHIPPED_MODEL
 from test_train import exit_code
 from training import distill
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig
 from utils.datasets import checkpoint_data
 from utils.errors import UserError
 
@@ -174,13 +174,13 @@ def test_a_student_keeps_its_typed_flags_and_the_teacher_s_data_folder(tmp_path,
 
 
 def test_a_shortcut_model_predicts_velocity():
-    with pytest.raises(UserError, match="average velocities"):
+    with pytest.raises(UserError, match="prediction eps is not for a shortcut model, which takes velocity"):
         DiffusionConfig(process="shortcut", prediction="eps")
     assert DiffusionConfig(process="shortcut", prediction="velocity").prediction == "velocity"
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--process", "shortcut", "--prediction", "eps"], "a shortcut model's jumps are average velocities"),
+    (["--process", "shortcut", "--prediction", "eps"], "prediction eps is not for a shortcut model"),
     (["--process", "flow", "--bootstrap_guidance", "2"], "--bootstrap_guidance is for --process shortcut"),
     (["--bootstrap_guidance", "1"], "--bootstrap_guidance is for --process shortcut"),
     (["--teacher", str(SHIPPED_MODEL), "--bootstrap_guidance", "2"], "drop --bootstrap_guidance"),

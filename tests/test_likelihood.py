@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import likelihood
+from diffusion.config import DiffusionConfig
 from diffusion.ddpm import DDPM
 from diffusion.likelihood import bound_terms, discretised_gaussian_log_likelihood, ode_log_likelihood
 from diffusion.schedules import linear_betas
 from models.load import SHIPPED_MODEL
-from utils.config import DiffusionConfig
 
 GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the 256 pixel values in the model's range
 

@@ -10,10 +10,10 @@ import torch
 import likelihood
 import train
 from conftest import ROOT, TINY_MODEL
+from diffusion.config import DiffusionConfig
 from diffusion.continuous import VDM
 from diffusion.likelihood import vdm_bound_terms, vdm_decoder_log_likelihood
 from test_train import exit_code
-from utils.config import DiffusionConfig
 from utils.datasets import checkpoint_data
 
 
@@ -49,7 +49,7 @@ PEAK_MEMORY = """
 import sys, torch
 from diffusion.continuous import VDM
 from diffusion.likelihood import vdm_bound_terms
-from utils.config import DiffusionConfig
+from diffusion.config import DiffusionConfig
 
 def status_mb(key):  # VmRSS: resident now; VmHWM: its peak since the last reset
     return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith(key)) / 1024

@@ -9,13 +9,14 @@ import inference
 import likelihood
 import train
 from conftest import TINY_MODEL
+from diffusion.config import DiffusionConfig
 from diffusion.continuous import VDM, Flow
 from diffusion.ddpm import DDPM
 from diffusion.likelihood import ode_log_likelihood, vdm_bound_terms, vdm_diffusion_term
 from diffusion.samplers import SAMPLERS, make_timesteps, sample
 from test_train import assert_same_state
 from utils.checkpoint import load_checkpoint
-from utils.config import DiffusionConfig, from_args, parse_flags
+from utils.flags import from_args, parse_flags
 
 PROCESSES = {"ddpm": lambda: DDPM(DiffusionConfig()),
              "vdm": lambda: VDM(DiffusionConfig(process="vdm")),

@@ -14,9 +14,9 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
+from diffusion.config import DiffusionConfig
 from diffusion.processes import make_process
 from diffusion.samplers import make_timesteps, sample
-from utils.config import DiffusionConfig
 
 MU, C = 0.2, 0.3
 PEAKS, WEIGHTS, WIDTH = torch.tensor([-1.0, 1.0], dtype=torch.float64), torch.tensor([0.8, 0.2], dtype=torch.float64), 0.02

@@ -8,10 +8,11 @@ import importlib.util
 import pytest
 import torch
 
+from diffusion.config import DiffusionConfig, SamplingConfig
 from diffusion.ddpm import DDPM
 from diffusion.pipeline import make_denoiser
 from diffusion.samplers import SAMPLERS, make_timesteps, sample
-from utils.config import DiffusionConfig, ModelConfig, SamplingConfig
+from utils.config import ModelConfig
 
 
 def gaussian_oracle(diffusion, c):

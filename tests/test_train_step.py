@@ -6,12 +6,13 @@ from contextlib import nullcontext
 import pytest
 import torch
 
+from diffusion.config import DiffusionConfig
 from diffusion.ddpm import DDPM
 from models.unet import UNet
-from utils.config import DiffusionConfig, ModelConfig, TrainConfig
 from training.schedule import update_ema
 from training.state import RunState
 from training.step import make_optimizer, nan_batch, one_step
+from utils.config import ModelConfig, TrainConfig
 
 
 def setup():

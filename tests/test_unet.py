@@ -3,12 +3,13 @@ classifier-free guidance relies on."""
 import pytest
 import torch
 
-from training.batches import Batches
-from utils.datasets import Data
-from diffusion.pipeline import make_denoiser
+from diffusion.config import DiffusionConfig
 from diffusion.ddpm import DDPM
+from diffusion.pipeline import make_denoiser
 from models.unet import UNet
-from utils.config import DiffusionConfig, ModelConfig
+from training.batches import Batches
+from utils.config import ModelConfig
+from utils.datasets import Data
 
 SMALL = dict(base_channels=8, channel_mults=(1, 2), attention_resolutions=(14,), norm_groups=4, num_heads=2)
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import diffusion.weightings as weightings
+from diffusion.config import DiffusionConfig
 from diffusion.processes import make_process
-from utils.config import DiffusionConfig
 from utils.errors import UserError
 
 PREDICTIONS = {"ddpm": ("eps", "x0", "v"), "vdm": ("eps", "x0", "v", "velocity"), "flow": ("eps", "x0", "v", "velocity")}
@@ -60,15 +60,13 @@ def test_a_new_weighting_is_one_function_and_one_registry_line(monkeypatch):
     """A weight of sqrt(SNR), registered by name: the loss is that weight on the eps error."""
     monkeypatch.setitem(weightings.WEIGHTINGS, "sqrt_snr", lambda process, t: process.snr(t).sqrt())
     x0, noise, t, out = batch("vdm")
-    config = DiffusionConfig(process="vdm", clip_x0=False)  # any eps_hat, unclamped
-    config.weighting = "sqrt_snr"  # past the flag's choices, as a registered weighting would be
-    vdm = make_process(config)
+    vdm = make_process(DiffusionConfig(process="vdm", clip_x0=False, weighting="sqrt_snr"))  # any eps_hat, unclamped
     expected = (vdm.snr(t).sqrt() * (out - noise).pow(2).mean(dim=(1, 2, 3))).mean()
     torch.testing.assert_close(vdm.loss(out, x0, noise, t), expected, rtol=1e-6, atol=0)
 
 
 def test_a_weighting_a_process_cannot_compute_is_refused_in_one_line():
-    with pytest.raises(UserError, match="--weighting elbo needs a continuous-time process"):
+    with pytest.raises(UserError, match="--weighting elbo needs a continuous-time process, not ddpm"):
         DiffusionConfig(weighting="elbo")
     with pytest.raises(UserError, match="--weighting 'huber' is not one this version knows"):
         DiffusionConfig(weighting="huber")
@@ -125,11 +123,19 @@ def test_the_weightings_are_their_closed_forms():
     torch.testing.assert_close(weightings.min_snr(flow, t), snr.clamp(max=5.0) / snr, rtol=1e-5, atol=0)
 
 
-def test_the_command_line_knows_every_registered_name():
+def test_the_command_line_knows_every_registered_name(monkeypatch):
+    """The flags' choices are the registries themselves: a name registered is a choice at once."""
+    import dataclasses
+
     import diffusion.grids as grids
     import diffusion.times as times
-    import dataclasses
-    from utils.config import T_SAMPLING, WEIGHTINGS, SamplingConfig
-    assert set(WEIGHTINGS) == set(weightings.WEIGHTINGS) and set(T_SAMPLING) == set(times.TIMES)
-    grid = next(f for f in dataclasses.fields(SamplingConfig) if f.name == "grid")
-    assert set(grid.metadata["choices"]) == {""} | set(grids.GRIDS)
+    from diffusion.config import SamplingConfig
+    from utils.flags import now
+    choices = {f.name: set(now(f.metadata["choices"])) for cls in (DiffusionConfig, SamplingConfig)
+               for f in dataclasses.fields(cls) if f.metadata["choices"]}
+    assert choices["weighting"] == set(weightings.WEIGHTINGS) and choices["t_sampling"] == set(times.TIMES)
+    assert choices["grid"] == {""} | set(grids.GRIDS)
+    monkeypatch.setitem(weightings.WEIGHTINGS, "sqrt_snr", lambda process, t: process.snr(t).sqrt())
+    monkeypatch.setitem(grids.GRIDS, "twice", grids.GRIDS["t"])
+    assert DiffusionConfig(process="vdm", weighting="sqrt_snr").weighting == "sqrt_snr"
+    assert SamplingConfig(grid="twice").grid == "twice"

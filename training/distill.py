@@ -24,12 +24,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from diffusion.config import DiffusionConfig, SamplingConfig
+from diffusion.continuous import Flow
 from diffusion.pipeline import every_digit, make_denoiser
 from diffusion.samplers import sample
 from models.load import class_names, load_model
 from utils import distributed
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights, main_path, write_failure
-from utils.config import DiffusionConfig, ModelConfig, SamplingConfig
+from utils.config import ModelConfig
 from utils.data import file_digest
 from utils.datasets import Data
 from utils.errors import UserError
@@ -58,7 +60,8 @@ def student_configs(cfg, args, typed):
                               data_dir=cfg.data_dir if "data_dir" in typed else saved.get("data_dir", cfg.data_dir),
                               teacher_sha256=file_digest(source, "sha256"))
     flags = {name: getattr(args, name) for name in STUDENT_FLAGS if name in typed}
-    return cfg, ModelConfig(**ckpt["model_config"]), DiffusionConfig(process="flow", few_steps=STUDENT_STEPS, **flags)
+    diffusion_cfg = DiffusionConfig(process=Flow.name, few_steps=STUDENT_STEPS, **flags)
+    return cfg, ModelConfig(**ckpt["model_config"]), diffusion_cfg
 
 
 def check_teacher(teacher, source, saved):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from diffusion.config import SamplingConfig
 from diffusion.pipeline import generate
 from models.classifier import load_classifier
 from training.batches import GRID_SEED, QUICK_FID_SEED
-from utils.config import SamplingConfig
 from utils.data import to_model_range
 from utils.datasets import load_dataset
 from utils.device import sampling_batch_size

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from utils.config import CHECKPOINT_DIR, DiffusionConfig, ModelConfig, process_defaults
+from utils.config import CHECKPOINT_DIR, ModelConfig
 from utils.errors import UserError
 
 FORMAT_VERSION = 2
@@ -265,16 +265,12 @@ def migrate(ckpt, path):
     samples and evaluates as before but cannot resume exactly (not_resumable says why). Any version:
     the t_density of VDM's runs (an option the code had up to commit 829065b) is dropped, and a run
     that used a density cannot resume exactly; a checkpoint saved before --weighting and --t_sampling
-    gets the loss and the times it trained with, and one saved before VDM's clamp became the rule
+    gets the loss and the times it trained with (its process's own, left unset), and one saved before VDM's clamp became the rule
     (clip_x0: a flag up to commit b4b2019) the unclamped denoiser it trained as."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
-    diffusion_cfg = ckpt["diffusion_config"]
-    process = diffusion_cfg.get("process", "ddpm")  # (version 1 is DDPM's, set below)
-    for name, value in process_defaults(process).items():
-        diffusion_cfg.setdefault(name, value)
-    diffusion_cfg.setdefault("clip_x0", False)
+    ckpt["diffusion_config"].setdefault("clip_x0", False)  # (weighting, t_sampling: the process's own, unset)
     if ckpt["diffusion_config"].pop("t_density", ()):  # a setting of how VDM trained, removed after it did not pay
         ckpt["not_resumable"] = ("it trained with --t_density, which this version no longer has (a resumed run would "
                                  "draw other times); it still samples and evaluates")
@@ -290,39 +286,12 @@ def migrate(ckpt, path):
     return ckpt
 
 
-# The fields of format version 1's configs: what a DDPM checkpoint saved before processes, weightings,
-# time distributions, Fourier features and step conditioning held.
-FORMAT_1 = {"model_config": ("image_size", "in_channels", "base_channels", "channel_mults", "num_res_blocks",
-                             "attention_resolutions", "num_heads", "dropout", "norm_groups", "num_classes"),
-            "diffusion_config": ("num_timesteps", "schedule", "beta_start", "beta_end", "prediction", "min_snr_gamma")}
-
-
-def in_format_1(ckpt):
-    """A checkpoint without training state (a shipped model) in format version 1, which every
-    version of this code reads, or None where that format cannot say the same model: an MNIST DDPM
-    whose configs migrate() restores, from the version-1 fields, to the same as its own."""
-    train_cfg = ckpt.get("train_config", {})
-    if ckpt["diffusion_config"].get("process", "ddpm") != "ddpm" or train_cfg.get("dataset", "mnist") != "mnist" \
-            or "optimizer" in ckpt:
-        return None
-    configs = {key: {name: ckpt[key][name] for name in names if name in ckpt[key]} for key, names in FORMAT_1.items()}
-    old = {**configs, "format_version": 1, "train_config": {**train_cfg, "seed_scheme": 2}}
-    back = migrate({key: dict(value) if isinstance(value, dict) else value for key, value in old.items()}, "")
-    try:
-        if any(cls(**back[key]) != cls(**ckpt[key]) for key, cls in (("model_config", ModelConfig),
-                                                                   ("diffusion_config", DiffusionConfig))):
-            return None
-    except (TypeError, UserError):  # a field format 1 cannot hold
-        return None
-    return {**ckpt, **old}
-
-
 def validate(ckpt, path):
-    for key, cls in (("model_config", ModelConfig), ("diffusion_config", DiffusionConfig)):
-        try:
-            cls(**ckpt[key])
-        except (TypeError, UserError) as err:
-            raise UserError(f"{path} has an invalid {key}: {err}") from None
+    """The network's config and every tensor; the process's config: models/load.py's configs()."""
+    try:
+        ModelConfig(**ckpt["model_config"])
+    except (TypeError, UserError) as err:
+        raise UserError(f"{path} has an invalid model_config: {err}") from None
     for name, tensor in _tensors({"model": ckpt["model"], "ema": ckpt["ema"], "optimizer": ckpt.get("optimizer")}):
         if tensor.layout != torch.strided:
             raise UserError(f"{path}: tensor {name} is not dense")

@@ -1,39 +1,19 @@
-"""Every hyperparameter, declared once.
+"""The settings of the network, of training and of each script, declared once, field by field.
 
-One dataclass per concern (model, diffusion, training, sampling, and what inference.py and
-evaluate.py add), commented field by field. The command-line flags of every script are generated
-from these fields, each numeric field's allowed range is declared next to it and checked in one
-place (`check_fields`), and the model and diffusion configs are saved in every checkpoint.
+One dataclass per concern; the command-line flags of every script are made from their fields
+(utils/flags.py), each numeric field's allowed range declared next to it. The settings of the
+process and of sampling, whose choices come from diffusion/'s registries: diffusion/config.py.
+The model and diffusion configs are saved in every checkpoint.
 """
-import argparse
-import dataclasses
-import math
-import re
-import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from utils.errors import UserError
-
-
-def option(default, help, choices=None, bounds=None, item=None):
-    """A config field with its --help text, allowed values, and for numbers the allowed range as
-    an interval, e.g. "[0, 1)" or "(0, inf)" (checked for every number, tuples element-wise);
-    item: the type of a tuple's elements on the command line (default: the default's, else int)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "bounds": bounds, "item": item})
-
-
-def recorded(default, help):
-    """A config field saved in every checkpoint that no flag sets: how a model was made, where the
-    project has settled the choice (a checkpoint made before keeps its own value)."""
-    return field(default=default, metadata={"help": help, "choices": None, "bounds": None, "item": None, "flag": False})
-
+from utils.flags import check_fields, option, recorded
 
 # The project's folders, relative to where a script runs.
 DATA_DIR, OUTPUT_DIR, CHECKPOINT_DIR = "data", "outputs", "checkpoints"
 DEFAULT_CHECKPOINT = f"{CHECKPOINT_DIR}/ddpm_checkpoint"
 DATASETS = ("mnist", "fashion_mnist", "kmnist", "cifar10", "folder")  # utils/datasets.py loads them
-WEIGHTINGS = ("target", "simple", "min_snr", "elbo", "velocity", "edm")  # diffusion/weightings.py defines them
-T_SAMPLING = ("uniform", "stratified", "logit_normal")  # diffusion/times.py defines them
 
 
 # ---- the settings every script shares, declared here once ----------------------------------------
@@ -54,36 +34,6 @@ def checkpoint_option(what="checkpoint to load"):
 
 def data_dir_option():
     return option("", f"where the data set is stored (default: the checkpoint's --data_dir, else {DATA_DIR})")
-
-
-def check_fields(config):
-    """Raise a one-line UserError for the first field outside its range or its choices (a config
-    read from a checkpoint too, which argparse never saw); NaN and +-inf are refused everywhere."""
-    for f in dataclasses.fields(config):
-        value, bounds, choices = getattr(config, f.name), f.metadata["bounds"], f.metadata["choices"]
-        for item in value if isinstance(value, (tuple, list)) else (value,):
-            if choices is not None and item not in choices:
-                raise UserError(f"--{f.name} {item!r} is not one this version knows ({', '.join(map(str, choices))})")
-        for number in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
-                continue
-            if not math.isfinite(number):
-                raise UserError(f"--{f.name} must be a finite number, got {number}")
-            if bounds and not in_bounds(number, bounds):
-                raise UserError(f"--{f.name} must be {describe(bounds)}, got {number:g}")
-
-
-def in_bounds(number, bounds):
-    low_bracket, low, high, high_bracket = re.fullmatch(r"([\[(])(.+), (.+)([\])])", bounds).groups()
-    low, high = float(low), float(high)
-    return ((number >= low if low_bracket == "[" else number > low)
-            and (number <= high if high_bracket == "]" else number < high))
-
-
-def describe(bounds):
-    """'[1, inf)' -> 'at least 1', '(0, inf)' -> 'positive', '[0, inf)' -> '>= 0', else 'in [0, 1)'."""
-    return {"(0, inf)": "positive", "[0, inf)": ">= 0"}.get(bounds) or (
-        f"at least {bounds[1:].split(',')[0]}" if bounds.startswith("[") and bounds.endswith("inf)") else f"in {bounds}")
 
 
 @dataclass
@@ -141,76 +91,6 @@ class ModelConfig:
     def null_label(self):
         """The label index that means "no label" (classifier-free guidance): the U-Net's last embedding."""
         return self.num_classes
-
-
-@dataclass
-class DiffusionConfig:
-    process: str = option("ddpm", "the noise process: ddpm (discrete, Ho et al. 2020), vdm (continuous time, the "
-                          "ELBO loss; Kingma et al. 2021), flow (flow matching / rectified flow; Lipman et al. "
-                          "2023, Liu et al. 2023) or shortcut (flow matching that also learns jumps of 1/2, 1/4, "
-                          "... of the way, for 1-4 step sampling; Frans et al. 2025)",
-                          choices=("ddpm", "vdm", "flow", "shortcut"))
-    num_timesteps: int = option(1000, "ddpm: T, the number of diffusion steps (Ho et al. 2020: 1000)", bounds="[2, inf)")
-    schedule: str = option("linear", "ddpm: beta schedule, linear (Ho et al. 2020) or cosine (Nichol & Dhariwal 2021)",
-                           choices=("linear", "cosine"))
-    beta_start: float = option(1e-4, "ddpm: first beta of the linear schedule", bounds="(0, 1)")
-    beta_end: float = option(0.02, "ddpm: last beta of the linear schedule", bounds="(0, 1)")
-    gamma_min: float = option(-13.3, "vdm: gamma = -log SNR at t = 0 (Kingma et al. 2021: -13.3, sigma about 1e-3); "
-                              "gamma in [-50, 50] keeps alpha and sigma well inside float32", bounds="[-50, 50]")
-    gamma_max: float = option(5.0, "vdm: gamma at t = 1 (Kingma et al. 2021: 5), in [-50, 50]", bounds="[-50, 50]")
-    clip_x0: bool = recorded(None, "vdm: the denoiser clamps its x0 estimate to the data range [-1, 1] in the loss and "
-                             "the likelihood too, as the samplers always do: never a worse bound, and better samples "
-                             "(docs/RESULTS.md); True for every new VDM, False in one trained before (and other processes)")
-    prediction: str = option(None, "what the network predicts: eps (noise), x0, v (Salimans & Ho 2022) or velocity "
-                             "(dx_t/dt); default: velocity for flow, else eps", choices=("eps", "x0", "v", "velocity"))
-    weighting: str = option(None, "the loss's weight of each time (diffusion/weightings.py): target (the plain MSE of "
-                            "what the network predicts), simple, min_snr (Hang et al. 2023), elbo, velocity (flow "
-                            "matching's) or edm (Karras et al. 2022); default: min_snr for ddpm, elbo for vdm, target "
-                            "for flow", choices=WEIGHTINGS)
-    t_sampling: str = option(None, "how training draws its times (diffusion/times.py): uniform, stratified (one "
-                             "uniform number a batch, Kingma et al. 2021) or logit_normal (Esser et al. 2024); "
-                             "default: uniform for ddpm, stratified for vdm and flow", choices=T_SAMPLING)
-    min_snr_gamma: float = option(5.0, "gamma of --weighting min_snr (Hang et al. 2023); 0 = target, the plain MSE",
-                                  bounds="[0, inf)")
-    bootstrap_guidance: float = option(1.0, "shortcut: classifier-free guidance w built into the targets of its "
-                                       "smallest jumps, so that its 1-4 step samples are guided at one evaluation "
-                                       "per step (1.0: FID 0.75 against 1.93 at 0.1, docs/RESULTS.md)",
-                                       bounds="[0, inf)")
-    few_steps: int = recorded(0, "the steps a few-step model (shortcut, or a student of --teacher) samples in "
-                              "unless told: ddim on the jump grid, no noise, no guidance; 0 = the usual defaults")
-
-    def __post_init__(self):
-        if self.prediction is None:
-            self.prediction = "velocity" if self.process in ("flow", "shortcut") else "eps"
-        if self.process == "shortcut" and not self.few_steps:
-            self.few_steps = 2
-        for name, value in process_defaults(self.process).items():
-            if getattr(self, name) is None:
-                setattr(self, name, value)
-        check_fields(self)
-        if self.beta_start > self.beta_end:
-            raise UserError("need beta_start <= beta_end")
-        if self.gamma_min >= self.gamma_max:
-            raise UserError("need gamma_min < gamma_max")
-        if self.process == "ddpm" and self.weighting in ("elbo", "velocity"):
-            raise UserError(f"--weighting {self.weighting} needs a continuous-time process (vdm or flow)")
-        if self.process == "ddpm" and self.prediction == "velocity":
-            raise UserError("--prediction velocity is for --process vdm or flow; ddpm's are eps, x0 and v")
-        if self.process == "shortcut" and self.prediction != "velocity":
-            raise UserError(f"--prediction {self.prediction}: a shortcut model's jumps are average velocities, so it "
-                            "predicts velocity; drop --prediction")
-        if self.clip_x0 is None:
-            self.clip_x0 = self.process == "vdm"
-        if self.clip_x0 and self.process != "vdm":
-            raise UserError(f"clip_x0 is VDM's; a {self.process} model cannot have it (the samplers of every process "
-                            "clamp x0 already)")
-
-
-def process_defaults(process):
-    """A process's own --weighting and --t_sampling: what it trains with unless told otherwise (and
-    what a checkpoint saved before these flags trained with)."""
-    return {"weighting": {"ddpm": "min_snr", "vdm": "elbo"}.get(process, "target"),  # shortcut: as flow
-            "t_sampling": "uniform" if process == "ddpm" else "stratified"}
 
 
 # The U-Net settings of a data set whose images need another shape than MNIST's, for each not typed
@@ -297,61 +177,6 @@ class TrainConfig:
                             "total; got " + " ".join(map(str, self.plan)))
         if self.plan and self.total_steps not in (0, self.plan[-1]):
             raise UserError(f"--plan ends at {self.plan[-1]} steps, --total_steps says {self.total_steps}")
-
-
-@dataclass
-class SamplingConfig:
-    """How samples are drawn; shared by inference.py, evaluate.py, training's grids and the benchmarks."""
-    sampler: str = option("dpm++", "dpm++ (DPM-Solver++(2M), Lu et al. 2022), ddim (Song et al. 2021), heun (the "
-                          "probability-flow ODE, Karras et al. 2022) or ddpm (ancestral, Ho et al. 2020; always all "
-                          "T steps, 1000 for continuous time); a few-step checkpoint (shortcut, a --teacher's student) "
-                          "samples by ddim on the jump grid in its own steps, eta 0, guidance 0, unless typed",
-                          choices=("ddpm", "ddim", "dpm++", "heun"))
-    steps: int = option(8, "steps of ddim, dpm++ and heun (spaced by --grid)",
-                        bounds="[1, inf)")
-    grid: str = option("", "the times of those steps (diffusion/grids.py): t (even in t), lambda (even in log-SNR), "
-                       "karras (Karras et al. 2022's rho = 7) or jump (even in t, the last step a jump to the "
-                       "data: few-step models); default: lambda for dpm++, t for ddim and heun",
-                       choices=("", "t", "lambda", "karras", "jump"))
-    eta: float = option(1.0, "noise of the ddim and dpm++ steps: 0 = deterministic (the probability-flow ODE), "
-                        "1 = stochastic (the DDPM posterior / the reverse SDE)", bounds="[0, 1]")
-    guidance: float = option(0.1, "classifier-free guidance w for class-conditional models: out = cond + w (cond - "
-                             "uncond); 0 = plain conditional sampling, 1-3 = crisper digits, less variety",
-                             bounds="[0, inf)")
-    guidance_interval: tuple = option((0.25, 0.7), "guide only the steps whose time is LO to HI of the way from "
-                                      "the data to the noise (t / T for ddpm; Kynkaanniemi et al. 2024); a guided step costs two network evaluations (0 1 = every step)",
-                                      bounds="[0, 1]")
-    guide_model: str = option("", "autoguidance (Karras et al. 2024): the weaker model whose output replaces the "
-                              "unconditional one, out = main + w (main - guide): auto (the early EMA snapshot the run "
-                              "saved, train.py --guide_at) or a checkpoint PATH of the same data and process; "
-                              "default: classifier-free guidance")
-    seed: int = option(0, "seed of the starting noise (same seed, same noise, same samples) and of --inpaint's "
-                       "choice of test images", bounds="[0, inf)")
-
-    def __post_init__(self):
-        self.guidance_interval = tuple(self.guidance_interval)
-        check_fields(self)
-        if len(self.guidance_interval) != 2 or self.guidance_interval[0] > self.guidance_interval[1]:
-            raise UserError("--guidance_interval needs two fractions of T, 0 <= LO <= HI <= 1; got "
-                            + " ".join(map(str, self.guidance_interval)))
-
-    def for_model(self, diffusion_config, typed):
-        """This sampling with a few-step model's own defaults (DiffusionConfig.few_steps: ddim on the
-        jump grid in that many steps, no noise, no guidance) in place of each setting not typed."""
-        if not getattr(diffusion_config, "few_steps", 0):
-            return self
-        own = {"sampler": "ddim", "grid": "jump", "steps": diffusion_config.few_steps, "eta": 0.0, "guidance": 0.0}
-        return dataclasses.replace(self, **{k: v for k, v in own.items() if k not in typed})
-
-    def describe(self, conditional=True):
-        """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t in [0.25, 0.7] of the way'."""
-        text = f"{self.sampler} " + ("all steps" if self.sampler == "ddpm" else f"{self.steps} steps eta {self.eta:g}")
-        text += f" on the {self.grid} grid" if self.grid and self.sampler != "ddpm" else ""
-        if conditional or self.guide_model:
-            lo, hi = self.guidance_interval
-            kind = f"autoguidance by {self.guide_model}" if self.guide_model else "guidance"
-            text += f", {kind} {self.guidance:g}" + (f" for t in [{lo:g}, {hi:g}] of the way" if self.guidance else "")
-        return text
 
 
 @dataclass
@@ -483,55 +308,3 @@ class ClassifierConfig:
 
     def __post_init__(self):
         check_fields(self)
-
-
-# ---- flags from dataclasses -------------------------------------------------------------
-
-def add_arguments(parser, config_cls, skip=()):
-    """Add one --flag per field of config_cls, with its default and help text."""
-    group = parser.add_argument_group(config_cls.__name__)
-    for f in dataclasses.fields(config_cls):
-        if f.name in skip or not f.metadata.get("flag", True):
-            continue
-        kwargs = {"default": f.default, "help": f"{f.metadata['help']} (default: {_show(f.default)})"}
-        if f.metadata["choices"]:
-            kwargs["choices"] = f.metadata["choices"]
-        if isinstance(f.default, bool):  # --x / --no-x, except fields already named no_x
-            kwargs["action"] = "store_true" if f.name.startswith("no_") else argparse.BooleanOptionalAction
-        elif f.type in (tuple, "tuple"):
-            kwargs.update(nargs="*", type=f.metadata["item"] or (type(f.default[0]) if f.default else int))
-        else:
-            kwargs["type"] = f.type  # the field's declared type (its default may be None)
-        group.add_argument(f"--{f.name}", **kwargs)
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse with the project's error style: one line on stderr, exit code 2, no usage block."""
-
-    def error(self, message):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
-def parse_flags(description, config_classes, argv=None):
-    """(the parsed flags of every field of config_classes, the names of the flags typed on this
-    command line as opposed to left at their defaults). The parser takes no abbreviations, so every
-    typed flag appears whole."""
-    parser = Parser(description=description, allow_abbrev=False)
-    for cls in config_classes:
-        add_arguments(parser, cls)
-    args = parser.parse_args(argv)
-    given = {arg.split("=")[0] for arg in (sys.argv[1:] if argv is None else map(str, argv))}
-    typed = {f.name for cls in config_classes for f in dataclasses.fields(cls)
-             if given & {f"--{f.name}", f"--no-{f.name}"}}
-    return args, typed
-
-
-def _show(value):
-    return " ".join(map(str, value)) if isinstance(value, tuple) else "see above" if value is None else value
-
-
-def from_args(config_cls, args, **overrides):
-    """Build config_cls from the parsed flags that belong to it (plus `overrides`)."""
-    names = {f.name for f in dataclasses.fields(config_cls)}
-    given = {k: tuple(v) if isinstance(v, list) else v for k, v in vars(args).items() if k in names}  # nargs: lists
-    return config_cls(**{**given, **overrides})
