@@ -17,23 +17,21 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
-from functools import lru_cache, partial, wraps
+from functools import lru_cache, wraps
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from diffusion.config import SamplingConfig
 from diffusion.inpainting import inpaint
-from diffusion.pipeline import every_digit, generate, make_denoiser
+from diffusion.pipeline import every_digit
 from diffusion.samplers import SAMPLERS, make_timesteps
 from diffusion.sdedit import sdedit
-from models.load import checkpoint_or_shipped, class_names, load_model
+from models.load import checkpoint_or_shipped, load_to_sample
 from utils.config import checkpoint_option, device_option, precision_option
-from utils.data import to_model_range
-from utils.datasets import checkpoint_data, read_image
-from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
+from utils.datasets import checkpoint_data, read_image, to_model_range
+from utils.device import set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
 from utils.flags import check_fields, from_args, option, parse_flags
 from utils.plotting import grid_image, spread
@@ -62,45 +60,31 @@ class DemoConfig:
         check_fields(self)
 
 
-@dataclass(eq=False)
-class Model:
-    """A loaded checkpoint and what the page says about it."""
-    path: str
-    net: torch.nn.Module
-    diffusion: object
-    ckpt: dict
-    classes: tuple
-    sampling: SamplingConfig  # its default sampling (a few-step model's own)
-    amp: object
+def summary(model, full_path=True):
+    """What the page says about a checkpoint loaded to sample (a models.load.Loaded)."""
+    process, train = model.diffusion.config, model.ckpt.get("train_config", {})
+    budget = f"{train['minutes']:g} minutes, " if train.get("minutes") else ""
+    labels = "class-conditional" if model.classes and model.net.config.num_classes else "unconditional"
+    name = model.path if full_path else model.path.name
+    return (f"**{name}**: {process.process} ({labels}, predicts {process.prediction}), trained "
+            f"{budget}{model.ckpt['step']:,} steps of batch {train.get('batch_size', '?')} on "
+            f"{train.get('dataset', 'mnist')}; samples by {model.sampling.describe(labels != 'unconditional')}")
 
-    def about(self, full_path=True):
-        process, train = self.diffusion.config, self.ckpt.get("train_config", {})
-        budget = f"{train['minutes']:g} minutes, " if train.get("minutes") else ""
-        labels = "class-conditional" if self.classes and self.net.config.num_classes else "unconditional"
-        name = self.path if full_path else Path(self.path).name
-        return (f"**{name}**: {process.process} ({labels}, predicts {process.prediction}), trained "
-                f"{budget}{self.ckpt['step']:,} steps of batch {train.get('batch_size', '?')} on "
-                f"{train.get('dataset', 'mnist')}; samples by {self.sampling.describe(labels != 'unconditional')}")
 
-    def labels(self, digit, num, every=True):
-        """A batch of labels for `digit` (a class name; 'any': every class in turn if `every`, else
-        none, the model's own choice), None for unconditional models."""
-        if not self.net.config.num_classes or (digit in ("any", None, "") and not every):
-            return None
-        if digit in ("any", None, ""):
-            return every_digit(num, self.net.config.num_classes, self.diffusion.device)
-        return torch.full((num,), self.classes.index(digit), device=self.diffusion.device)
+def digit_labels(model, digit, num, every=True):
+    """A batch of labels for `digit` (a class name; 'any': every class in turn if `every`, else
+    none, the model's own choice), None for unconditional models."""
+    if not model.net.config.num_classes or (digit in ("any", None, "") and not every):
+        return None
+    if digit in ("any", None, ""):
+        return every_digit(num, model.net.config.num_classes, model.device)
+    return torch.full((num,), model.classes.index(digit), device=model.device)
 
 
 @lru_cache(maxsize=4)
 def load(path, stamp, device, precision):
-    """The Model at `path` (stamp: its modification time, so that a rewritten file is read again)."""
-    ckpt, path = checkpoint_or_shipped(path)
-    device = select_device(device)
-    net, diffusion = load_model(ckpt, path, True, device)
-    sampling = SamplingConfig().for_model(diffusion.config, set())
-    amp = partial(autocast, device, resolve_precision(precision, device))
-    return Model(str(path), net, diffusion, ckpt, class_names(ckpt), sampling, amp)
+    """The checkpoint at `path` loaded to sample (stamp: its modification time: a rewritten file is read again)."""
+    return load_to_sample(checkpoint_or_shipped(path), device, precision)
 
 
 def open_model(path, cfg):
@@ -158,8 +142,7 @@ def denoising(model, sampling, digit, progress=None):
             frames.append((np.concatenate([picture(step.x.clamp(-1, 1), 4, 1), picture(x0, 4, 1)], axis=1),
                            "finished digits" if step.t < 0 else f"t = {step.t:.3g}: x_t (left), predicted x0 (right)"))
 
-    final = generate(model.net, model.diffusion, NUM, sampling, labels=model.labels(digit, NUM), batch_size=NUM,
-                     autocast=model.amp, callback=keep)
+    final = model.generate(NUM, digit_labels(model, digit, NUM), sampling, batch_size=NUM, callback=keep)
     return picture(final, 4), frames
 
 
@@ -191,14 +174,12 @@ def drawing_to_digit(sketch):
 
 
 def edit_setup(model, image, digit, seed):
-    """For EDITS edits of a (1, 28, 28) uint8 image toward `digit` (as inference.Job does for one):
+    """For EDITS edits of a (1, 28, 28) uint8 image toward `digit` (as inference.py edits one):
     (the image, repeated in [-1, 1]; the model's sampling with `seed`; denoise; the noise; its generator)."""
-    image = to_model_range(image[None]).to(model.diffusion.device).repeat(EDITS, 1, 1, 1)
+    image = to_model_range(image[None]).to(model.device).repeat(EDITS, 1, 1, 1)
     sampling = replace(model.sampling, seed=int(seed))
-    generator = torch.Generator(device=image.device).manual_seed(sampling.seed)
-    noise = torch.randn(image.shape, generator=generator, device=image.device)
-    denoise = make_denoiser(model.net, model.diffusion, model.labels(digit, EDITS, every=False), sampling.guidance,
-                            sampling.guidance_interval, model.amp)
+    noise, generator = model.noise(image.shape, sampling)
+    denoise = model.denoiser(digit_labels(model, digit, EDITS, every=False), sampling)
     return image, sampling, denoise, noise, generator
 
 
@@ -320,7 +301,7 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
             m = open_model(path.strip(), cfg)
         except UserError as err:
             raise UserError(f"{err}; the page keeps {current}") from None
-        return (m.path, m.about(), *choices(m))
+        return (str(m.path), summary(m), *choices(m))
 
     @in_page
     def on_generate(path, digit, sampler, steps, guidance, seed, progress=gr.Progress()):
@@ -370,10 +351,10 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
     conditional = bool(model.net.config.num_classes)
     digits = dict(choices=["any", *model.classes], value="any", label="digit", visible=conditional)
     with gr.Blocks(title="Diffusion playground", delete_cache=(3600, 3600)) as page:  # files older than an hour
-        path, frames, draws = gr.State(model.path), gr.State([]), gr.State(0)  # draws: test digits shown
-        about = gr.Markdown(model.about(full_path=can_load), elem_id="about")
+        path, frames, draws = gr.State(str(model.path)), gr.State([]), gr.State(0)  # draws: test digits shown
+        about = gr.Markdown(summary(model, full_path=can_load), elem_id="about")
         with gr.Row(visible=can_load):
-            box = gr.Textbox(model.path if can_load else "", label="checkpoint", scale=5, elem_id="checkpoint")
+            box = gr.Textbox(str(model.path) if can_load else "", label="checkpoint", scale=5, elem_id="checkpoint")
             load_button = gr.Button("Load", scale=1, elem_id="load")
         with gr.Tab("Generate", elem_id="tab-generate"):
             with gr.Row():

@@ -17,14 +17,13 @@ from pathlib import Path
 import torch
 
 from diffusion.config import SamplingConfig
-from diffusion.pipeline import every_digit, generate
+from diffusion.pipeline import every_digit
 from models.classifier import load_classifier
-from models.load import checkpoint_or_shipped, load_guide, load_model, results_path
+from models.load import checkpoint_or_shipped, load_to_sample, results_path
 from models.unet import UNet
 from utils.config import OUTPUT_DIR, EvalConfig
-from utils.data import to_model_range
-from utils.datasets import checkpoint_data
-from utils.device import autocast, resolve_precision, sampling_batch_size, select_device, set_cpu_threads
+from utils.datasets import checkpoint_data, to_model_range
+from utils.device import sampling_batch_size, select_device, set_cpu_threads
 from utils.errors import exit_on_user_error
 from utils.flags import from_args, parse_flags
 from utils.metrics import evaluate_samples
@@ -71,14 +70,10 @@ def main(argv=None, make_model=UNet):
         samples, name = to_model_range(train_images[picks]), f"real train ({cfg.num_samples})"
         out = Path(cfg.out or f"{OUTPUT_DIR}/eval_real{'' if dataset == 'mnist' else '_' + dataset}_n{cfg.num_samples}.json")
     else:
-        model, diffusion = load_model(ckpt, path, True, device, make_model)
-        sampling = sampling.for_model(diffusion.config, typed)  # a few-step model's own steps
-        requested = every_digit(cfg.num_samples, model.config.num_classes, device)  # None if unconditional
-        amp_dtype = resolve_precision(cfg.precision, device)
-        samples = generate(model, diffusion, cfg.num_samples, sampling, labels=requested,
-                           batch_size=cfg.batch_size or sampling_batch_size(device),
-                           autocast=lambda: autocast(device, amp_dtype),
-                           guide=load_guide(sampling.guide_model, ckpt, path, model))
+        loaded = load_to_sample((ckpt, path), device, cfg.precision, True, sampling, typed, make_model)
+        sampling = loaded.sampling  # a few-step model's own steps
+        requested = every_digit(cfg.num_samples, loaded.net.config.num_classes, device)  # None if unconditional
+        samples = loaded.generate(cfg.num_samples, requested, batch_size=cfg.batch_size or sampling_batch_size(device))
         name = sampling.describe(requested is not None)
         out = Path(cfg.out or results_path(path, f".eval_{tag(sampling)}_n{cfg.num_samples}.json"))
     sample_seconds = time.perf_counter() - start

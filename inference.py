@@ -13,51 +13,25 @@ and shows the figure when a display is available (never with --no_show).
 """
 import sys
 import time
-from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from diffusion.config import SamplingConfig
 from diffusion.inpainting import MASKS, inpaint, named_mask
 from diffusion.interpolation import slerp, soft_labels
-from diffusion.pipeline import every_digit, generate, make_denoiser, sampling_times
-from diffusion.processes import Process
+from diffusion.pipeline import every_digit, sampling_times
 from diffusion.samplers import sample
 from diffusion.sdedit import sdedit
-from models.load import checkpoint_or_shipped, class_names, load_guide, load_model
+from models.load import checkpoint_or_shipped, load_to_sample
 from utils.config import InferenceConfig
-from utils.data import to_model_range
-from utils.datasets import checkpoint_data, read_image
-from utils.device import autocast, resolve_precision, select_device, set_cpu_threads
+from utils.datasets import checkpoint_data, read_image, to_model_range
+from utils.device import set_cpu_threads
 from utils.errors import UserError, ensure_writable, exit_on_user_error
 from utils.flags import from_args, parse_flags
 from utils.plotting import can_show, save_gif, save_grid, spread, step_figure
 
 CONFIGS = (InferenceConfig, SamplingConfig)
-
-
-@dataclass
-class Job:
-    """What every kind of run shares: the options, the network, its process and the autocast context."""
-    cfg: InferenceConfig
-    sampling: SamplingConfig
-    model: torch.nn.Module
-    diffusion: Process
-    amp: Callable
-    guide: torch.nn.Module = None     # autoguidance's weaker network (--guide_model), or None
-
-    def denoiser(self, labels):
-        """denoise(x_t, t) with the sampling's guidance, toward `labels` (None: unconditional)."""
-        s = self.sampling
-        return make_denoiser(self.model, self.diffusion, labels, s.guidance, s.guidance_interval, self.amp, self.guide)
-
-    def noise(self, shape):
-        """(the starting noise, the generator that drew it and draws the rest), from --seed."""
-        generator = torch.Generator(device=self.diffusion.device).manual_seed(self.sampling.seed)
-        return torch.randn(shape, generator=generator, device=self.diffusion.device), generator
 
 
 def labels_for(cfg, model_cfg, device, classes):
@@ -85,22 +59,17 @@ def labels_for(cfg, model_cfg, device, classes):
 
 def main(argv=None):
     args, typed = parse_flags("Sample images from a trained diffusion model.", CONFIGS, argv)
-    cfg, sampling = from_args(InferenceConfig, args), from_args(SamplingConfig, args)
-    device = select_device(cfg.device)
+    cfg = from_args(InferenceConfig, args)
     set_cpu_threads()
-    amp_dtype = resolve_precision(cfg.precision, device)
-    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
-    model, diffusion = load_model(ckpt, path, cfg.use_ema, device)
-    sampling = sampling.for_model(diffusion.config, typed)  # a few-step model's own steps
-    classes = class_names(ckpt)
-    labels, nrow = labels_for(cfg, model.config, device, classes)
-    job = Job(cfg, sampling, model, diffusion, partial(autocast, device, amp_dtype),
-              load_guide(sampling.guide_model, ckpt, path, model))
+    loaded = load_to_sample(checkpoint_or_shipped(cfg.checkpoint_path), cfg.device, cfg.precision, cfg.use_ema,
+                            from_args(SamplingConfig, args), typed)
+    sampling, device, classes = loaded.sampling, loaded.device, loaded.classes
+    labels, nrow = labels_for(cfg, loaded.net.config, device, classes)
     num = len(labels) if labels is not None else cfg.num_samples
-    timesteps = sampling_times(sampling, diffusion)  # bad --steps refused before anything is written
+    timesteps = sampling_times(sampling, loaded.diffusion)  # bad --steps refused before anything is written
     ensure_writable(cfg.output_dir, Path(cfg.gif).parent if cfg.gif else cfg.output_dir)
     if cfg.interpolate:
-        return interpolation(job, labels)
+        return interpolation(cfg, loaded, labels)
 
     # the steps to keep: columns of the figure, and frames of the GIF
     shown = spread(timesteps, cfg.figure_steps) | {-1}
@@ -117,12 +86,12 @@ def main(argv=None):
 
     requested = labels if cfg.digit else None  # editing and inpainting go toward a class only if asked
     if cfg.inpaint:
-        final = inpainting(job, ckpt, requested, num, keep)
+        final = inpainting(cfg, loaded, requested, num, keep)
     elif cfg.image:
-        final = editing(job, requested, num, keep)
+        final = editing(cfg, loaded, requested, num, keep)
     else:
-        final = generate(model, diffusion, num, sampling, labels=labels, batch_size=num, autocast=job.amp,
-                         batch_flag="--num_samples", callback=lambda first, step: keep(step), guide=job.guide)
+        final = loaded.generate(num, labels, batch_size=num, callback=lambda first, step: keep(step),
+                                batch_flag="--num_samples")
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
@@ -142,31 +111,32 @@ def main(argv=None):
     return final
 
 
-def editing(job, labels, num, keep):
-    """SDEdit of --image, `num` times with different noise (toward --digit if given); writes
-    editing.png: the image, then its edits."""
-    cfg, net = job.cfg, job.model.config
-    image = to_model_range(read_image(cfg.image, net.image_size, net.in_channels)[None]).to(job.diffusion.device)
+def editing(cfg, loaded, labels, num, keep):
+    """SDEdit of --image by `loaded` (a models.load.Loaded), `num` times with different noise (toward
+    --digit if given); writes editing.png: the image, then its edits."""
+    net = loaded.net.config
+    image = to_model_range(read_image(cfg.image, net.image_size, net.in_channels)[None]).to(loaded.device)
     image = image.repeat(num, 1, 1, 1)
-    noise, generator = job.noise(image.shape)
+    noise, generator = loaded.noise(image.shape)
     try:
-        final = sdedit(job.denoiser(labels), job.diffusion, image, noise, job.sampling, cfg.strength, generator, keep)
+        final = sdedit(loaded.denoiser(labels), loaded.diffusion, image, noise, loaded.sampling, cfg.strength,
+                       generator, keep)
     except ValueError as err:
         raise UserError(f"--strength {cfg.strength:g}: {err}; raise --strength or --steps") from None
     save_grid(torch.cat([image[:1], final]), Path(cfg.output_dir) / "editing.png", nrow=num + 1)
     return final
 
 
-def inpainting(job, ckpt, labels, num, keep):
+def inpainting(cfg, loaded, labels, num, keep):
     """Complete `num` images (test images, or --image) outside the --inpaint mask; writes
     inpainting.png: the originals, the masked inputs (the unknown region grey), the completions."""
-    cfg, size, channels = job.cfg, job.model.config.image_size, job.model.config.in_channels
+    size, channels = loaded.net.config.image_size, loaded.net.config.in_channels
     if cfg.image:
         images = read_image(cfg.image, size, channels)[None].repeat(num, 1, 1, 1)
     else:
-        test = checkpoint_data(ckpt, False, cfg.data_dir)[1].images
-        images = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(job.sampling.seed))[:num]]
-    known = to_model_range(images).to(job.diffusion.device)
+        test = checkpoint_data(loaded.ckpt, False, cfg.data_dir)[1].images
+        images = test[torch.randperm(len(test), generator=torch.Generator().manual_seed(loaded.sampling.seed))[:num]]
+    known = to_model_range(images).to(loaded.device)
     if cfg.inpaint in MASKS:
         mask = named_mask(cfg.inpaint, size)
     elif Path(cfg.inpaint).is_file():
@@ -174,22 +144,22 @@ def inpainting(job, ckpt, labels, num, keep):
     else:
         raise UserError(f"--inpaint {cfg.inpaint!r}: give one of {', '.join(MASKS)}, or a PNG mask file")
     mask = mask.to(known.device)
-    noise, generator = job.noise(known.shape)
-    final = inpaint(job.denoiser(labels), job.diffusion, known, mask, noise, job.sampling, generator, cfg.resample,
-                    keep)
+    noise, generator = loaded.noise(known.shape)
+    final = inpaint(loaded.denoiser(labels), loaded.diffusion, known, mask, noise, loaded.sampling, generator,
+                    cfg.resample, keep)
     save_grid(torch.cat([known, known * mask, final]), Path(cfg.output_dir) / "inpainting.png", nrow=len(known))
     return final
 
 
-def interpolation(job, labels, rows=4):
+def interpolation(cfg, loaded, labels, rows=4):
     """--interpolate N: `rows` rows of N frames, decoded at eta 0 with the same noise and labels
     per frame: between two noises (spherically), or with --between A B between two classes at one
     noise. Writes interpolation.png and interpolation.gif."""
-    cfg, net, device = job.cfg, job.model.config, job.diffusion.device
+    net, device = loaded.net.config, loaded.device
     n = cfg.interpolate
     weights = torch.linspace(0, 1, n, dtype=torch.float64)
     shape = (rows, net.in_channels, net.image_size, net.image_size)
-    start, generator = job.noise(shape)
+    start, generator = loaded.noise(shape)
     end = torch.randn(shape, generator=generator, device=device)
     if cfg.between:
         if not net.num_classes or max(cfg.between) >= net.num_classes:
@@ -201,8 +171,8 @@ def interpolation(job, labels, rows=4):
         if labels is None or len(labels) < rows:  # one class per row: --digit's, or every class in turn
             labels = every_digit(rows, net.num_classes, device)
         labels = labels[:rows].repeat_interleave(n) if labels is not None else None
-    final = sample(job.sampling.sampler, job.denoiser(labels), job.diffusion, noise, job.sampling.steps, 0.0,
-                   grid=job.sampling.grid)
+    final = sample(loaded.sampling.sampler, loaded.denoiser(labels), loaded.diffusion, noise, loaded.sampling.steps,
+                   0.0, grid=loaded.sampling.grid)
     out = Path(cfg.output_dir)
     save_grid(final, out / "interpolation.png", nrow=n)
     save_gif([final[i::n].cpu() for i in range(n)], out / "interpolation.gif", nrow=rows)

@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from diffusion.likelihood import ode_log_likelihood, vdm_decoder_log_likelihood
-from models.load import checkpoint_or_shipped, load_model, results_path
+from models.load import checkpoint_or_shipped, load_to_sample, results_path
 from utils.config import LikelihoodConfig
-from utils.data import to_model_range
-from utils.datasets import checkpoint_data
-from utils.device import select_device, set_cpu_threads
+from utils.datasets import checkpoint_data, to_model_range
+from utils.device import set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
 from utils.flags import from_args, parse_flags
 from utils.memory import check_batch
@@ -100,10 +99,9 @@ def ode_bits(cfg, diffusion, codes, generator, predict_eps):
 def main(argv=None):
     args, _ = parse_flags(__doc__.splitlines()[0], CONFIGS, argv)
     cfg = from_args(LikelihoodConfig, args)
-    device = select_device(cfg.device)
     set_cpu_threads()
-    ckpt, path = checkpoint_or_shipped(cfg.checkpoint_path)
-    model, diffusion = load_model(ckpt, path, True, device)
+    loaded = load_to_sample(checkpoint_or_shipped(cfg.checkpoint_path), cfg.device, "fp32")
+    ckpt, path, model, diffusion, device = loaded.ckpt, loaded.path, loaded.net, loaded.diffusion, loaded.device
     process = diffusion.config.process
     bound_wanted = cfg.method in ("both", "bound")
     if bound_wanted and diffusion.bound is None:

@@ -29,10 +29,11 @@ from models.load import diffusion_config, refuse_shipped
 from models.unet import UNet, count_parameters
 from training.batches import Batches, fit_batch
 from training.budget import planned_steps, repeat_flags, time_steps
-from training.distill import check_teacher, start_from_teacher, student_configs, teacher_pairs
+from training.distill import Student
+from training.ema import ema_rate
 from training.log import Log, Progress
 from training.posthoc import PostHocEMA
-from training.schedule import ema_rate, learning_rate
+from training.schedule import learning_rate
 from training.state import RunState
 from training.step import BadSteps, make_optimizer, make_step
 from utils import distributed
@@ -60,7 +61,7 @@ def main(argv=None, make_model=UNet):
 
 def train(argv, make_model):
     start = time.perf_counter()
-    cfg, model_cfg, diffusion_cfg, ckpt, typed = resolve_configs(argv)
+    cfg, model_cfg, diffusion_cfg, ckpt, typed, student = resolve_configs(argv)
     stop = catch_signals()  # preemption or Ctrl-C: finish the step, save, exit (the teacher's pairs: the batch)
 
     # ---- setup: devices, data, model, optimizer, length ----------------------------------------------
@@ -75,14 +76,12 @@ def train(argv, make_model):
     out_dir = Path(cfg.output_dir)
     if is_main:
         ensure_writable(out_dir, Path(cfg.checkpoint_path).parent)
-    data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device,
+    data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device, student,
                                     partial(autocast, device, amp_dtype), start, stop)
-    if data is None:  # a signal while the teacher made its pairs: nothing saved, the next run makes them
-        exit_on_signal(stop["signal"] or signal.SIGTERM, "stopped making the teacher's pairs; nothing saved")
     cfg = dataclasses.replace(cfg, batch_size=fit_batch(cfg.batch_size, len(data.images), world_size, cfg.dataset))
     model, diffusion = make_model(model_cfg).to(device), make_process(diffusion_cfg, device)
     batches = Batches(data, cfg, rank, world_size, diffusion, model_cfg.null_label if model_cfg.num_classes else None)
-    state = new_state(model, cfg, ckpt, amp_dtype, graphed, world_size)
+    state = new_state(model, cfg, ckpt, amp_dtype, graphed, world_size, student)
     step_fn = make_step(state, diffusion, amp_dtype, cfg.grad_clip, batches.get(state.step), graphed)
     plan = planned_steps(cfg, batches.steps_per_epoch, lambda: time_steps(step_fn, batches, state, device),
                          time.perf_counter() - start, state.step, start)
@@ -131,14 +130,14 @@ def train(argv, make_model):
     finish(log, state, world_size, start, cfg, lock, plan)
 
 
-def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size):
+def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size, student):
     """The RunState of a fresh run, or of the checkpoint `ckpt` resumed: the model, its EMA copy,
     AdamW (capturable for a CUDA graph), the fp16 grad scaler, and the network the step calls
     (compiled with --compile, in DistributedDataParallel under torchrun)."""
     device = next(model.parameters()).device
     check_batch(model, cfg.batch_size // world_size, device, work=training_pass, what="training step")
-    if ckpt is None and cfg.teacher:  # a reflow student starts as its teacher (and so does its EMA)
-        start_from_teacher(cfg, model)
+    if ckpt is None and student:  # a reflow student starts as its teacher (and so does its EMA)
+        student.start(model)
     state = RunState(model, copy.deepcopy(model).eval().requires_grad_(False),
                      make_optimizer(model, cfg, device, capturable=graphed),
                      torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
@@ -160,22 +159,24 @@ def training_pass(net, x, t):
 
 
 def resolve_configs(argv):
-    """Configs from the flags, or from the checkpoint being resumed (plus flags typed now)."""
+    """Configs from the flags, or from the checkpoint being resumed (plus flags typed now), then the
+    checkpoint, the flags typed and the Student of a --teacher run (training/distill.py), else None."""
     args, typed = parse_flags("Train a diffusion model.", CONFIGS, argv)
     cfg = from_args(TrainConfig, args)
     refuse_shipped(cfg.checkpoint_path, Path(cfg.checkpoint_path))
-    if not (Path(cfg.checkpoint_path).exists() or cfg.checkpoint_path == "latest"):
-        if cfg.teacher:
-            return (*student_configs(cfg, args, typed), None, typed)
+    ckpt = source = None
+    if Path(cfg.checkpoint_path).exists() or cfg.checkpoint_path == "latest":
+        ckpt, source = load_checkpoint(cfg.checkpoint_path)
+        refuse_shipped(cfg.checkpoint_path, main_path(source))  # the file a folder or a link resolved to
+    student = Student.of(cfg, args, typed, ckpt, source)  # a student keeps its teacher; no run learns from itself
+    if ckpt is None:
+        if student:
+            return (*student.configs, None, typed, student)
         diffusion_cfg = from_args(DiffusionConfig, args)  # a shortcut model's network is told its steps' size
         refuse_flags_of_other_processes(diffusion_cfg, typed)
         model_cfg = from_args(ModelConfig, args, step_condition=PROCESSES[diffusion_cfg.process].takes_step)
-        return cfg, model_cfg, diffusion_cfg, None, typed
+        return cfg, model_cfg, diffusion_cfg, None, typed, None
 
-    ckpt, source = load_checkpoint(cfg.checkpoint_path)
-    refuse_shipped(cfg.checkpoint_path, main_path(source))  # the file a folder or a link resolved to
-    if "teacher" in typed:  # a student keeps its teacher; no run learns from itself
-        check_teacher(cfg.teacher, source, ckpt.get("train_config", {}))
     diffusion_cfg = diffusion_config(ckpt, source)
     saved = {**ckpt["model_config"], **dataclasses.asdict(diffusion_cfg)}
     process = {} if "process" in typed else {"process": diffusion_cfg.process}  # flags read as of the saved process
@@ -193,18 +194,20 @@ def resolve_configs(argv):
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
     refuse_flags_of_other_processes(diffusion_cfg, typed)
-    return cfg, ModelConfig(**ckpt["model_config"]), diffusion_cfg, ckpt, typed
+    return cfg, ModelConfig(**ckpt["model_config"]), diffusion_cfg, ckpt, typed, student
 
 
-def training_data(cfg, model_cfg, typed, device, amp, start, stop):
+def training_data(cfg, model_cfg, typed, device, student, amp, start, stop):
     """(the training images on `device`, the U-Net config shaped by them). typed: the flags typed
     for a fresh run, whose U-Net takes the images' size, channels and classes, attention at the
     smallest feature map and the data set's own defaults (DATASET_MODEL), each unless typed;
-    None when resuming, whose U-Net is the checkpoint's. With --teacher: the teacher's pairs,
-    made under `amp` within the budget that began at `start`, None if a signal in `stop` came first
-    (training/distill.py)."""
-    if cfg.teacher:
-        return teacher_pairs(cfg, device, amp, start, stop), model_cfg
+    None when resuming, whose U-Net is the checkpoint's. A reflow `student`'s: the teacher's pairs,
+    made under `amp` within the budget that began at `start`; a signal in `stop` first ends the run."""
+    if student:
+        pairs = student.pairs(cfg, device, amp, start, stop)
+        if pairs is None:  # nothing saved: the next run makes them
+            exit_on_signal(stop["signal"] or signal.SIGTERM, "stopped making the teacher's pairs; nothing saved")
+        return pairs, model_cfg
     given = {"image_size", "in_channels"} if typed is None else typed
     data = load_dataset(cfg.dataset, cfg.data_dir, train=True,
                         image_size=model_cfg.image_size if "image_size" in given else 0,

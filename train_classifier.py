@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from models.classifier import Classifier, classifier_path
 from utils.config import ClassifierConfig
-from utils.data import file_digest, to_model_range
-from utils.datasets import load_dataset
+from utils.datasets import load_dataset, to_model_range
 from utils.device import select_device, set_cpu_threads
 from utils.errors import UserError, exit_on_user_error
 from utils.flags import from_args, parse_flags
 from utils.metrics import classify
+from utils.mnist import file_digest
 
 CONFIGS = (ClassifierConfig,)
 

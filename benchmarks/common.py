@@ -4,10 +4,9 @@ import time
 
 import torch
 
-from models.load import checkpoint_or_shipped, load_model
-from utils.data import to_model_range
-from utils.datasets import checkpoint_data
-from utils.device import select_device, set_cpu_threads
+from models.load import checkpoint_or_shipped, load_to_sample
+from utils.datasets import checkpoint_data, to_model_range
+from utils.device import set_cpu_threads
 from utils.errors import UserError
 
 # diffusers' UNet2DModel as commonly configured for 28x28 MNIST: 4.0M parameters.
@@ -72,10 +71,9 @@ def bound_checkpoint(cfg, what, checkpoint_path=None, split="test"):
     (unless given here); the test images (split="train": the training images) in the order of
     `likelihood.py --seed S`, in the model's range on the device; what: the benchmark, for the
     one-line refusal of a process without a bound."""
-    device = select_device(cfg.device)
     set_cpu_threads()
-    ckpt, path = checkpoint_or_shipped(checkpoint_path or cfg.checkpoint_path)
-    model, process = load_model(ckpt, path, True, device)
+    loaded = load_to_sample(checkpoint_or_shipped(checkpoint_path or cfg.checkpoint_path), cfg.device)
+    ckpt, path, model, process = loaded.ckpt, loaded.path, loaded.net, loaded.diffusion
     if process.bound is None:
         raise UserError(f"{path} is a {process.config.process} model, which has no variational bound; {what} is "
                         "of a bound (vdm's or ddpm's)")

@@ -11,8 +11,7 @@ times a sampler visits, from the noise end (process.t_max) to the clean end (pro
 A grid asks a process only for t_max, t_min, lam(t), time_of_lam(lambda) and whether its times
 are the integer timesteps it was trained on (`discrete`, DDPM): a discrete process takes each
 time to its nearest timestep and keeps each once. One step is a jump from t_max to the data.
-A new grid is one function and one line in GRIDS (and, for the command line, its name in the
-choices of utils/config.py's --grid).
+A new grid is one function and one line in GRIDS, which --grid's choices are.
 """
 import math
 

@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from diffusion.config import SamplingConfig
+from diffusion.guidance import guided, net_output
 from diffusion.samplers import make_timesteps, sample
 from utils.errors import UserError
 from utils.memory import check_batch
@@ -21,46 +22,33 @@ def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.
     autoguidance (Karras et al. 2024).
 
     With labels and guidance w > 0 the conditional and unconditional (null-label) outputs come from
-    one batched forward pass and are combined as
+    one batched forward pass (diffusion/guidance.py) and are combined as
         out = cond + w * (cond - uncond)        (w = 0: plain conditional sampling)
-    which is the same in eps, x0 or v, since all three are affine in the output at fixed x_t. With a
-    `guide` network (a weaker model of the same data and process, e.g. an early EMA snapshot) the
-    guide's output toward the same labels takes the unconditional one's place, with or without labels:
+    With a `guide` network (a weaker model of the same data and process, e.g. an early EMA snapshot)
+    the guide's output toward the same labels takes the unconditional one's place, with or without labels:
         out = main + w * (main - guide)         (Karras et al. 2024's D_w with their w = 1 + ours)
     `interval` = (lo, hi) limits guidance to the steps whose time is that fraction of the way from
     the data to the noise (t / T for DDPM); the others are plain steps at half the cost
-    (Kynkaanniemi et al. 2024). The network sees the process's model_time(t), and a network with a
-    step condition (shortcut models) the size of the step to s, the time the sampler lands on next
+    (Kynkaanniemi et al. 2024). The network sees the process's model_time(t), and on a process that
+    takes_step (shortcut models) the size of the step to s, the time the sampler lands on next
     (s = -1, the data: time 0); without s, a step of size 0, the instantaneous field.
     """
     autocast = autocast or nullcontext
-    null_label, num_classes = model.config.null_label, model.config.num_classes
-
-    def network(net, x, t_batch, y, step):
-        return net(x, t_batch, y) if step is None else net(x, t_batch, y, step)
 
     def denoise(x, t, s=None):
         t_batch = diffusion.model_time(t, len(x), x.device)
-        step = None
-        if model.config.step_condition and s is not None:
-            step = diffusion.model_time(t - max(s, 0), len(x), x.device)
+        step = diffusion.model_time(t - max(s, 0), len(x), x.device) if diffusion.takes_step and s is not None else None
         with autocast():
             unguided = guidance == 0 or (labels is None and guide is None)
             if unguided or not interval[0] <= diffusion.fraction(t) <= interval[1]:
-                return network(model, x, t_batch, labels, step).float()
-            if guide is not None:
-                cond = network(model, x, t_batch, labels, step).float()
-                uncond = network(guide, x, t_batch, labels, step).float()
-                return cond + guidance * (cond - uncond)
-            null = torch.full_like(labels, null_label)
-            if labels.is_floating_point():  # mixed labels (interpolation): the null label's weights
-                null = torch.nn.functional.one_hot(torch.full((len(labels),), null_label), num_classes + 1).to(labels)
-            out = network(model, torch.cat([x, x]), torch.cat([t_batch, t_batch]), torch.cat([labels, null]),
-                          None if step is None else torch.cat([step, step])).float()
-        cond, uncond = out.chunk(2)
-        return cond + guidance * (cond - uncond)
+                return net_output(model, x, t_batch, labels, step).float()
+            if guide is None:
+                return guided(model, x, t_batch, labels, guidance, step)
+            cond = net_output(model, x, t_batch, labels, step).float()
+            uncond = net_output(guide, x, t_batch, labels, step).float()
+            return cond + guidance * (cond - uncond)
 
-    denoise.takes_step = model.config.step_condition
+    denoise.takes_step = diffusion.takes_step
     return denoise
 
 

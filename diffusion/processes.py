@@ -9,7 +9,9 @@ registry and its one factory.
 A new process is one class that keeps the contract `Process`: it subclasses GaussianProcess
 (diffusion/gaussian.py: targets, estimates, posterior, transition and loss from alpha and sigma) or,
 in continuous time, ContinuousProcess, and writes alpha_sigma64, derivatives, time_of_lam (and loss,
-if not the MSE to its target); then one line in PROCESSES; the samplers, the time grids, the training step and the tools then work on it.
+if not the MSE to its target) and its facts: name, about (its --help line), defaults (its prediction,
+weighting, training times, ...) and what it refuses (allowed, own_flags). Then one line in PROCESSES:
+--process offers it, and the samplers, the time grids, the training step and the tools work on it.
 """
 from typing import Protocol, runtime_checkable
 

@@ -25,6 +25,7 @@ import torch
 
 from diffusion.continuous import Flow
 from diffusion.gaussian import bcast
+from diffusion.guidance import guided
 from diffusion.weightings import weighted_loss
 
 LEVELS = 7  # jumps of 2d = 1, 1/2, ..., 1/64, each from two of d; d = 1/128 asks the flow (d = 0)
@@ -70,25 +71,15 @@ class Shortcut(Flow):
         half = size / 2
         smallest = half <= 2.0 ** -LEVELS
         d = torch.where(smallest, torch.zeros_like(half), half)
-        first = self.guided(net, x, t, y, d, smallest, amp)
-        second = self.guided(net, x - bcast(half, x.shape) * first, t - half, y, d, smallest, amp)
+        first = self.jump(net, x, t, y, d, smallest, amp)
+        second = self.jump(net, x - bcast(half, x.shape) * first, t - half, y, d, smallest, amp)
         return (first + second) / 2
 
-    def guided(self, net, x, t, y, d, where, amp):
-        """s(x, t, d), with classifier-free guidance w: s_c + w (s_c - s_null) on the rows `where`."""
+    def jump(self, net, x, t, y, d, where, amp):
+        """s(x, t, d), guided by w = config.bootstrap_guidance on the rows `where` (diffusion/guidance.py)."""
         w, n = self.config.bootstrap_guidance, len(x)
         t_in, d_in = self.model_time(t, n, x.device), self.model_time(d, n, x.device)
         with amp():
             if not w or y is None:
                 return net(x, t_in, y, d_in).float()
-            null = torch.full_like(y, net_null_label(net))
-            cond, uncond = net(torch.cat([x, x]), torch.cat([t_in, t_in]), torch.cat([y, null]),
-                               torch.cat([d_in, d_in])).float().chunk(2)
-        return cond + bcast(where * w, x.shape) * (cond - uncond)
-
-
-def net_null_label(net):
-    """The null label of a U-Net, or of one wrapped by DistributedDataParallel or torch.compile."""
-    for attr in ("module", "_orig_mod"):
-        net = getattr(net, attr, net)
-    return net.config.null_label
+            return guided(net, x, t_in, y, bcast(where * w, x.shape), d_in)

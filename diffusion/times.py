@@ -8,8 +8,7 @@ maps to its own times (process.time_at).
     logit_normal  sigmoid(n), n ~ N(0, 1): more times in the middle (Esser et al. 2024, section 3.1)
 
 The density of the times is a weighting of the loss as much as the weighting is (Kingma & Gao
-2023): a new distribution is one function and one line in TIMES (and, for the command line, its
-name in utils/config.py's T_SAMPLING).
+2023): a new distribution is one function and one line in TIMES, which --t_sampling's choices are.
 """
 import torch
 

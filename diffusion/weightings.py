@@ -16,8 +16,8 @@ error on eps (its eps_hat, clamped to the data range), so there `target` is the 
               (sigma^2 + s_d^2) / (sigma s_d)^2 on the x0 error, sigma = sigma_t / alpha_t
 
 A new weighting is one function of (process, t) returning a (B,) tensor on the device (or None for
-no weight) and one line in WEIGHTINGS; `CONTINUOUS_ONLY` names those that need d/dt. For the
-command line its name also joins utils/config.py's WEIGHTINGS (a test keeps the two the same).
+no weight) and one line in WEIGHTINGS, which --weighting's choices are; `CONTINUOUS_ONLY` names
+those that need d/dt (a discrete process refuses them).
 """
 import torch
 

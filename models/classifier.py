@@ -16,8 +16,8 @@ from torch import nn
 
 from utils.checkpoint import load_weights
 from utils.config import CHECKPOINT_DIR
-from utils.data import file_digest
 from utils.errors import UserError
+from utils.mnist import file_digest
 
 WEIGHTS = Path(__file__).resolve().parent / "weights" / "mnist_classifier.pt"
 WEIGHTS_SHA256 = "2b7c4132916f6f85e7d7fe82049e795c35b54babab86fa969cadc831b046b7e9"

@@ -1,14 +1,19 @@
-"""A trained network and its diffusion process, from a loaded checkpoint; the shipped model."""
+"""A trained network and its process, from a loaded checkpoint; a checkpoint loaded to sample; the shipped model."""
 import sys
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 
-from diffusion.config import DiffusionConfig
-from diffusion.processes import make_process
+from diffusion.config import DiffusionConfig, SamplingConfig
+from diffusion.pipeline import generate, make_denoiser
+from diffusion.processes import Process, make_process
 from models.unet import UNet
 from utils.checkpoint import load_checkpoint, load_weights, migrate
 from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, ModelConfig
+from utils.device import autocast, resolve_precision, select_device
 from utils.errors import UserError
 
 # The default MNIST model, trained by `python train.py` on its defaults: EMA weights only, in a
@@ -24,6 +29,48 @@ def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
     model = make_model(ModelConfig(**ckpt["model_config"]))
     load_weights(model, ckpt["ema" if use_ema else "model"], path)
     return model.to(device).eval(), make_process(diffusion_config(ckpt, path), device)
+
+
+@dataclass(eq=False)  # hashed by identity: demo.py caches by it
+class Loaded:
+    """A checkpoint loaded to sample: its network and process, how it samples unless told, with what."""
+    ckpt: dict
+    path: Path                  # the file it came from
+    net: torch.nn.Module        # in eval mode on `device`
+    diffusion: Process
+    device: torch.device
+    amp: Callable               # amp(): the autocast context of --precision
+    sampling: SamplingConfig    # its default sampling: a few-step model's own for the flags not typed
+    guide: torch.nn.Module      # autoguidance's weaker network (--guide_model), or None
+    classes: tuple              # the names of its labels (class_names)
+
+    def generate(self, num, labels=None, sampling=None, batch_size=1000, callback=None, batch_flag="--batch_size"):
+        """diffusion.pipeline.generate by this model, with its sampling unless `sampling` is given."""
+        return generate(self.net, self.diffusion, num, sampling or self.sampling, labels=labels, batch_size=batch_size,
+                        autocast=self.amp, callback=callback, batch_flag=batch_flag, guide=self.guide)
+
+    def denoiser(self, labels, sampling=None):
+        """denoise(x_t, t) with the sampling's guidance, toward `labels` (None: unconditional)."""
+        s = sampling or self.sampling
+        return make_denoiser(self.net, self.diffusion, labels, s.guidance, s.guidance_interval, self.amp, self.guide)
+
+    def noise(self, shape, sampling=None):
+        """(the starting noise, the generator that drew it and draws the rest), from the sampling's seed."""
+        generator = torch.Generator(device=self.device).manual_seed((sampling or self.sampling).seed)
+        return torch.randn(shape, generator=generator, device=self.device), generator
+
+
+def load_to_sample(checkpoint, device="auto", precision="auto", use_ema=True, sampling=None, typed=(), make_model=UNet):
+    """`checkpoint`, the (dict, file) of load_checkpoint or checkpoint_or_shipped, loaded to sample on --device in
+    --precision by its EMA or raw weights; `sampling` (None: the default) takes a few-step model's own defaults
+    for the flags not `typed`, and its guide_model is loaded (load_guide)."""
+    ckpt, path = checkpoint
+    device = select_device(device)
+    net, diffusion = load_model(ckpt, path, use_ema, device, make_model)
+    sampling = (sampling or SamplingConfig()).for_model(diffusion.config, typed)
+    amp = partial(autocast, device, resolve_precision(precision, device))
+    guide = load_guide(sampling.guide_model, ckpt, path, net)
+    return Loaded(ckpt, path, net, diffusion, device, amp, sampling, guide, class_names(ckpt))
 
 
 def diffusion_config(ckpt, path):

@@ -40,7 +40,7 @@ def the_checkout_stays_clean():
 @pytest.fixture(scope="session")
 def mnist_dir():
     """The real MNIST, fetched once per test session into the project's default data folder."""
-    from utils.data import ensure_mnist
+    from utils.mnist import ensure_mnist
     ensure_mnist(ROOT / "data")
     return str(ROOT / "data")
 

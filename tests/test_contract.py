@@ -18,6 +18,7 @@ from diffusion.pipeline import generate
 from diffusion.processes import PROCESSES, Process, make_process
 from diffusion.samplers import SAMPLERS
 from models.unet import UNet
+from test_train import exit_code
 from test_unet import SMALL
 from training.state import RunState
 from training.step import make_optimizer, make_step
@@ -101,14 +102,16 @@ WITH_EDM = ("import runpy, sys; sys.path.insert(0, 'tests'); import diffusion.pr
             "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
-def test_a_new_process_trains_and_samples_from_the_command_line(tmp_path, mnist_dir):
-    help_text = run_script("-c", WITH_EDM, "train.py", "--help")
-    words = " ".join(help_text.stdout.split())
-    assert help_text.returncode == 0 and "edm (the sigma schedule of Karras et al. 2022" in words
-    assert "--process {ddpm,vdm,flow,shortcut,edm}" in words
+def test_a_new_process_trains_and_samples_from_the_command_line(tmp_path, mnist_dir, monkeypatch, capsys):
+    import train
+    monkeypatch.setitem(processes.PROCESSES, EDMSchedule.name, EDMSchedule)
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    words = " ".join(capsys.readouterr().out.split())
+    assert "edm (the sigma schedule of Karras et al. 2022" in words and "--process {ddpm,vdm,flow,shortcut,edm}" in words
     ck = tmp_path / "edm"
     trained = run_script("-c", WITH_EDM, "train.py", "--process", "edm", "--total_steps", "2", *TINY_MODEL,
-                         "--data_dir", mnist_dir, "--batch_size", "16", "--num_grid_samples", "4",
+                         "--data_dir", mnist_dir, "--batch_size", "16", "--num_grid_samples", "0",
                          "--checkpoint_path", ck, "--output_dir", tmp_path / "out", timeout=300)
     assert trained.returncode == 0, trained.stderr[-2000:]
     saved = load_checkpoint(ck)[0]["diffusion_config"]
@@ -118,8 +121,9 @@ def test_a_new_process_trains_and_samples_from_the_command_line(tmp_path, mnist_
                          "3", "--no_show", "--output_dir", tmp_path / "inf", timeout=300)
     assert sampled.returncode == 0, sampled.stderr[-2000:]
     assert (tmp_path / "inf" / "samples.png").stat().st_size > 0
-    unknown = run_script("train.py", "--process", "edm", "--checkpoint_path", tmp_path / "x")
-    assert unknown.returncode == 2 and "invalid choice: 'edm'" in unknown.stderr
+    monkeypatch.delitem(processes.PROCESSES, EDMSchedule.name)
+    code, err = exit_code(train.main, ["--process", "edm", "--checkpoint_path", str(tmp_path / "x")], capsys)
+    assert code == 2 and "invalid choice: 'edm'" in err
 
 
 @pytest.mark.parametrize("num_timesteps", [5, 50, 1000])

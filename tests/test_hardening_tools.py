@@ -3,6 +3,7 @@ to count, an unwritable checkpoint folder, the demo without Gradio, and the benc
 give one line and exit code 2, before any work and without writing a file."""
 import errno
 import os
+import runpy
 import sys
 
 import pytest
@@ -12,7 +13,7 @@ import evaluate
 import inference
 import train
 from benchmarks import time_to_quality
-from conftest import TINY_MODEL, run_script
+from conftest import TINY_MODEL
 from models.load import SHIPPED_MODEL
 from test_train import exit_code
 from utils import checkpoint
@@ -126,7 +127,11 @@ def test_time_to_quality_measures_the_floor_on_the_data_given_to_train(train_arg
     ("train_throughput", ["--steps", "0"], "--steps must be at least 1"),
     ("gpu_step_check", ["--steps", "0"], "--steps must be at least 1"),
 ])
-def test_the_benchmarks_refuse_bad_flags_in_one_line(module, argv, message):
-    result = run_script("-m", f"benchmarks.{module}", *argv)
-    assert result.returncode == 2 and message in result.stderr, result.stderr
-    assert len(error_lines(result.stderr)) == 1 and result.stderr.strip().splitlines()[-1].startswith("error:")
+def test_the_benchmarks_refuse_bad_flags_in_one_line(module, argv, message, monkeypatch, capsys):
+    """As `python -m benchmarks.MODULE ARGS` runs it (its __main__ block), in this process."""
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    with pytest.raises(SystemExit) as exit:
+        runpy.run_module(f"benchmarks.{module}", run_name="__main__")
+    stderr = capsys.readouterr().err
+    assert exit.value.code == 2 and message in stderr, stderr
+    assert len(error_lines(stderr)) == 1 and stderr.strip().splitlines()[-1].startswith("error:")

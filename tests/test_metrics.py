@@ -7,9 +7,10 @@ import torch
 
 import evaluate
 from models.classifier import WEIGHTS, load_classifier
-from utils.data import load_mnist, to_model_range
+from utils.datasets import to_model_range
 from utils.errors import UserError
 from utils.metrics import class_statistics, classify, fid_kid, memorisation, precision_recall
+from utils.mnist import load_mnist
 
 
 def gaussian_features(n=2000, shift=0.0, seed=0):

@@ -11,8 +11,7 @@ from benchmarks.common import bound_checkpoint
 from conftest import TINY_MODEL
 from diffusion.likelihood import vdm_bound_terms
 from test_train import exit_code
-from utils.data import to_model_range
-from utils.datasets import load_dataset
+from utils.datasets import load_dataset, to_model_range
 
 
 @pytest.fixture(scope="module")

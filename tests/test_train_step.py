@@ -9,7 +9,7 @@ import torch
 from diffusion.config import DiffusionConfig
 from diffusion.ddpm import DDPM
 from models.unet import UNet
-from training.schedule import update_ema
+from training.ema import update_ema
 from training.state import RunState
 from training.step import make_optimizer, nan_batch, one_step
 from utils.config import ModelConfig, TrainConfig

@@ -56,7 +56,7 @@ def test_the_label_changes_the_output_and_the_null_label_is_the_unconditional_on
 
 def test_label_dropout_in_training_uses_the_null_label(mnist_dir):
     from utils.config import TrainConfig
-    from utils.data import load_mnist
+    from utils.mnist import load_mnist
     images, labels = load_mnist(mnist_dir, train=True)
     cfg = TrainConfig(batch_size=256, p_uncond=0.5, epochs=1)
     batches = Batches(Data(images.unsqueeze(1), labels, ()), cfg, rank=0, world_size=1,

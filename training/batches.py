@@ -8,7 +8,7 @@ import sys
 
 import torch
 
-from utils.data import to_model_range
+from utils.datasets import to_model_range
 from utils.errors import UserError
 
 GRID_SEED = 1234        # the fixed noise of the per-epoch sample grids, the same at every epoch

@@ -32,10 +32,10 @@ from models.load import class_names, load_model
 from utils import distributed
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights, main_path, write_failure
 from utils.config import ModelConfig
-from utils.data import file_digest
 from utils.datasets import Data
 from utils.errors import UserError
 from utils.memory import USABLE, free_bytes
+from utils.mnist import file_digest
 
 TEACHER_SAMPLING = SamplingConfig(eta=0.0)  # the default sampler as an ODE: one digit per noise
 STUDENT_STEPS = 2                            # the student's default steps (inference.py --steps to change)
@@ -43,6 +43,33 @@ PAIR_SHARE = 0.4                             # of a --minutes budget, at most, f
 PAIR_SEED = 2 ** 30                          # the pairs' noise: from --seed + PAIR_SEED
 PAIR_BATCH = 250                             # pairs made per batch
 STUDENT_FLAGS = ("t_sampling", "weighting", "min_snr_gamma")  # the DiffusionConfig flags a flow student takes
+
+
+@dataclasses.dataclass
+class Student:
+    """A --teacher run as train.py sees it, through Student.of (its one call into this file): a fresh
+    student's configs, then the run's data (pairs) and a fresh student's first weights (start)."""
+    configs: tuple = None  # a fresh student's (TrainConfig, ModelConfig, DiffusionConfig); None: resumed
+
+    @classmethod
+    def of(cls, cfg, args, typed, ckpt=None, source=None):
+        """The Student of a run with a teacher, else None: a fresh one (ckpt None) with its teacher's
+        configs; one resuming the checkpoint `ckpt` from `source` keeps its teacher (check_teacher)."""
+        if ckpt is None:
+            return cls(student_configs(cfg, args, typed)) if cfg.teacher else None
+        saved = ckpt.get("train_config", {})
+        if "teacher" in typed:
+            check_teacher(cfg.teacher, source, saved)
+        return cls() if saved.get("teacher") else None
+
+    def pairs(self, cfg, device, amp, start, stop):
+        """The run's data, the teacher's pairs (teacher_pairs); None if a signal came first."""
+        return teacher_pairs(cfg, device, amp, start, stop)
+
+    def start(self, model):
+        """A fresh student's first weights (and so its EMA's): its teacher's EMA."""
+        ckpt, source = load_checkpoint(self.configs[0].teacher)
+        load_weights(model, ckpt["ema"], source)
 
 
 def student_configs(cfg, args, typed):
@@ -78,13 +105,6 @@ def check_teacher(teacher, source, saved):
         raise UserError(f"{source} was trained without a --teacher; train a student into another --checkpoint_path")
     raise UserError(f"{source} is the student of {saved['teacher']}; --teacher {teacher or repr('')} is another file "
                     "(resume without --teacher, or train a new student into another --checkpoint_path)")
-
-
-def start_from_teacher(cfg, *models):
-    """The student's first weights (and its EMA's): the teacher's EMA."""
-    ckpt, source = load_checkpoint(cfg.teacher)
-    for model in models:
-        load_weights(model, ckpt["ema"], source)
 
 
 def pairs_path(cfg):

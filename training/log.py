@@ -10,8 +10,7 @@ from diffusion.config import SamplingConfig
 from diffusion.pipeline import generate
 from models.classifier import load_classifier
 from training.batches import GRID_SEED, QUICK_FID_SEED
-from utils.data import to_model_range
-from utils.datasets import load_dataset
+from utils.datasets import load_dataset, to_model_range
 from utils.device import sampling_batch_size
 from utils.errors import UserError
 from utils.metrics import class_statistics, classify, fid_kid

@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from training.schedule import update_ema
+from training.ema import update_ema
 from utils.errors import UserError
 
 SIGMA_RELS = (0.05, 0.10)     # the two profiles kept (EDM2's)

@@ -1,15 +1,11 @@
-"""The two schedules of a run, each a function of the step alone: the learning rate and the EMA rate.
+"""The learning rate of a run, a function of the step alone (the EMA's rate is in training/ema.py).
 
-LR: a linear warmup from 1% of --lr to --lr over --warmup_steps, then a cosine decay to 1% of --lr
+A linear warmup from 1% of --lr to --lr over --warmup_steps, then a cosine decay to 1% of --lr
 at total_steps (Loshchilov & Hutter 2017, SGDR without restarts):
     lr(s) = lr_min + (lr_init - lr_min) s / W                                   s < W
     lr(s) = lr_min + 1/2 (lr - lr_min) (1 + cos(pi (s - W) / (S - W)))          W <= s < S
-EMA: ema <- ema + rate (model - ema) after each step, with rate = 1 - decay and a decay that
-warms up as 1 - (1 + s)^(-2/3) until it reaches --ema_decay (the warmup of timm's ModelEmaV3).
 """
 import math
-
-import torch
 
 LR_FLOOR = 0.01  # the LR starts and ends at this fraction of --lr
 
@@ -24,23 +20,6 @@ def learning_rate(step, cfg, plan):
     if done >= decay:
         return floor
     return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * done / decay))
-
-
-def ema_rate(step, decay):
-    """1 - decay of the EMA update made by optimizer step `step` (0-based): 1 at step 0 (the EMA
-    starts as a copy), then 1 - min(1 - (1 + step)^(-2/3), decay)."""
-    if step <= 0:
-        return 1.0
-    return 1 - max(min(1 - (1 + step / 1.0) ** -(2 / 3), decay), 0.0)
-
-
-@torch.no_grad()
-def update_ema(ema_model, model, rate):
-    """ema <- ema + rate * (model - ema), for every parameter at once; `rate` may be a device tensor."""
-    ema_params, params = list(ema_model.parameters()), list(model.parameters())
-    difference = torch._foreach_sub(params, ema_params)
-    torch._foreach_mul_(difference, rate)
-    torch._foreach_add_(ema_params, difference)
 
 
 def schedule_state(cfg, plan):

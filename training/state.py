@@ -6,7 +6,7 @@ Checkpoint layout (utils/checkpoint.py FORMAT_VERSION), written by RunState.chec
     optimizer, grad_scaler, lr_scheduler, step, epoch, bad_steps, rng, classes
     guide                 the EMA's state dict at --guide_at (only with it), autoguidance's guide
     posthoc               the two power EMAs and their snapshots (only with --posthoc_ema; training/posthoc.py)
-The LR and EMA rates are functions of the step (training/schedule.py), so resuming needs no
+The LR and EMA rates are functions of the step (training/schedule.py, ema.py), so resuming needs no
 scheduler state; lr_scheduler records the schedule for a reader.
 """
 import dataclasses

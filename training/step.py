@@ -12,7 +12,7 @@ loss, the network (models/) the prediction.
 import torch
 
 from diffusion.processes import Process
-from training.schedule import update_ema
+from training.ema import update_ema
 from training.state import RunState
 from utils.device import autocast
 

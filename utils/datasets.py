@@ -1,6 +1,7 @@
-"""The data sets a model can learn, loaded once into memory as uint8 tensors (N, C, H, W).
+"""The data sets a model can learn, loaded once into memory as uint8 tensors (N, C, H, W), which
+to_model_range turns into the model's floats in [-1, 1].
 
-    mnist           the default (utils/data.py: offline fallback and MD5 checks)
+    mnist           the default (utils/mnist.py: offline fallback and MD5 checks)
     fashion_mnist   Zalando's Fashion-MNIST, 28x28 grayscale, 10 classes     } torchvision's classes: files
     kmnist          Kuzushiji-MNIST, 28x28 grayscale, 10 classes             } already in --data_dir in its
     cifar10         CIFAR-10, 32x32 RGB, 10 classes                          } layout, else its download
@@ -21,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from utils.config import DATASETS
-from utils.data import download_timeout, load_mnist
 from utils.errors import UserError
+from utils.mnist import download_timeout, load_mnist
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FOLDER_MAX_BYTES = 4 * 2 ** 30  # a folder is loaded into memory as uint8 only up to this size
@@ -60,6 +61,12 @@ def load_dataset(name, data_dir, train=True, image_size=0, channels=0):
     images = torch.as_tensor(np.asarray(dataset.data))
     images = images.unsqueeze(1) if images.dim() == 3 else images.permute(0, 3, 1, 2)  # NHWC -> NCHW
     return Data(images.contiguous(), torch.as_tensor(np.asarray(dataset.targets)).long(), tuple(dataset.classes))
+
+
+def to_model_range(images_uint8):
+    """uint8 (B, C, H, W), or (B, H, W) for one channel -> float (B, C, H, W) in [-1, 1]."""
+    images = images_uint8.unsqueeze(1) if images_uint8.dim() == 3 else images_uint8
+    return images.float() / 127.5 - 1.0
 
 
 def checkpoint_data(ckpt, train, data_dir="", dataset=""):

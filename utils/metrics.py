@@ -15,7 +15,7 @@ from torchmetrics.image.fid import FrechetInceptionDistance
 from torchmetrics.image.kid import KernelInceptionDistance
 from tqdm import tqdm
 
-from utils.data import to_model_range
+from utils.datasets import to_model_range
 
 
 class Precomputed(nn.Module):

@@ -183,9 +183,3 @@ def load_mnist(data_dir, train=True):
     ensure_mnist(data_dir)
     dataset = torchvision.datasets.MNIST(data_dir, train=train, download=False)
     return dataset.data, dataset.targets.long()
-
-
-def to_model_range(images_uint8):
-    """uint8 (B, C, H, W), or (B, H, W) for one channel -> float (B, C, H, W) in [-1, 1]."""
-    images = images_uint8.unsqueeze(1) if images_uint8.dim() == 3 else images_uint8
-    return images.float() / 127.5 - 1.0
