@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from statistics import median
 
 from benchmarks.browser import CLICK_TO_PICTURE, chromium, demo_server, open_page
-from demo import NUM
+from playground import NUM
 from utils.errors import exit_on_user_error
 from utils.flags import check_fields, from_args, option, parse_flags
 

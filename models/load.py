@@ -31,7 +31,7 @@ def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
     return model.to(device).eval(), make_process(diffusion_config(ckpt, path), device)
 
 
-@dataclass(eq=False)  # hashed by identity: demo.py caches by it
+@dataclass(eq=False)  # hashed by identity: playground.py caches by it
 class Loaded:
     """A checkpoint loaded to sample: its network and process, how it samples unless told, with what."""
     ckpt: dict

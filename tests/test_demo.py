@@ -1,4 +1,5 @@
-"""demo.py's parts without a browser (tests/test_demo_page.py drives the page itself)."""
+"""The demo's parts without a browser: playground.py, utils/canvas.py and demo.py's flags
+(tests/test_demo_page.py drives the page itself)."""
 import contextvars
 import subprocess
 import sys
@@ -9,8 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from demo import CANVAS, EDITS, DemoConfig, MainThread, canvas, complete, denoising, digit_labels, drawing_to_digit, \
-    erased, open_model, read_upload, sampling_for
+from demo import DemoConfig
+from playground import EDITS, MainThread, complete, denoising, digit_labels, open_model, sampling_for
+from utils.canvas import CANVAS, canvas, drawing_to_digit, erased, read_upload
 from utils.errors import UserError
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parent.parent

@@ -67,8 +67,8 @@ def image_of(page, element_id, old=None, timeout=30_000):
 
 
 def digits_in(picture, count, columns):
-    """The 28 x 28 digits of a grid the page shows (demo.picture: make_grid's padding 2, then ZOOM x)."""
-    from demo import ZOOM
+    """The 28 x 28 digits of a grid the page shows (utils.canvas.picture: make_grid's padding 2, then ZOOM x)."""
+    from utils.canvas import ZOOM
     small = picture[::ZOOM, ::ZOOM, 0].astype(np.float32)
     if count == 1:  # make_grid pads no lone image
         return torch.tensor(small)[None, None] / 127.5 - 1
@@ -225,7 +225,8 @@ def test_a_busy_port_is_a_one_line_error():
 
 def test_a_public_page_cannot_load_a_file_by_its_path():
     need(importlib.util.find_spec("gradio"), "gradio (pip install -r requirements-dev.txt)")
-    from demo import DemoConfig, build, open_model
+    from demo import DemoConfig, build
+    from playground import open_model
     model = open_model("models/weights/ddpm_mnist.pt", DemoConfig(precision="fp32"))
     local, public = (build(DemoConfig(), model, can_load) for can_load in (True, False))
     names = lambda page: {f.fn.__name__ for f in page.fns.values() if f.fn}  # noqa: E731
