@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from diffusion.inpainting import inpaint
-from diffusion.pipeline import every_digit
-from diffusion.samplers import make_timesteps
+from diffusion.pipeline import every_digit, sampling_times
 from diffusion.sdedit import sdedit
 from models.load import checkpoint_or_shipped, load_to_sample
 from utils.canvas import picture
@@ -86,10 +85,7 @@ def ticker(progress, total, desc, after=0.5):
 
 def denoising(model, sampling, digit, progress=None):
     """(the final grid; the frames of the slider, x_t beside the predicted x0, unzoomed; their captions)."""
-    try:
-        times = make_timesteps(sampling.sampler, model.diffusion, sampling.steps, sampling.grid)
-    except ValueError as err:
-        raise UserError(f"steps: {err}") from None
+    times = sampling_times(sampling, model.diffusion, "steps")
     shown, frames, tick = spread(times, FRAMES) | {-1}, [], ticker(progress, len(times) + 1, "denoising")
 
     def keep(first, step):

@@ -178,6 +178,7 @@ def resolve_configs(argv):
         return cfg, model_cfg, diffusion_cfg, None, typed, None
 
     diffusion_cfg = diffusion_config(ckpt, source)
+    refuse_flags_of_other_processes(diffusion_cfg, typed)
     saved = {**ckpt["model_config"], **dataclasses.asdict(diffusion_cfg)}
     process = {} if "process" in typed else {"process": diffusion_cfg.process}  # flags read as of the saved process
     requested = {**dataclasses.asdict(from_args(ModelConfig, args)),
@@ -193,7 +194,6 @@ def resolve_configs(argv):
         changes["plan"] = ()  # the saved plan gives way to the new length
     saved_train = {k: v for k, v in ckpt["train_config"].items() if k in known}
     cfg = TrainConfig(**{**saved_train, **changes, "checkpoint_path": str(main_path(source))})
-    refuse_flags_of_other_processes(diffusion_cfg, typed)
     return cfg, ModelConfig(**ckpt["model_config"]), diffusion_cfg, ckpt, typed, student
 
 

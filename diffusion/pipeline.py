@@ -52,13 +52,13 @@ def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.
     return denoise
 
 
-def sampling_times(sampling, diffusion):
+def sampling_times(sampling, diffusion, flag="--steps"):
     """The descending times `sampling` visits on `diffusion`; steps the process cannot take (more
-    than a DDPM's T, say) are a one-line UserError."""
+    than a DDPM's T, say) are a one-line UserError naming `flag`."""
     try:
         return make_timesteps(sampling.sampler, diffusion, sampling.steps, sampling.grid)
     except ValueError as err:
-        raise UserError(f"--steps: {err}") from None
+        raise UserError(f"{flag}: {err}") from None
 
 
 def every_digit(num, num_classes, device=None):

@@ -155,11 +155,10 @@ def heun(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
         trapezoid (x0_hat linear in lambda from x0_t to x0_s = x0_hat(x_e, s)):
             x_s = x_e + alpha_s phi(h) (x0_s - x0_t),   phi(h) = 1 - (1 - e^{-h}) / h,   h = lambda_s - lambda_t
 
-    Karras et al. take eps_hat linear in sigma / alpha, which is the same to second order but fails where
-    a step spans orders of magnitude of sigma (flow's first step from sigma / alpha = 1e4), and the
-    trapezoid in t itself meets sigma'(t) ~ 1 / sigma near the data (DDPM: noisy digits). The last step,
-    onto the clean data, is x = x0_hat. Deterministic (eta unused); two network evaluations per step
-    but the last."""
+    In lambda the step stays second order where sigma spans orders of magnitude (near the data, and
+    flow's first step from sigma / alpha = 1e4); docs/NOTEBOOK.md compares the other forms. The last
+    step, onto the clean data, is x = x0_hat. Deterministic (eta unused); two network evaluations per
+    step but the last."""
     for i, t in enumerate(timesteps):
         x0, eps = predict(denoise, diffusion, x, t, clip)
         yield Step(t, x, x0)

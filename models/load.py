@@ -99,7 +99,7 @@ def load_guide(spec, ckpt, path, model):
         load_weights(guide, ckpt["guide"], path)
     else:
         other, source = load_checkpoint(spec)
-        if data_set(other) != data_set(ckpt):
+        if data_set(other, resolved=True) != data_set(ckpt, resolved=True):  # a folder by any path to it
             raise UserError(f"--guide_model {spec} was trained on {data_set(other)}, {path} on {data_set(ckpt)}; "
                             "the guide must learn the same data set")
         guide, process = load_model(other, source, True, device)
@@ -120,13 +120,15 @@ def load_guide(spec, ckpt, path, model):
     return guide
 
 
-def data_set(ckpt):
-    """The data set a checkpoint learnt, in words: its name, and for a folder the folder and its classes."""
+def data_set(ckpt, resolved=False):
+    """The data set a checkpoint learnt, in words: its name, and for a folder the folder (resolved: its
+    absolute path) and its classes."""
     train_cfg = ckpt.get("train_config", {})
     name = train_cfg.get("dataset", "mnist")
     if name != "folder":
         return name
-    return f"the folder {Path(train_cfg.get('data_dir', ''))} (classes {', '.join(class_names(ckpt))})"
+    folder = Path(train_cfg.get("data_dir", ""))
+    return f"the folder {folder.resolve() if resolved else folder} (classes {', '.join(class_names(ckpt))})"
 
 
 def defining(config):
@@ -200,7 +202,7 @@ def in_format_1(ckpt):
 def make_shipped(ckpt, out=SHIPPED_MODEL):
     """Write a training checkpoint's EMA weights as a shipped model: loadable with
     torch.load(weights_only=True), "model" and "ema" the same tensors (stored once), no optimizer;
-    in format version 1 where that format says the same model (utils/checkpoint.py)."""
+    in format version 1 where that format says the same model (in_format_1)."""
     shipped = {key: ckpt[key] for key in ("format_version", "model_config", "diffusion_config", "step", "epoch")}
     shipped["train_config"] = ckpt["train_config"]
     shipped["classes"] = list(class_names(ckpt))

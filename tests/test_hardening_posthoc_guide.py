@@ -130,3 +130,13 @@ def test_the_raw_weights_may_be_guided_by_their_own_ema(run, tmp_path):
     raw = inference.main(["--checkpoint_path", str(run), "--guide_model", str(run), "--no-use_ema", "--num_samples",
                           "2", "--steps", "2", "--no_show", "--output_dir", str(tmp_path / "out")])
     assert raw.shape == (2, 1, 28, 28) and torch.isfinite(raw).all()
+
+
+def test_a_guide_of_the_same_folder_by_another_path_is_the_same_data(tmp_path, monkeypatch):
+    from models.load import data_set
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "digits").mkdir()
+    ckpt = {"train_config": {"dataset": "folder", "data_dir": "digits"}, "classes": ["a", "b"]}
+    same = {"train_config": {"dataset": "folder", "data_dir": str(tmp_path / "digits")}, "classes": ["a", "b"]}
+    assert data_set(ckpt, resolved=True) == data_set(same, resolved=True)
+    assert data_set(ckpt) != data_set(same)  # as the message names them: as trained

@@ -6,6 +6,7 @@ import errno
 import hashlib
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -244,3 +245,16 @@ def test_a_signal_while_the_pairs_are_made_exits_at_once_and_saves_nothing(signu
     monkeypatch.setattr(distill, "sample", lambda sampler, denoise, process, noise, *a, **k: noise.clamp(-1, 1))
     train.main(student_args(tmp_path, "--pairs", "600", "--max_steps", "1"))  # the next run makes them again
     assert len(torch.load(tmp_path / "student.pairs.pt")["images"]) == 600
+
+
+def test_a_budget_spent_before_the_first_pair_still_makes_one_batch(tmp_path, quick_teacher):
+    """The pairs' share of a --minutes budget runs from the start of the run; a budget already spent
+    when the first batch begins (loading and hashing the teacher took longer) still makes one batch."""
+    from contextlib import nullcontext
+
+    from utils.config import TrainConfig
+    from utils.mnist import file_digest
+    cfg = TrainConfig(teacher=str(SHIPPED_MODEL), teacher_sha256=file_digest(SHIPPED_MODEL, "sha256"), pairs=600,
+                      minutes=1.0, checkpoint_path=str(tmp_path / "student"))
+    data = distill.teacher_pairs(cfg, torch.device("cpu"), nullcontext, time.perf_counter() - 3600, {"signal": None})
+    assert quick_teacher == [distill.PAIR_BATCH] and len(data.labels) == distill.PAIR_BATCH

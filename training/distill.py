@@ -133,7 +133,7 @@ def teacher_pairs(cfg, device, amp, start, stop):
     for first in tqdm(range(0, cfg.pairs, batch), desc=f"teacher pairs ({s.describe()})", leave=False):
         if distributed.any_rank(stop["signal"] is not None):
             return None
-        if distributed.from_rank0(int(deadline is not None and time.perf_counter() > deadline)):  # all stop together
+        if first and distributed.from_rank0(int(deadline is not None and time.perf_counter() > deadline)):  # together
             tqdm.write(f"pairs: {first:,} of {cfg.pairs:,} made in {PAIR_SHARE:.0%} of the budget", file=sys.stderr)
             break
         if first == batch and distributed.is_main():

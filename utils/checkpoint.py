@@ -3,7 +3,8 @@ by one run at a time, loaded without running code.
 
 Every script loads through load_checkpoint(); it uses torch.load(weights_only=True) with no
 fallback, brings files of earlier versions up to date in one place (migrate), then checks the
-tensors (dense, float32, finite) and the configs before any load_state_dict(strict=True).
+tensors (dense, float32, finite) and the network's config before any load_state_dict(strict=True);
+the process's config is checked where it is built (models/load.py's diffusion_config).
 """
 import errno
 import os
@@ -287,7 +288,8 @@ def migrate(ckpt, path):
 
 
 def validate(ckpt, path):
-    """The network's config and every tensor; the process's config: models/load.py's configs()."""
+    """The network's config and every tensor ('latest' skips a file that fails them); the process's
+    config: models/load.py's diffusion_config()."""
     try:
         ModelConfig(**ckpt["model_config"])
     except (TypeError, UserError) as err:
