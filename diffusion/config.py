@@ -102,8 +102,8 @@ class SamplingConfig:
                              "uncond); 0 = plain conditional sampling, 1-3 = crisper digits, less variety",
                              bounds="[0, inf)")
     guidance_interval: tuple = option((0.25, 0.7), "guide only the steps whose time is LO to HI of the way from "
-                                      "the data to the noise (t / T for ddpm; Kynkaanniemi et al. 2024); a guided step costs two network evaluations (0 1 = every step)",
-                                      bounds="[0, 1]")
+                                      "the data to the noise (t / T for ddpm; Kynkaanniemi et al. 2024); a guided "
+                                      "step costs two network evaluations (0 1 = every step)", bounds="[0, 1]")
     guide_model: str = option("", "autoguidance (Karras et al. 2024): the weaker model whose output replaces the "
                               "unconditional one, out = main + w (main - guide): auto (the early EMA snapshot the run "
                               "saved, train.py --guide_at) or a checkpoint PATH of the same data and process; "

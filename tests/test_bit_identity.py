@@ -17,7 +17,8 @@ def cpu_fingerprint():
         first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
     except OSError:  # not Linux: no fingerprint, the comparison within 1e-4
         first = ""
-    fields = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in first.splitlines() if ":" in line)}
+    pairs = (line.split(":", 1) for line in first.splitlines() if ":" in line)
+    fields = {key.strip(): value.strip() for key, value in pairs}
     return (f"{torch.backends.cpu.get_cpu_capability()} {fields.get('vendor_id', '')} family "
             f"{fields.get('cpu family', '')} model {fields.get('model', '')}")
 

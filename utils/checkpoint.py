@@ -266,8 +266,9 @@ def migrate(ckpt, path):
     samples and evaluates as before but cannot resume exactly (not_resumable says why). Any version:
     the t_density of VDM's runs (an option the code had up to commit 829065b) is dropped, and a run
     that used a density cannot resume exactly; a checkpoint saved before --weighting and --t_sampling
-    gets the loss and the times it trained with (its process's own, left unset), and one saved before VDM's clamp became the rule
-    (clip_x0: a flag up to commit b4b2019) the unclamped denoiser it trained as."""
+    gets the loss and the times it trained with (its process's own, left unset), and one saved before
+    VDM's clamp became the rule (clip_x0: a flag up to commit b4b2019) the unclamped denoiser it
+    trained as."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
