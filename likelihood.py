@@ -44,7 +44,6 @@ def network(model, diffusion):
     """(predict_x0, predict_eps) of the model in fp32 with the null label: unconditional. Times are
     float tensors: DDPM's may be fractional (x0 and v models then convert with the coefficients of
     floor(t)); a continuous process's lie in [0, 1]."""
-    discrete = diffusion.discrete
 
     def output(x, t):
         return model(x, diffusion.model_time(t, len(x), x.device), None).float()  # no labels: the null label
@@ -54,7 +53,7 @@ def network(model, diffusion):
             return diffusion.predict_x0_eps(x, t, output(x, t))[0]
 
     def predict_eps(x, t):  # through the process: VDM's clip_x0 moves eps too
-        coefficients_t = t.floor().long().clamp(max=diffusion.num_timesteps - 1) if discrete else t
+        coefficients_t = t.floor().long().clamp(max=diffusion.num_timesteps - 1) if diffusion.discrete else t
         return diffusion.predict_x0_eps(x, coefficients_t, output(x, t))[1]
 
     return predict_x0, predict_eps

@@ -4,8 +4,7 @@ weightings, training times, samplers, time grids), and a process's own defaults 
 refuses from its class (diffusion/processes.py), so a new one of each is one function or class
 and one registry line. The flag machinery: utils/flags.py.
 """
-import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from diffusion.grids import GRIDS
 from diffusion.processes import PROCESSES
@@ -90,8 +89,7 @@ class SamplingConfig:
                           "T steps, 1000 for continuous time); a few-step checkpoint (shortcut, a --teacher's student) "
                           "samples by ddim on the jump grid in its own steps, eta 0, guidance 0, unless typed",
                           choices=SAMPLERS.keys())
-    steps: int = option(8, "steps of ddim, dpm++ and heun (spaced by --grid)",
-                        bounds="[1, inf)")
+    steps: int = option(8, "steps of ddim, dpm++ and heun (spaced by --grid)", bounds="[1, inf)")
     grid: str = option("", "the times of those steps (diffusion/grids.py): t (even in t), lambda (even in log-SNR), "
                        "karras (Karras et al. 2022's rho = 7) or jump (even in t, the last step a jump to the "
                        "data: few-step models); default: lambda for dpm++, t for ddim and heun",
@@ -124,7 +122,7 @@ class SamplingConfig:
         if not getattr(diffusion_config, "few_steps", 0):
             return self
         own = {"sampler": "ddim", "grid": "jump", "steps": diffusion_config.few_steps, "eta": 0.0, "guidance": 0.0}
-        return dataclasses.replace(self, **{k: v for k, v in own.items() if k not in typed})
+        return replace(self, **{k: v for k, v in own.items() if k not in typed})
 
     def describe(self, conditional=True):
         """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t in [0.25, 0.7] of the way'."""

@@ -8,11 +8,7 @@ the log-SNR lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t (Kingma et
     Flow   flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023): alpha = 1 - t,
            sigma = t, the network predicts the velocity dx_t/dt = eps - x_0; loss ||v - v_hat||^2.
 
-Conventions as in diffusion/gaussian.py: tensors are (B, C, H, W); t is a (B,) float tensor or one
-Python float for the whole batch; t = -1 stands for the clean data after the last sampling step.
-The network sees t * TIME_SCALE, so its sinusoidal embedding spans the range DDPM's integer
-timesteps do. The samplers and the time grids ask a process only for what diffusion/processes.py's
-contract lists, so every sampler works on every process.
+Conventions as in diffusion/gaussian.py, with t a float (or a (B,) float tensor).
 """
 import math
 
@@ -22,12 +18,11 @@ from diffusion.gaussian import GaussianProcess, as64, bcast
 from diffusion.likelihood import vdm_bound_terms
 from diffusion.weightings import weighted_loss
 
-TIME_SCALE = 1000.0  # what the network is told: t * TIME_SCALE, as DDPM's integer timesteps
+TIME_SCALE = 1000.0  # the network is told t * TIME_SCALE: its sinusoidal embedding spans DDPM's timesteps' range
 
 
 class ContinuousProcess(GaussianProcess):
-    """The times of a continuous-time process; subclasses define alpha_sigma64, derivatives,
-    time_of_lam and, where it is not the plain MSE to the target, loss."""
+    """The times of a continuous-time process (what a subclass writes: diffusion/processes.py)."""
     t_min, t_max = 0.0, 1.0  # the sampling range: from t_max (noise) to t_min (nearly clean)
     discrete = False  # any t in [t_min, t_max] (time grids: diffusion/grids.py)
 
@@ -37,16 +32,13 @@ class ContinuousProcess(GaussianProcess):
         return math.log(alpha.item()) - math.log(sigma.item())
 
     def fraction(self, t):
-        """Where t sits in the sampling range, 0 (clean) to 1 (noise): the guidance interval's scale."""
         return (t - self.t_min) / (self.t_max - self.t_min)
 
     def model_time(self, t, batch, device):
-        """The (B,) time input of the network for a float t or a (B,) tensor."""
         t = torch.as_tensor(t, dtype=torch.float32, device=device)
         return (t.expand(batch) if t.dim() == 0 else t) * TIME_SCALE
 
     def time_at(self, u):
-        """The time a fraction u in [0, 1) of the way from t_min to t_max."""
         return self.t_min + (self.t_max - self.t_min) * u
 
     def ode_span(self):
@@ -73,6 +65,7 @@ class VDM(ContinuousProcess):
     name, about = "vdm", "continuous time, the ELBO loss; Kingma et al. 2021"
     defaults = {"prediction": "eps", "weighting": "elbo", "t_sampling": "stratified", "clip_x0": True, "few_steps": 0}
     allowed = {}
+    decoded_ode = True  # sigma_0 is far narrower than a pixel's bin: the ODE is read through q(z_0 | x) and the decoder
 
     def __init__(self, config, device="cpu"):
         super().__init__(config, device)
@@ -107,8 +100,6 @@ class VDM(ContinuousProcess):
             overshoot = overshoot.detach()
         alpha, sigma = (bcast(v, x_t.shape) for v in self.alpha_sigma(t))
         return x0 - overshoot, eps + alpha / sigma * overshoot
-
-    decoded_ode = True  # sigma_0 is far narrower than a pixel's bin: the ODE is read through q(z_0 | x) and the decoder
 
     def bound(self, predict_x0, predict_eps, x0, generator, t_samples, batch_size):
         """(terms, name): VDM's bound per image in nats, by term (prior, reconstruction, diffusion;

@@ -67,17 +67,14 @@ class DDPM(GaussianProcess):
         return self.sqrt_alphas_cumprod[t], self.sqrt_one_minus_alphas_cumprod[t]
 
     def x0_coefficients(self, t):
-        """(1 / alpha_t, sigma_t / alpha_t) from the float32 tables."""
         return self.sqrt_recip_alphas_cumprod[t], self.sqrt_recipm1_alphas_cumprod[t]
 
     def snr(self, t):
-        """SNR_t = alpha_bar_t / (1 - alpha_bar_t) for (B,) timesteps, from the float32 table."""
         return self.snr_table[t]
 
     # ---- times -------------------------------------------------------------------------------------
 
     def lam(self, t):
-        """lambda_t = log(alpha_t / sigma_t), DPM-Solver's time variable, as a float."""
         return self.log_snr[t].item()
 
     def time_of_lam(self, lam):
@@ -85,7 +82,6 @@ class DDPM(GaussianProcess):
         return int((self.log_snr - lam).abs().argmin())
 
     def fraction(self, t):
-        """t / T: where t sits between the clean data (0) and noise (1), the guidance interval's scale."""
         return t / self.num_timesteps
 
     def model_time(self, t, batch, device):
@@ -93,13 +89,11 @@ class DDPM(GaussianProcess):
         return t if torch.is_tensor(t) else torch.full((batch,), t, device=device, dtype=torch.long)
 
     def time_at(self, u):
-        """The timestep a fraction u in [0, 1) of the way from 0 to T."""
         return (u * self.num_timesteps).long().clamp(max=self.num_timesteps - 1)
 
     # ---- the probability-flow ODE ------------------------------------------------------------------
 
     def ode_span(self):
-        """The probability-flow ODE runs over t in [0, T - 1]."""
         return 0.0, float(self.num_timesteps - 1)
 
     def ode_drift(self, t):

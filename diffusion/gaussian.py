@@ -14,7 +14,7 @@ a (B,) tensor; t = -1 stands for the clean data after the last sampling step.
 """
 import torch
 
-from diffusion.times import draw_times
+from diffusion.times import TIMES
 from diffusion.weightings import weighted_loss
 
 
@@ -25,7 +25,6 @@ def bcast(v, shape):
 
 
 def as64(t):
-    """t as a float64 tensor (for alpha_sigma64 and derivatives)."""
     return torch.as_tensor(t, dtype=torch.float64)
 
 
@@ -61,8 +60,8 @@ class GaussianProcess:
         return (1 / alpha).float().to(self.device), (sigma / alpha).float().to(self.device)
 
     def draw_t(self, batch, generator, device):
-        """Training times from config.t_sampling (diffusion/times.py)."""
-        return draw_times(self, batch, generator, device)
+        """(B,) training times from config.t_sampling (diffusion/times.py)."""
+        return TIMES[self.config.t_sampling](self, batch, generator, device)
 
     # ---- q(x_t | x_0), the posterior q(x_s | x_t, x_0) and the transition q(x_t | x_s) -------------
 

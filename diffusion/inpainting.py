@@ -12,7 +12,7 @@ times in all, so that the unknown region can agree with the known one.
 """
 import torch
 
-from diffusion.samplers import Step, ancestral_step, following, make_timesteps, predict, sample
+from diffusion.samplers import Step, ancestral_step, following, make_timesteps, predict, run, sample
 
 
 def redraw_known(diffusion, x, t, known, mask, generator=None):
@@ -53,10 +53,7 @@ def inpaint(denoise, diffusion, known, mask, noise, sampling, generator=None, re
     """The completed images, with the known pixels exactly: RePaint with `resample` on the ddpm
     sampler, replacement on the others; callback(Step) sees every step on the way."""
     if sampling.sampler == "ddpm":
-        for step in repaint(denoise, diffusion, known, mask, noise, generator, resample):
-            if callback is not None:
-                callback(step)
-        return step.x
+        return run(repaint(denoise, diffusion, known, mask, noise, generator, resample), callback)
     final = sample(sampling.sampler, replacing(denoise, diffusion, known, mask, generator), diffusion, noise,
                    sampling.steps, sampling.eta, generator, callback=callback, grid=sampling.grid)
     return mask * known + (1 - mask) * final

@@ -54,9 +54,10 @@ def discretised_gaussian_log_likelihood(x, mean, log_scale):
     return torch.where(x < -1 + BIN, log_cdf_upper, torch.where(x > 1 - BIN, log_sf_lower, log_middle))
 
 
-def gaussian_kl(mean1, var1, mean2, var2):
-    """KL(N(mean1, var1) || N(mean2, var2)) per element, in nats."""
-    return 0.5 * (torch.log(var2 / var1) + (var1 + (mean1 - mean2) ** 2) / var2 - 1.0)
+def prior_kl(x, alpha, sigma):
+    """KL(q(z | x) || N(0, I)) per image in nats, q(z | x) = N(alpha x, sigma^2 I): the prior term at
+    the last time (Ho et al. 2020's L_T; Kingma et al. 2021, eq. 11)."""
+    return (0.5 * (sigma ** 2 + alpha ** 2 * x ** 2 - torch.log(sigma ** 2) - 1)).flatten(1).sum(1)
 
 
 @torch.no_grad()
@@ -71,8 +72,7 @@ def bound_terms(predict_x0, diffusion, x0, generator=None, batch_size=500):
     c1, _, var = diffusion.posterior64(steps, steps - 1)  # q(x_{t-1} | x_t, x_0), in float64
     alpha, sigma = diffusion.alpha_sigma64(steps)
     decoder_log_scale = 0.5 * torch.log(sigma[0] ** 2)  # N(x0_hat, sigma_0^2 = beta_1) at t = 0
-    terms[:, T] = gaussian_kl(alpha[-1] * x0, sigma[-1] ** 2, torch.zeros(()), torch.ones(())).flatten(1).sum(1)
-    device = diffusion.device
+    terms[:, T] = prior_kl(x0, alpha[-1], sigma[-1])
     pairs = num * T  # every (image, t), evaluated in batches: pair p is image p % num at t = p // num
     for start in tqdm(range(0, pairs, batch_size), desc="bound: (image, t) pairs", leave=False):
         pair = torch.arange(start, min(start + batch_size, pairs))
@@ -80,7 +80,7 @@ def bound_terms(predict_x0, diffusion, x0, generator=None, batch_size=500):
         clean = x0[image]
         noise = torch.randn(clean.shape, generator=generator, dtype=torch.float64)
         x_t = alpha[t].view(-1, 1, 1, 1) * clean + sigma[t].view(-1, 1, 1, 1) * noise
-        x0_hat = predict_x0(x_t.float().to(device), t.to(device)).double().cpu()
+        x0_hat = predict_x0(x_t.float().to(diffusion.device), t.to(diffusion.device)).double().cpu()
         per_pixel = (c1[t].view(-1, 1, 1, 1) * (clean - x0_hat)) ** 2 / (2 * var[t].view(-1, 1, 1, 1).clamp(min=1e-30))
         last = t == 0  # the decoder term replaces the KL there
         per_pixel[last] = -discretised_gaussian_log_likelihood(clean[last], x0_hat[last], decoder_log_scale)
@@ -90,10 +90,8 @@ def bound_terms(predict_x0, diffusion, x0, generator=None, batch_size=500):
 
 def ode_log_likelihood(predict_eps, process, x, generator=None, rtol=1e-5, atol=1e-5):
     """(log p(x) at the process's first ODE time, in nats per image; function evaluations) by the
-    probability-flow ODE dx/dt = a(t) x + b(t) eps_hat(x, t) (process.ode_drift), whose divergence
-    is a D + b div eps_hat, with Hutchinson's estimator; predict_eps(x_t, t) -> eps for a float (B,)
-    tensor t. Integrated with scipy's adaptive Runge-Kutta (RK45, Dormand-Prince) at rtol / atol
-    from the data to N(0, I) at the last ODE time."""
+    probability-flow ODE (2. above), integrated with scipy's adaptive Runge-Kutta (RK45, Dormand-Prince)
+    at rtol / atol; predict_eps(x_t, t) -> eps for a float (B,) tensor t."""
     num, dim = len(x), x[0].numel()
     t0, t1 = process.ode_span()
     device = process.device
@@ -144,12 +142,6 @@ def vdm_decoder_log_likelihood(x, z0, alpha0, sigma0, chunk=DECODER_CHUNK):
     return log_p.view(num, -1).sum(1)
 
 
-def vdm_prior_kl(x, alpha, sigma):
-    """KL(q(z | x) || N(0, I)) per image in nats, q(z | x) = N(alpha x, sigma^2 I): VDM's prior term
-    at its last time (Kingma et al. 2021, eq. 11)."""
-    return (0.5 * (sigma ** 2 + alpha ** 2 * x ** 2 - torch.log(sigma ** 2) - 1)).flatten(1).sum(1)
-
-
 @torch.no_grad()
 def vdm_bound_terms(predict_eps, process, x0, generator=None, t_samples=100, batch_size=500):
     """The terms of VDM's bound for each image, in nats: (B, 3) = (prior, reconstruction, diffusion).
@@ -162,22 +154,15 @@ def vdm_bound_terms(predict_eps, process, x0, generator=None, t_samples=100, bat
     predict_eps(z_t, t) -> eps for a float (N,) tensor of times in [0, 1]; x0 on the 8-bit grid.
     Every term is computed `batch_size` images (or (image, t) pairs) at a time, so the memory does
     not grow with the number of images."""
-    one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
-    alpha1, sigma1 = process.alpha_sigma64(one)
-    alpha0, sigma0 = process.alpha_sigma64(zero)
+    (alpha1, sigma1), (alpha0, sigma0) = process.marginal64(1.0), process.marginal64(0.0)
     prior, reconstruction = [], []
     for start in range(0, len(x0), batch_size):
         x = x0[start:start + batch_size].double()
-        prior.append(vdm_prior_kl(x, alpha1, sigma1))
-        reconstruction.append(vdm_reconstruction(x, alpha0, sigma0, generator))
+        prior.append(prior_kl(x, alpha1, sigma1))
+        z0 = alpha0 * x + sigma0 * torch.randn(x.shape, generator=generator, dtype=torch.float64)  # q(z_0 | x)
+        reconstruction.append(-vdm_decoder_log_likelihood(x, z0, alpha0, sigma0))
     diffusion = vdm_diffusion_term(predict_eps, process, x0, generator, t_samples, batch_size)
     return torch.stack([torch.cat(prior), torch.cat(reconstruction), diffusion], dim=1)
-
-
-def vdm_reconstruction(x0, alpha0, sigma0, generator=None):
-    """-log p(x | z_0) per image in nats for one draw z_0 ~ q(z_0 | x) = N(alpha0 x, sigma0^2 I)."""
-    z0 = alpha0 * x0 + sigma0 * torch.randn(x0.shape, generator=generator, dtype=torch.float64)
-    return -vdm_decoder_log_likelihood(x0, z0, alpha0, sigma0)
 
 
 @torch.no_grad()

@@ -1,6 +1,5 @@
 """Samplers: DDPM ancestral (Ho et al. 2020), DDIM (Song et al. 2021), DPM-Solver++(2M) (Lu et al. 2022)
-as an ODE or an SDE solver, and Heun's method on the probability-flow ODE (Karras et al. 2022) in
-lambda.
+as an ODE or an SDE solver, and Heun's method on the probability-flow ODE (Karras et al. 2022) in lambda.
 `eta` sets the noise of ddim and dpm++ (0: deterministic).
 
 One interface. A sampler is a generator function
@@ -177,11 +176,16 @@ def heun(denoise, diffusion, x, timesteps, generator=None, eta=0.0, clip=True):
 SAMPLERS = {"ddpm": ddpm, "ddim": ddim, "dpm++": dpm_solver_pp, "heun": heun}
 
 
-def sample(sampler, denoise, diffusion, noise, steps, eta=0.0, generator=None, clip=True, callback=None, grid=""):
-    """Run a sampler from `noise` to the end and return the finished samples; callback(Step), if
-    given, sees every step on the way (for figures of the denoising)."""
-    timesteps = make_timesteps(sampler, diffusion, steps, grid)
-    for step in SAMPLERS[sampler](denoise, diffusion, noise, timesteps, generator, eta, clip):
+def run(steps, callback=None):
+    """The finished samples at the end of a sampler's Steps; callback(Step), if given, sees every
+    step on the way (for figures of the denoising)."""
+    for step in steps:
         if callback is not None:
             callback(step)
     return step.x
+
+
+def sample(sampler, denoise, diffusion, noise, steps, eta=0.0, generator=None, clip=True, callback=None, grid=""):
+    """Run a sampler from `noise` to the end and return the finished samples (callback: as in `run`)."""
+    timesteps = make_timesteps(sampler, diffusion, steps, grid)
+    return run(SAMPLERS[sampler](denoise, diffusion, noise, timesteps, generator, eta, clip), callback)

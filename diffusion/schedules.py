@@ -12,11 +12,9 @@ def linear_betas(num_timesteps, beta_start=1e-4, beta_end=0.02):
 def cosine_betas(num_timesteps, s=0.008, max_beta=0.999):
     """Nichol & Dhariwal 2021, eq. 17: alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2),
     beta_t = 1 - alpha_bar(t+1) / alpha_bar(t), clipped at 0.999 to avoid a singularity at t = T."""
-    def alpha_bar(t):
-        return math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2
-
-    return np.array([min(1 - alpha_bar(t + 1) / alpha_bar(t), max_beta) for t in range(num_timesteps)],
-                    dtype=np.float64)
+    alpha_bar = [math.cos((t / num_timesteps + s) / (1 + s) * math.pi / 2) ** 2 for t in range(num_timesteps + 1)]
+    betas = [min(1 - alpha_bar[t + 1] / alpha_bar[t], max_beta) for t in range(num_timesteps)]
+    return np.array(betas, dtype=np.float64)
 
 
 def make_betas(config):

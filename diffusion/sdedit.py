@@ -6,17 +6,15 @@ below t0: strength near 0 keeps the image, near 1 draws a new one; with a label,
 """
 import torch
 
-from diffusion.samplers import SAMPLERS, make_timesteps
+from diffusion.samplers import SAMPLERS, make_timesteps, run
 
 
 @torch.no_grad()
 def sdedit(denoise, diffusion, image, noise, sampling, strength, generator=None, callback=None):
     """The edited images (B, C, H, W) for images in [-1, 1]; callback(Step) sees every step."""
-    times = [t for t in make_timesteps(sampling.sampler, diffusion, sampling.steps, sampling.grid) if diffusion.fraction(t) <= strength]
+    times = make_timesteps(sampling.sampler, diffusion, sampling.steps, sampling.grid)
+    times = [t for t in times if diffusion.fraction(t) <= strength]
     if not times:
         raise ValueError(f"no step of {sampling.sampler} at {sampling.steps} steps lies below strength {strength}")
     x = diffusion.q_sample(image, times[0], noise)
-    for step in SAMPLERS[sampling.sampler](denoise, diffusion, x, times, generator, sampling.eta):
-        if callback is not None:
-            callback(step)
-    return step.x
+    return run(SAMPLERS[sampling.sampler](denoise, diffusion, x, times, generator, sampling.eta), callback)

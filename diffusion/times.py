@@ -29,8 +29,3 @@ def logit_normal(process, batch, generator, device):
 
 
 TIMES = {"uniform": uniform, "stratified": stratified, "logit_normal": logit_normal}
-
-
-def draw_times(process, batch, generator, device):
-    """(B,) training times from the process's config.t_sampling."""
-    return TIMES[process.config.t_sampling](process, batch, generator, device)
