@@ -71,7 +71,7 @@ def erased(editor):
 
 def canvas(image):
     """A (1, 28, 28) uint8 image as the erasing canvas's background, CANVAS pixels a side."""
-    return np.asarray(image[0]).repeat(CANVAS // 28, 0).repeat(CANVAS // 28, 1)
+    return zoomed(np.asarray(image[0]), CANVAS // 28)
 
 
 def read_upload(path):

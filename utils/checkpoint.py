@@ -1,10 +1,9 @@
 """Checkpoint files: one self-describing dict (its layout: training/state.py), written atomically
-by one run at a time, loaded without running code.
-
-Every script loads through load_checkpoint(); it uses torch.load(weights_only=True) with no
-fallback, brings files of earlier versions up to date in one place (migrate), then checks the
-tensors (dense, float32, finite) and the network's config before any load_state_dict(strict=True);
-the process's config is checked where it is built (models/load.py's diffusion_config).
+by one run at a time, loaded without running code: every script loads through load_checkpoint(),
+which uses torch.load(weights_only=True) with no fallback, brings files of earlier versions up to
+date in one place (migrate), then checks the tensors (dense, float32, finite) and the network's
+config before any load_state_dict(strict=True); the process's config is checked where it is built
+(models/load.py's diffusion_config).
 """
 import errno
 import os
@@ -38,21 +37,15 @@ def fsync_dir(folder):
         os.close(fd)
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_save(obj, path):
-    """torch.save to a temporary file in the same folder, fsync, os.replace, fsync the folder.
-
-    A failure at any point leaves the previous file at `path` untouched and no temporary file.
-    """
+    """torch.save to a temporary file in the same folder, fsync, os.replace, fsync the folder: a
+    failure at any point leaves the previous file at `path` untouched and no temporary file."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        mask = os.umask(0)  # reading the umask means setting it: put it back at once
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -78,31 +71,36 @@ def atomic_link(source, path):
     fsync_dir(path.parent)
 
 
+def step_number(path):
+    match = STEP_SUFFIX.match(Path(path).name)
+    return int(match["step"]) if match else -1
+
+
 def step_files(path):
     """Step-numbered checkpoints next to `path`, oldest first."""
     path = Path(path)
-    found = []
-    for candidate in path.parent.glob(f"{path.name}_step*"):
-        match = STEP_SUFFIX.match(candidate.name)
-        if match and match["base"] == path.name:
-            found.append((int(match["step"]), candidate))
-    return [p for _, p in sorted(found)]
+    return sorted((p for p in path.parent.glob(f"{path.name}_step*") if main_path(p) == path), key=step_number)
 
 
 def save_checkpoint(state, path, keep_last=0):
-    """Write `state` to `path`; with keep_last > 0 also keep that many step-numbered copies.
-
-    The step file is written first and the main path then points at it, so old files are only
-    deleted once the new one is safely in place. Refuses to write non-finite tensors. A failed
-    write (a full disk, a size limit) leaves the previous files as they were and no temporary file,
-    and is reported as one line naming the last good checkpoint.
-    """
+    """Write `state` (never a non-finite tensor) to `path`; with keep_last > 0 also keep that many
+    step-numbered copies, the step file written first and the main path then pointed at it, so old files
+    are only deleted once the new one is safely in place. A failed write (a full disk, a size limit)
+    leaves the previous files as they were and is reported as one line naming the last good checkpoint."""
     bad = [name for name, tensor in _tensors(state) if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
     if bad:
         raise ValueError(f"refusing to save non-finite tensors: {', '.join(bad[:5])}")
     path = Path(path)
     try:
-        _write(state, path, keep_last)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if keep_last == 0:
+            atomic_save(state, path)
+        else:
+            step_path = path.parent / f"{path.name}_step{state['step']:07d}"
+            atomic_save(state, step_path)
+            atomic_link(step_path, path)
+            for old in step_files(path)[:-keep_last]:
+                old.unlink(missing_ok=True)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
         last = f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint was saved before"
         raise UserError(f"could not save the checkpoint to {path}: {write_failure(err)}; {last}") from None
@@ -118,25 +116,12 @@ def write_failure(err):
     return str(cause or err).splitlines()[0]
 
 
-def _write(state, path, keep_last):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if keep_last == 0:
-        atomic_save(state, path)
-        return
-    step_path = path.parent / f"{path.name}_step{state['step']:07d}"
-    atomic_save(state, step_path)
-    atomic_link(step_path, path)
-    for old in step_files(path)[:-keep_last]:
-        old.unlink(missing_ok=True)
-
-
 def lock_checkpoint(path):
-    """Hold <folder>/.<name>.lock while this process trains into `path`: a second run on the same
-    checkpoint stops with one line. The lock is the operating system's (flock), so it ends with
-    the process however the process ends (even kill -9): a stale lock file never blocks a resume.
-    Returns the open lock file; closing it releases the lock. None where flock does not exist.
-    In one process the latest call wins: a run that ended by an exception (whose traceback may keep
-    its lock file open) never blocks the next run started by the same Python process."""
+    """Hold <folder>/.<name>.lock while this process trains into `path`, so that a second run on the same
+    checkpoint stops with one line; return the open lock file (closing it releases the lock), or None
+    where flock does not exist. The lock is flock's: it ends with the process however that ends (even
+    kill -9), so a stale lock file never blocks a resume. In one process the latest call wins: a run
+    that ended by an exception (whose traceback may keep its lock file open) never blocks the next."""
     try:
         import fcntl
     except ImportError:  # Windows: no lock
@@ -172,9 +157,8 @@ def lock_checkpoint(path):
 
 
 def release_locks():
-    """Close every checkpoint lock this process holds; remove the lock file of a run that made it
-    and ends with no checkpoint at its path (a refusal or a failure before the first save), so
-    that nothing is left behind where nothing was written."""
+    """Close every checkpoint lock this process holds, removing the lock file of a run that made it and
+    ends with no checkpoint at its path (a refusal or a failure before the first save)."""
     for path, lock in list(_HELD.items()):
         if lock.made_here and not path.exists():
             Path(lock.name).unlink(missing_ok=True)  # while still held: a run waiting on it then retries
@@ -202,12 +186,7 @@ def _tensors(obj, prefix=""):
 def candidates(folder):
     """Checkpoint files in a folder, newest first (by step number, then modification time)."""
     files = [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")]
-
-    def key(p):
-        match = STEP_SUFFIX.match(p.name)
-        return (int(match["step"]) if match else -1, p.stat().st_mtime)
-
-    return sorted(files, key=key, reverse=True)
+    return sorted(files, key=lambda p: (step_number(p), p.stat().st_mtime), reverse=True)
 
 
 def main_path(path):
@@ -218,11 +197,8 @@ def main_path(path):
 
 
 def load_checkpoint(path, default_folder=CHECKPOINT_DIR):
-    """Load and validate a checkpoint; return (checkpoint dict, the file it came from).
-
-    `path` may be a file, a folder, or 'latest' (= the default folder): for a folder the newest
-    valid checkpoint is used, skipping corrupt files with a warning.
-    """
+    """(the checkpoint dict, the file it came from). `path` may be a file, a folder, or 'latest' (= the
+    default folder): for a folder the newest valid checkpoint is used, skipping corrupt files with a warning."""
     path = Path(default_folder if str(path) == "latest" else path)
     if not path.exists():
         raise UserError(f"no checkpoint at {path}")
@@ -237,8 +213,6 @@ def load_checkpoint(path, default_folder=CHECKPOINT_DIR):
 
 
 def _load_file(path):
-    if path.is_dir():
-        raise UserError(f"{path} is a folder, not a checkpoint file")
     if path.stat().st_size == 0:
         raise UserError(f"{path} is empty")
     if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; its directory is at the end
@@ -246,7 +220,8 @@ def _load_file(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:  # weights_only refused something: never fall back
-        raise UserError(f"{path} was refused: it holds objects a checkpoint never has ({str(err).splitlines()[0][:120]})") from None
+        raise UserError(f"{path} was refused: it holds objects a checkpoint never has "
+                        f"({str(err).splitlines()[0][:120]})") from None
     except Exception as err:  # damaged archive members, bad records
         raise UserError(f"{path} is corrupt and cannot be loaded ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED):
@@ -260,20 +235,18 @@ REQUIRED = ("format_version", "model_config", "diffusion_config", "model", "ema"
 
 
 def migrate(ckpt, path):
-    """Bring a checkpoint of an earlier format up to this one, in memory. Version 1: the run's data
-    set is MNIST unless saved; its process is DDPM; lr_scheduler holds timm's scheduler state; a run
-    whose train_config lacks seed_scheme 2 drew its data order and noise from other seeds, so it
-    samples and evaluates as before but cannot resume exactly (not_resumable says why). Any version:
-    the t_density of VDM's runs (an option the code had up to commit 829065b) is dropped, and a run
-    that used a density cannot resume exactly; a checkpoint saved before --weighting and --t_sampling
-    gets the loss and the times it trained with (its process's own, left unset), and one saved before
-    VDM's clamp became the rule (clip_x0: a flag up to commit b4b2019) the unclamped denoiser it
-    trained as."""
+    """Bring a checkpoint of an earlier format up to this one, in memory. Version 1: the data set is
+    MNIST unless saved, the process DDPM; a run whose train_config lacks seed_scheme 2 drew its data
+    order and noise from other seeds: it samples and evaluates but cannot resume exactly (not_resumable
+    says why). Any version: VDM's t_density (an option up to commit 829065b) is dropped, and a run that
+    used one cannot resume exactly; a file saved before VDM's clamp became the rule (clip_x0: a flag up
+    to commit b4b2019) gets the unclamped denoiser it trained as, and one saved before --weighting and
+    --t_sampling the loss and times it trained with (its process's own, left unset)."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
-    ckpt["diffusion_config"].setdefault("clip_x0", False)  # (weighting, t_sampling: the process's own, unset)
-    if ckpt["diffusion_config"].pop("t_density", ()):  # a setting of how VDM trained, removed after it did not pay
+    ckpt["diffusion_config"].setdefault("clip_x0", False)
+    if ckpt["diffusion_config"].pop("t_density", ()):
         ckpt["not_resumable"] = ("it trained with --t_density, which this version no longer has (a resumed run would "
                                  "draw other times); it still samples and evaluates")
     if version == 1:
@@ -283,14 +256,13 @@ def migrate(ckpt, path):
                                      "form, so a resumed run would not continue it exactly; it still samples and "
                                      "evaluates")
         train_cfg.pop("class_cond", None)
-        diffusion_cfg = {"process": "ddpm", **ckpt["diffusion_config"]}  # every version-1 model is a DDPM
-        ckpt.update(format_version=FORMAT_VERSION, train_config=train_cfg, diffusion_config=diffusion_cfg)
+        ckpt.update(format_version=FORMAT_VERSION, train_config=train_cfg,
+                    diffusion_config={"process": "ddpm", **ckpt["diffusion_config"]})
     return ckpt
 
 
 def validate(ckpt, path):
-    """The network's config and every tensor ('latest' skips a file that fails them); the process's
-    config: models/load.py's diffusion_config()."""
+    """Check the network's config and every tensor ('latest' skips a file that fails them)."""
     try:
         ModelConfig(**ckpt["model_config"])
     except (TypeError, UserError) as err:
@@ -305,7 +277,7 @@ def validate(ckpt, path):
 
 
 def config_mismatch(saved, requested, fields):
-    """'name: saved X, requested Y' for each field in `fields` that differs."""
+    """'name: checkpoint has X, requested Y' for each field in `fields` that differs."""
     return [f"{name}: checkpoint has {saved[name]!r}, requested {requested[name]!r}"
             for name in fields if saved[name] != requested[name]]
 

@@ -12,6 +12,7 @@ to fetch and where to put them.
 """
 import sys
 import warnings
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,18 +24,17 @@ from tqdm import tqdm
 
 from utils.config import DATASETS
 from utils.errors import UserError
-from utils.mnist import download_timeout, load_mnist
+from utils.mnist import RAW_MD5, download_timeout, load_mnist
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 FOLDER_MAX_BYTES = 4 * 2 ** 30  # a folder is loaded into memory as uint8 only up to this size
 GRAY_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
+IDX_FILES = f"{', '.join(RAW_MD5)} (or the same names + .gz)"  # MNIST's file names, which its look-alikes share
 # torchvision's class, the folder it reads under --data_dir, and the files it needs there
 TORCHVISION = {
-    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, "
-                      "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte (or the same names + .gz)"),
-    "kmnist": ("KMNIST", "KMNIST/raw", "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-               "t10k-labels-idx1-ubyte (or the same names + .gz)"),
+    "fashion_mnist": ("FashionMNIST", "FashionMNIST/raw", IDX_FILES),
+    "kmnist": ("KMNIST", "KMNIST/raw", IDX_FILES),
     "cifar10": ("CIFAR10", "", "cifar-10-python.tar.gz, or its unpacked folder cifar-10-batches-py/"),
 }
 MNIST_CLASSES = tuple(str(d) for d in range(10))
@@ -76,19 +76,16 @@ def checkpoint_data(ckpt, train, data_dir="", dataset=""):
     saved = (ckpt or {}).get("train_config", {})
     dataset = dataset or saved.get("dataset", "mnist")
     shape = ckpt["model_config"] if ckpt and dataset == "folder" else {}
-    data = load_dataset(dataset, data_dir or saved.get("data_dir", "data"), train, shape.get("image_size", 0),
-                        shape.get("in_channels", 0))
-    return dataset, data
+    return dataset, load_dataset(dataset, data_dir or saved.get("data_dir", "data"), train,
+                                 shape.get("image_size", 0), shape.get("in_channels", 0))
 
 
 def torchvision_dataset(name, data_dir, train):
     """torchvision's data set from files in its layout under data_dir, else from its download."""
     class_name, folder, files = TORCHVISION[name]
     cls = getattr(torchvision.datasets, class_name)
-    try:
+    with suppress(RuntimeError):  # not there (or, for CIFAR-10, failing its MD5 check)
         return cls(data_dir, train=train, download=False)
-    except RuntimeError:  # not there (or, for CIFAR-10, failing its MD5 check)
-        pass
     try:
         with download_timeout():
             return cls(data_dir, train=train, download=True)  # uses archives already there if they check out
@@ -101,13 +98,11 @@ def torchvision_dataset(name, data_dir, train):
 # ---- your own images -------------------------------------------------------------------------
 
 def load_folder(root, image_size=0, channels=0):
-    """The images under `root` (any common format, grayscale or colour, any size).
-
-    Labels come from sub-folder names when the images sit in sub-folders (torchvision's
-    ImageFolder convention: root/cat/1.png, root/dog/2.png); images directly in root are unlabelled.
-    Every image is resized (shorter side) and centre-cropped to image_size; 0 takes the images' own
-    size, which must then be one square size. channels: 1 or 3; 0 = 1 if every image is grayscale,
-    else 3. Loaded once, with a progress bar, into uint8 memory (at most FOLDER_MAX_BYTES)."""
+    """The images under `root` (any common format, grayscale or colour, any size), labelled by their
+    sub-folders' names when they sit in sub-folders (torchvision's ImageFolder convention: root/cat/1.png,
+    root/dog/2.png), unlabelled directly in root. Every image is resized (shorter side) and centre-cropped
+    to image_size; 0 takes the images' own size, which must then be one square size. channels: 1 or 3;
+    0 = 1 if every image is grayscale, else 3. Loaded once into uint8 memory (at most FOLDER_MAX_BYTES)."""
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--data_dir {root} is not a folder of images")
@@ -147,9 +142,8 @@ def load_folder(root, image_size=0, channels=0):
 
 
 def open_image(path):
-    """PIL's image at `path` (the header read, the pixels decoded on use), or a one-line UserError
-    for a file that is no image or is larger than PIL's guard against decompression bombs allows
-    (Image.MAX_IMAGE_PIXELS, about 89 million pixels)."""
+    """PIL's image at `path` (the pixels decoded on use), or a one-line UserError for a file that is no
+    image or is larger than PIL's guard against decompression bombs allows (about 89 million pixels)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

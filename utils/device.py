@@ -10,11 +10,7 @@ from utils.errors import UserError
 def select_device(name="auto"):
     """auto: CUDA if present, else Apple MPS, else CPU. Otherwise the named torch device."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -30,16 +26,14 @@ def cpu_has_fast_bf16():
     """True on CPUs with bf16 dot-product instructions (AVX512-BF16 or AMX) that PyTorch uses: not
     when its kernels are capped below AVX-512 (ATEN_CPU_CAPABILITY=avx2, as on an AVX2-only CPU)."""
     checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    capability = torch.backends.cpu.get_cpu_capability()
-    return capability.startswith(("AVX512", "AMX")) and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
+    capable = torch.backends.cpu.get_cpu_capability().startswith(("AVX512", "AMX"))
+    return capable and any(getattr(torch.cpu, name, lambda: False)() for name in checks)
 
 
 def resolve_precision(precision, device):
-    """The autocast dtype for --precision on this device (None = plain fp32).
-
-    auto: bf16 on CPUs with bf16 instructions and on GPUs that support it, fp16 on older GPUs,
-    fp32 elsewhere. The loss and the diffusion coefficients always stay fp32.
-    """
+    """The autocast dtype for --precision on this device (None = plain fp32; the loss and the diffusion
+    coefficients always stay fp32). auto: bf16 on CPUs with bf16 instructions and on GPUs that support
+    it, fp16 on older GPUs, fp32 elsewhere."""
     if precision == "auto":
         if device.type == "cpu":
             precision = "bf16" if cpu_has_fast_bf16() else "fp32"
@@ -63,10 +57,7 @@ def autocast(device, dtype, cache=True):
 
 
 def set_cpu_threads():
-    """At most one intra-op thread per CPU this process may run on, unless OMP_NUM_THREADS is set.
-
-    PyTorch already defaults to one thread per physical core; in a container limited to fewer
-    CPUs than the host has, that default would oversubscribe, so cap it at the affinity mask.
-    """
+    """Cap PyTorch's threads (one per physical core) at the CPUs this process may run on, as in a
+    container limited to fewer CPUs than the host has, unless OMP_NUM_THREADS is set."""
     if "OMP_NUM_THREADS" not in os.environ and hasattr(os, "sched_getaffinity"):
         torch.set_num_threads(max(1, min(torch.get_num_threads(), len(os.sched_getaffinity(0)))))

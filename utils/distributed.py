@@ -1,8 +1,5 @@
-"""DistributedDataParallel from torchrun's environment variables, in a few lines.
-
-`torchrun --nproc_per_node=N train.py ...` sets RANK, LOCAL_RANK and WORLD_SIZE; a plain
-`python train.py` has none of them and runs as a single process (rank 0 of 1).
-"""
+"""DistributedDataParallel from torchrun's environment variables: `torchrun --nproc_per_node=N train.py`
+sets RANK, LOCAL_RANK and WORLD_SIZE; a plain `python train.py` has none and runs as rank 0 of 1."""
 import os
 from datetime import timedelta
 
@@ -63,9 +60,7 @@ def ranks_agree(model):
     flat = torch.cat([p.detach().flatten() for p in model.parameters()])
     reference = flat.clone()
     dist.broadcast(reference, src=0)
-    mismatch = torch.tensor([0.0 if torch.equal(flat, reference) else 1.0], device=flat.device)
-    dist.all_reduce(mismatch, op=dist.ReduceOp.MAX)
-    return mismatch.item() == 0
+    return not any_rank(not torch.equal(flat, reference))
 
 
 def cleanup():

@@ -1,7 +1,5 @@
-"""One error type for problems the user can fix (bad options, bad files, missing data).
-
-Scripts catch it at the top and print one line to stderr with exit code 2, no traceback.
-"""
+"""One error type for problems the user can fix (bad options, bad files, missing data), which scripts
+report as one line on stderr with exit code 2, no traceback (exit_on_user_error)."""
 import re
 import sys
 from pathlib import Path
@@ -41,11 +39,8 @@ def exit_on_user_error(main):
     code 2 (on a line of its own, also when a progress bar is showing)."""
     try:
         return main()
-    except UserError as err:
-        tqdm.write(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except RuntimeError as err:  # torch.OutOfMemoryError is one
-        message = out_of_memory(err)
+    except (UserError, RuntimeError) as err:  # torch.OutOfMemoryError is a RuntimeError
+        message = str(err) if isinstance(err, UserError) else out_of_memory(err)
         if message is None:
             raise
         tqdm.write(f"error: {message}", file=sys.stderr)

@@ -1,10 +1,7 @@
-"""Settings as dataclasses, and the command-line flags made from them.
-
-A setting is a dataclass field made by `option` (its default, --help text, choices and, for numbers,
-the allowed range as an interval), checked in one place (`check_fields`); `parse_flags` makes one
---flag per field of each dataclass a script uses, and `from_args` builds the dataclass back. The
-settings themselves: utils/config.py (the network, training and the scripts), diffusion/config.py
-(the process and sampling, whose choices come from the registries in diffusion/).
+"""Settings as dataclasses, and the command-line flags made from them: a field made by `option` is
+checked in one place (`check_fields`), `parse_flags` makes its --flag and `from_args` builds the
+dataclass back. The settings themselves: utils/config.py (the network, training and the scripts),
+diffusion/config.py (the process and sampling, whose choices come from the registries in diffusion/).
 """
 import argparse
 import dataclasses
@@ -38,13 +35,12 @@ def check_fields(config):
         for item in value if isinstance(value, (tuple, list)) else (value,):
             if choices is not None and item not in choices:
                 raise UserError(f"--{f.name} {item!r} is not one this version knows ({', '.join(map(str, choices))})")
-        for number in value if isinstance(value, (tuple, list)) else (value,):
-            if isinstance(number, bool) or not isinstance(number, (int, float)):
+            if isinstance(item, bool) or not isinstance(item, (int, float)):
                 continue
-            if not math.isfinite(number):
-                raise UserError(f"--{f.name} must be a finite number, got {number}")
-            if bounds and not in_bounds(number, bounds):
-                raise UserError(f"--{f.name} must be {describe(bounds)}, got {number:g}")
+            if not math.isfinite(item):
+                raise UserError(f"--{f.name} must be a finite number, got {item}")
+            if bounds and not in_bounds(item, bounds):
+                raise UserError(f"--{f.name} must be {describe(bounds)}, got {item:g}")
 
 
 def now(value):
@@ -62,16 +58,16 @@ def in_bounds(number, bounds):
 def describe(bounds):
     """'[1, inf)' -> 'at least 1', '(0, inf)' -> 'positive', '[0, inf)' -> '>= 0', else 'in [0, 1)'."""
     return {"(0, inf)": "positive", "[0, inf)": ">= 0"}.get(bounds) or (
-        f"at least {bounds[1:].split(',')[0]}" if bounds.startswith("[") and bounds.endswith("inf)") else f"in {bounds}")
+        f"at least {bounds[1:].split(',')[0]}" if bounds[0] == "[" and bounds.endswith("inf)") else f"in {bounds}")
 
 
 # ---- flags from dataclasses -------------------------------------------------------------
 
-def add_arguments(parser, config_cls, skip=()):
+def add_arguments(parser, config_cls):
     """Add one --flag per field of config_cls, with its default and help text."""
     group = parser.add_argument_group(config_cls.__name__)
     for f in dataclasses.fields(config_cls):
-        if f.name in skip or not f.metadata.get("flag", True):
+        if not f.metadata.get("flag", True):
             continue
         kwargs = {"default": f.default, "help": f"{now(f.metadata['help'])} (default: {_show(f.default)})"}
         if f.metadata["choices"]:
@@ -93,17 +89,15 @@ class Parser(argparse.ArgumentParser):
 
 
 def parse_flags(description, config_classes, argv=None):
-    """(the parsed flags of every field of config_classes, the names of the flags typed on this
-    command line as opposed to left at their defaults). The parser takes no abbreviations, so every
-    typed flag appears whole."""
+    """(the parsed flags of every field of config_classes, the names of those typed on this command line
+    rather than left at their defaults: the parser takes no abbreviations, so each appears whole)."""
     parser = Parser(description=description, allow_abbrev=False)
     for cls in config_classes:
         add_arguments(parser, cls)
     args = parser.parse_args(argv)
     given = {arg.split("=")[0] for arg in (sys.argv[1:] if argv is None else map(str, argv))}
-    typed = {f.name for cls in config_classes for f in dataclasses.fields(cls)
-             if given & {f"--{f.name}", f"--no-{f.name}"}}
-    return args, typed
+    return args, {f.name for cls in config_classes for f in dataclasses.fields(cls)
+                  if given & {f"--{f.name}", f"--no-{f.name}"}}
 
 
 def _show(value):

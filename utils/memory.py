@@ -1,10 +1,8 @@
 """Will a batch fit in memory? An estimate made before the work starts, so that a batch far too
-large is refused in one line instead of ending in an allocation traceback or the kernel's OOM killer.
-
-The estimate counts, on PyTorch's meta device (shapes only: no memory, no arithmetic), the most
-bytes that the tensors of one image's pass through the network (for training, the forward and
-backward passes train.py hands in) hold at once; that times the batch is compared with the memory free on the device.
-Counted for the default network's training step: 3.6 MiB per image, against 4.1 MiB of peak RSS
+large is refused in one line instead of ending in an allocation traceback or the kernel's OOM killer:
+the most bytes one image's tensors hold at once in a pass through the network (counted on PyTorch's
+meta device: shapes only, no memory, no arithmetic), times the batch, against the memory free on the
+device. For the default network's training step: 3.6 MiB per image counted, 4.1 MiB of peak RSS
 measured (2-core AMD Zen 4, fp32); its forward pass 0.48 against 0.58.
 """
 import copy
@@ -52,36 +50,30 @@ def forward_pass(net, x, t):
 
 
 def bytes_per_image(model, work=forward_pass):
-    """Bytes that one more image adds to the peak memory of `work(net, x, t)` (default: the forward
-    pass; train.py hands in its forward and backward pass): the peak of live tensors at batch 2
-    minus batch 1, in fp32, counted on the meta device. Remembered per network config and work."""
-    key = (type(model).__name__, repr(model.config), work)
+    """Bytes that one more image adds to the peak memory of `work(net, x, t)` in fp32 (train.py hands in
+    its forward and backward pass): batch 2 less batch 1. Remembered per network config and work."""
+    config = model.config
+    key = (type(model).__name__, repr(config), work)
     if key not in _PER_IMAGE:
-        _PER_IMAGE[key] = _count(model, work)
+        meta, peaks = copy.deepcopy(model).to("meta"), []
+        for batch in (1, 2):
+            x = torch.zeros(batch, config.in_channels, config.image_size, config.image_size, device="meta")
+            with _PeakBytes() as counter:
+                work(meta, x, torch.zeros(batch, device="meta"))
+            peaks.append(counter.peak)
+        _PER_IMAGE[key] = peaks[1] - peaks[0]
     return _PER_IMAGE[key]
 
 
 _PER_IMAGE = {}
 
 
-def _count(model, work):
-    config = model.config
-    meta = copy.deepcopy(model).to("meta")
-    peaks = []
-    for batch in (1, 2):
-        x = torch.zeros(batch, config.in_channels, config.image_size, config.image_size, device="meta")
-        t = torch.zeros(batch, device="meta")
-        with _PeakBytes() as counter:
-            work(meta, x, t)
-        peaks.append(counter.peak)
-    return peaks[1] - peaks[0]
-
-
 def free_bytes(device):
     """Memory free for this process on `device`: the GPU's free memory, or on Linux the smaller of
     MemAvailable and what a cgroup limit leaves; None where unknown (then nothing is checked)."""
     if device.type == "cuda":  # free on the card, plus what PyTorch holds in its cache unused
-        return torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + cached
     if device.type != "cpu":
         return None
     try:
@@ -107,15 +99,14 @@ def check_batch(model, batch, device, flag="--batch_size", copies=1, work=forwar
     if batch * copies <= UNCHECKED:
         return
     free = free_bytes(torch.device(device))
-    try:
-        per_image = bytes_per_image(model, work)
-    except Exception:  # noqa: BLE001 (a network the meta device cannot run: no estimate, no check)
-        return
     if free is None:
         return
-    per_image *= MARGIN * copies
+    try:
+        per_image = bytes_per_image(model, work) * MARGIN * copies
+    except Exception:  # noqa: BLE001 (a network the meta device cannot run: no estimate, no check)
+        return
     if batch * per_image > USABLE * free:
         fits = max(1, int(USABLE * free // per_image))
-        raise UserError(f"{flag} {batch} needs about {batch * per_image / 2 ** 30:.1f} GiB for the network's "
-                        f"{what}, more than the {free / 2 ** 30:.1f} GiB "
-                        f"free on {torch.device(device).type}; try {flag} {fits} or less")
+        raise UserError(f"{flag} {batch} needs about {batch * per_image / 2 ** 30:.1f} GiB for the network's {what}, "
+                        f"more than the {free / 2 ** 30:.1f} GiB free on {torch.device(device).type}; "
+                        f"try {flag} {fits} or less")

