@@ -13,7 +13,7 @@ machine; the page's checkpoint box, which reads any file the server can read, is
 import socket
 import time
 from dataclasses import dataclass
-from functools import wraps
+from functools import partial, wraps
 
 import torch
 from PIL import Image
@@ -81,8 +81,7 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
         m = open_model(path, cfg)
         start, sampling = time.perf_counter(), sampling_for(m, sampler, steps, guidance, seed)
         grid, frames = denoising(m, sampling, digit, progress)
-        seconds = time.perf_counter() - start
-        print(f"generated {NUM} digits in {seconds:.3f} s by {sampling.describe(False)}", flush=True)
+        print(f"generated {NUM} digits in {time.perf_counter() - start:.3f} s by {sampling.describe(False)}", flush=True)
         last = len(frames) - 1
         return grid, frames, gr.update(maximum=last, value=last), zoomed(frames[-1][0]), frames[-1][1]
 
@@ -123,6 +122,9 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
 
     conditional = bool(model.net.config.num_classes)
     digits = dict(choices=["any", *model.classes], value="any", label="digit", visible=conditional)
+    shown = partial(gr.Image, format="png", interactive=False)  # an image the page shows, not an input
+    pad = {"type": "numpy", "image_mode": "RGBA", "format": "png", "layers": False, "transforms": (),
+           "canvas_size": (CANVAS, CANVAS), "fixed_canvas": True}  # the drawing's canvas and the eraser's
     with gr.Blocks(title="Diffusion playground", delete_cache=(3600, 3600)) as page:  # files older than an hour
         path, frames, draws = gr.State(str(model.path)), gr.State([]), gr.State(0)  # draws: test digits shown
         about = gr.Markdown(summary(model, full_path=can_load), elem_id="about")
@@ -140,17 +142,15 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
                     seed = gr.Number(0, precision=0, minimum=0, label="seed", elem_id="seed")
                     go = gr.Button("Generate", variant="primary", elem_id="generate")
                 with gr.Column(scale=2):
-                    grid = gr.Image(label="digits", format="png", interactive=False, elem_id="grid")
+                    grid = shown(label="digits", elem_id="grid")
                     scrub = gr.Slider(0, 1, value=0, step=1, label="denoising step: from the noise to the digits",
                                       elem_id="scrub")
-                    frame = gr.Image(label="x_t and the predicted x0", format="png", interactive=False,
-                                     elem_id="frame")
+                    frame = shown(label="x_t and the predicted x0", elem_id="frame")
                     caption = gr.Markdown()
         with gr.Tab("Draw", elem_id="tab-draw"):
             gr.Markdown("Draw a digit; the model redraws it (SDEdit: noised to the strength, then denoised).")
             with gr.Row():
-                sketch = gr.Sketchpad(type="numpy", image_mode="RGBA", format="png", layers=False, transforms=(),
-                                      canvas_size=(CANVAS, CANVAS), fixed_canvas=True, elem_id="sketch",
+                sketch = gr.Sketchpad(**pad, elem_id="sketch",
                                       brush=gr.Brush(default_size=22, colors=["#000000"], color_mode="fixed"))
                 with gr.Column():
                     draw_digit = gr.Dropdown(**digits, elem_id="draw-digit")
@@ -159,16 +159,13 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
                     draw_seed = gr.Number(0, precision=0, minimum=0, label="seed")
                     redraw_button = gr.Button("Redraw", variant="primary", elem_id="redraw")
             with gr.Row():
-                before = gr.Image(label="your digit, as the model sees it", format="png", interactive=False,
-                                  elem_id="before")
-                after = gr.Image(label="redrawn", format="png", interactive=False, elem_id="after")
+                before = shown(label="your digit, as the model sees it", elem_id="before")
+                after = shown(label="redrawn", elem_id="after")
         with gr.Tab("Erase and complete", elem_id="tab-erase"):
             gr.Markdown("Brush over part of the digit; the model fills it in (inpainting).")
             with gr.Row():
-                editor = gr.ImageEditor(type="numpy", image_mode="RGBA", format="png", sources=(), layers=False,
-                                        transforms=(), canvas_size=(CANVAS, CANVAS), fixed_canvas=True,
-                                        elem_id="eraser", brush=gr.Brush(default_size=40, colors=["#ff3333"],
-                                                                          color_mode="fixed"))
+                editor = gr.ImageEditor(**pad, sources=(), elem_id="eraser",
+                                        brush=gr.Brush(default_size=40, colors=["#ff3333"], color_mode="fixed"))
                 with gr.Column():
                     another = gr.Button("Another test digit", elem_id="another")
                     upload = gr.UploadButton("Upload an image", file_types=["image"], elem_id="upload")
@@ -176,8 +173,8 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
                     erase_seed = gr.Number(0, precision=0, minimum=0, label="seed")
                     complete_button = gr.Button("Complete", variant="primary", elem_id="complete")
             with gr.Row():
-                masked = gr.Image(label="what the model keeps", format="png", interactive=False, elem_id="masked")
-                completed = gr.Image(label="completed", format="png", interactive=False, elem_id="completed")
+                masked = shown(label="what the model keeps", elem_id="masked")
+                completed = shown(label="completed", elem_id="completed")
 
         if can_load:  # else not even the page's API reads a file by its path
             load_button.click(switch, [path, box],

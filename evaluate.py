@@ -28,16 +28,8 @@ from utils.errors import exit_on_user_error
 from utils.flags import from_args, parse_flags
 from utils.metrics import evaluate_samples
 
-COLUMNS = ["fid", "kid", "precision", "recall", "confident", "digit_accuracy", "class_kl", "memorisation"]
-
-
-def print_table(name, results, file=sys.stdout):
-    header = f"{'':24s}" + "".join(f"{c:>15s}" for c in COLUMNS)
-    row = f"{name:24s}" + "".join(f"{results[c]:>15.4f}" if c in results else f"{'-':>15s}" for c in COLUMNS)
-    print(header, row, sep="\n", file=file)
-
-
 CONFIGS = (EvalConfig, SamplingConfig)
+COLUMNS = ["fid", "kid", "precision", "recall", "confident", "digit_accuracy", "class_kl", "memorisation"]
 
 
 def tag(sampling):
@@ -80,7 +72,8 @@ def main(argv=None, make_model=UNet):
     results = evaluate_samples(samples.cpu(), classifier, test_images, train_images, device, requested)
     results.update(name=name, dataset=dataset, sample_seconds=round(sample_seconds, 2),
                    total_seconds=round(time.perf_counter() - start, 1), device=str(device))
-    print_table(name, results)
+    print(f"{'':24s}" + "".join(f"{c:>15s}" for c in COLUMNS))  # a small table: the header, then the row
+    print(f"{name:24s}" + "".join(f"{results[c]:>15.4f}" if c in results else f"{'-':>15s}" for c in COLUMNS))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
     print(f"sampling {results['sample_seconds']} s, total {results['total_seconds']} s on {device}; wrote {out}",

@@ -155,8 +155,7 @@ def interpolation(cfg, loaded, labels, rows=4):
     """--interpolate N: `rows` rows of N frames, decoded at eta 0 with the same noise and labels
     per frame: between two noises (spherically), or with --between A B between two classes at one
     noise. Writes interpolation.png and interpolation.gif."""
-    net, device = loaded.net.config, loaded.device
-    n = cfg.interpolate
+    net, device, n = loaded.net.config, loaded.device, cfg.interpolate
     weights = torch.linspace(0, 1, n, dtype=torch.float64)
     shape = (rows, net.in_channels, net.image_size, net.image_size)
     start, generator = loaded.noise(shape)

@@ -83,14 +83,13 @@ def main(argv=None):
             loss.backward()
             optimizer.step()
             schedule.step()
-        print(f"epoch {epoch + 1}: test accuracy {accuracy(model, test_x, test_y, device):.4f}", file=sys.stderr)
+        acc = accuracy(model, test_x, test_y, device)
+        print(f"epoch {epoch + 1}: test accuracy {acc:.4f}", file=sys.stderr)
 
-    acc = accuracy(model, test_x, test_y, device)
-    state = {k: v.cpu() for k, v in model.state_dict().items()}
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state, "test_accuracy": acc, "seed": cfg.seed, "epochs": cfg.epochs,
-                "dataset": cfg.dataset, "in_channels": data.images.shape[1], "num_classes": len(data.classes),
-                "classes": list(data.classes)}, out)
+    torch.save({"model": {k: v.cpu() for k, v in model.state_dict().items()}, "test_accuracy": acc, "seed": cfg.seed,
+                "epochs": cfg.epochs, "dataset": cfg.dataset, "in_channels": data.images.shape[1],
+                "num_classes": len(data.classes), "classes": list(data.classes)}, out)
     print(f"test accuracy {acc:.4f}; wrote {out}; sha256 {file_digest(out, 'sha256')}")
 
 

@@ -48,8 +48,7 @@ class Classifier(nn.Module):
 
 
 def classifier_path(dataset):
-    """Where train_classifier.py writes a data set's classifier by default (never over the shipped
-    one), and where evaluate.py looks for one of a data set other than MNIST."""
+    """Where train_classifier.py writes a data set's classifier by default, and evaluate.py looks for it."""
     return Path(CHECKPOINT_DIR) / f"classifier_{dataset}.pt"
 
 

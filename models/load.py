@@ -45,7 +45,6 @@ class Loaded:
     classes: tuple              # the names of its labels (class_names)
 
     def generate(self, num, labels=None, sampling=None, batch_size=1000, callback=None, batch_flag="--batch_size"):
-        """diffusion.pipeline.generate by this model, with its sampling unless `sampling` is given."""
         return generate(self.net, self.diffusion, num, sampling or self.sampling, labels=labels, batch_size=batch_size,
                         autocast=self.amp, callback=callback, batch_flag=batch_flag, guide=self.guide)
 
@@ -103,9 +102,9 @@ def load_guide(spec, ckpt, path, model):
             raise UserError(f"--guide_model {spec} was trained on {data_set(other)}, {path} on {data_set(ckpt)}; "
                             "the guide must learn the same data set")
         guide, process = load_model(other, source, True, device)
-        mine = diffusion_config(ckpt, path)
-        for what, theirs, ours in (("process", defining(process.config), defining(mine)),
-                                   ("images", shape(guide.config), shape(model.config)),
+        for what, theirs, ours in (("process", defining(process.config), defining(diffusion_config(ckpt, path))),
+                                   ("images", (guide.config.in_channels, guide.config.image_size),
+                                    (model.config.in_channels, model.config.image_size)),
                                    ("classes", guide.config.num_classes, model.config.num_classes)):
             if theirs != ours:
                 raise UserError(f"--guide_model {spec}: its {what} ({theirs}) differ from {path}'s ({ours})")
@@ -135,11 +134,6 @@ def defining(config):
     """What of a DiffusionConfig defines the process and the network's output (not how it trained)."""
     return {name: getattr(config, name) for name in ("process", "num_timesteps", "schedule", "beta_start", "beta_end",
                                                       "gamma_min", "gamma_max", "prediction")}
-
-
-def shape(config):
-    """(channels, size) of a network's images."""
-    return config.in_channels, config.image_size
 
 
 def checkpoint_or_shipped(path):

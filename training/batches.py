@@ -15,16 +15,6 @@ GRID_SEED = 1234        # the fixed noise of the per-epoch sample grids, the sam
 QUICK_FID_SEED = 4321   # the samples of --eval_every, the same at every evaluation
 
 
-def data_order_seed(seed, epoch):
-    """Seed of the shuffle of `epoch`: distinct for every (seed, epoch) pair."""
-    return seed * 2 ** 32 + epoch
-
-
-def step_noise_seed(seed, step):
-    """Seed of the noise, timesteps and label dropout of `step`: distinct for every (seed, step) pair."""
-    return seed * 2 ** 32 + 2 ** 31 + step
-
-
 def fit_batch(batch_size, num_images, world_size, name):
     """The global batch size for a data set of num_images: --batch_size, or for a smaller data set
     all of its images (rounded down to a multiple of the processes), said in one line."""
@@ -59,15 +49,16 @@ class Batches:
         the null label where dropped (None for an unconditional model), t (B,) the process's times."""
         cfg, device = self.cfg, self.images.device
         epoch, index = divmod(step, self.steps_per_epoch)
-        if epoch != self.epoch:
-            generator = torch.Generator().manual_seed(data_order_seed(cfg.seed, epoch))
+        if epoch != self.epoch:  # the shuffle's seed: distinct for every (seed, epoch) pair
+            generator = torch.Generator().manual_seed(cfg.seed * 2 ** 32 + epoch)
             self.epoch, self.order = epoch, torch.randperm(len(self.images), generator=generator).to(device)
         batch = self.order[index * cfg.batch_size:][:cfg.batch_size][self.part]
         x0 = to_model_range(self.images[batch])
         y = self.labels[batch] if self.labels is not None else None
 
-        # noise, timesteps and label dropout for the whole global batch; keep this process's part
-        self.noise_gen.manual_seed(step_noise_seed(cfg.seed, step))
+        # noise, timesteps and label dropout for the whole global batch, from a seed distinct for every
+        # (seed, step) pair; keep this process's part
+        self.noise_gen.manual_seed(cfg.seed * 2 ** 32 + 2 ** 31 + step)
         noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=self.noise_gen, device=device)[self.part]
         t = self.process.draw_t(cfg.batch_size, self.noise_gen, device)[self.part]
         drop = torch.rand(cfg.batch_size, generator=self.noise_gen, device=device)[self.part] < cfg.p_uncond

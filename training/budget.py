@@ -73,7 +73,7 @@ class Plan:
         return True
 
 
-def planned_steps(cfg, steps_per_epoch, seconds_per_step, seconds_spent, step, start=None):
+def planned_steps(cfg, steps_per_epoch, seconds_per_step, seconds_spent, step, start):
     """The run's Plan; seconds_per_step() is called only for a budget. A fresh --minutes run re-plans
     on the way (start: its time.perf_counter() at launch); --plan repeats a run's plan exactly."""
     if cfg.plan:
@@ -88,7 +88,6 @@ def planned_steps(cfg, steps_per_epoch, seconds_per_step, seconds_spent, step, s
     if distributed.is_main():
         print(f"budget {cfg.minutes:g} min: {speed:.3f} s/step measured -> {planned:,} steps in all, re-planned on "
               "the way (the checkpoint and the end of the run say how to repeat it)", file=sys.stderr)
-    start = time.perf_counter() - seconds_spent if start is None else start
     return Plan((planned,), deadline=start + cfg.minutes * 60 - END_SECONDS, every=max(1, planned // CHECKS))
 
 

@@ -35,9 +35,9 @@ class Log:
 
     def __init__(self, cfg, out_dir, steps, fresh, start, enabled):
         """steps: (the step the run starts at, its last step); fresh: a new run, not a resumed one."""
-        first, self.end_step = steps
+        first, last = steps
         self.path, self.cfg, self.start, self.enabled = out_dir / "train_log.csv", cfg, start, enabled
-        self.bar = tqdm(total=self.end_step, initial=first, disable=not enabled, dynamic_ncols=True, desc="train")
+        self.bar = tqdm(total=last, initial=first, disable=not enabled, dynamic_ncols=True, desc="train")
         self.smoothed, self.tic, self.tic_step = None, time.perf_counter(), first
         self.board = tensorboard_writer(out_dir / "tensorboard") if enabled and cfg.tensorboard else None
         if enabled and (fresh or not self.path.exists()):
@@ -49,7 +49,7 @@ class Log:
 
     def retotal(self, end_step):
         """A --minutes run re-planned: the bar's new last step."""
-        self.end_step = self.bar.total = end_step
+        self.bar.total = end_step
         self.bar.refresh()
 
     def step(self, step, epoch, loss, lr, grad_norm, bad_steps):
@@ -83,27 +83,48 @@ class Log:
             self.board.close()
 
 
-class QuickFid:
-    """--eval_every: the FID and confident share of a few samples (default sampling, fixed noise),
-    appended to eval_log.csv. The classifier and the test-set features are loaded once."""
+class Progress:
+    """How the run's samples look as it trains, from the EMA weights with the default sampling and
+    fixed noise: the quick FID of --eval_every (appended to eval_log.csv; the classifier and the
+    test-set features are loaded once), and a grid after each epoch (at least GRID_EVERY steps
+    apart), both also sent to the Log."""
 
-    def __init__(self, device, cfg, model_cfg):
-        self.device, self.classifier = device, load_classifier(device, cfg.dataset)
-        if self.classifier is None:
-            raise UserError(f"--eval_every needs a classifier of {cfg.dataset}: run python train_classifier.py "
-                            f"--dataset {cfg.dataset}")
-        test = load_dataset(cfg.dataset, cfg.data_dir, train=False, image_size=model_cfg.image_size,
-                            channels=model_cfg.in_channels)
-        self.real, _ = classify(self.classifier, to_model_range(test.images), device)
+    def __init__(self, cfg, model_cfg, diffusion, amp, steps_per_epoch):
+        self.cfg, self.diffusion, self.amp, self.steps_per_epoch = cfg, diffusion, amp, steps_per_epoch
+        self.out_dir = Path(cfg.output_dir)
+        self.grid_every = steps_per_epoch * -(-GRID_EVERY // steps_per_epoch)  # whole epochs
+        if cfg.eval_every:
+            self.classifier = load_classifier(diffusion.device, cfg.dataset)
+            if self.classifier is None:
+                raise UserError(f"--eval_every needs a classifier of {cfg.dataset}: run python train_classifier.py "
+                                f"--dataset {cfg.dataset}")
+            test = load_dataset(cfg.dataset, cfg.data_dir, train=False, image_size=model_cfg.image_size,
+                                channels=model_cfg.in_channels)
+            self.real, _ = classify(self.classifier, to_model_range(test.images), diffusion.device)
 
-    def log(self, model, diffusion, amp, step, num, path):
-        """(FID, confident share) of `num` samples of `model`, also appended to `path`."""
-        begin = time.perf_counter()
-        sampling = SamplingConfig(seed=QUICK_FID_SEED).for_model(diffusion.config, ())
-        samples = generate(model, diffusion, num, sampling, batch_size=sampling_batch_size(self.device), autocast=amp)
-        fake, probs = classify(self.classifier, samples, self.device)
+    def sample(self, model, step, last, log):
+        """After optimizer step `step` (`last`: the run's last one)."""
+        cfg = self.cfg
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            fid, confident = self.quick_fid(model, step)
+            log.scalars(step, {"eval/fid": fid, "eval/confident": confident})
+        if cfg.num_grid_samples and (step % self.grid_every == 0 or last):
+            grid = self.generate(model, cfg.num_grid_samples, GRID_SEED, cfg.num_grid_samples)
+            epoch = (step - 1) // self.steps_per_epoch  # the epoch this step belonged to
+            log.grid(step, grid, self.out_dir / f"samples_epoch{epoch + 1:03d}.png")
+
+    def generate(self, model, num, seed, batch_size):
+        sampling = SamplingConfig(seed=seed).for_model(self.diffusion.config, ())
+        return generate(model, self.diffusion, num, sampling, batch_size=batch_size, autocast=self.amp)
+
+    def quick_fid(self, model, step):
+        """(FID, confident share) of --eval_samples samples, also appended to eval_log.csv."""
+        begin, num, device = time.perf_counter(), self.cfg.eval_samples, self.diffusion.device
+        samples = self.generate(model, num, QUICK_FID_SEED, sampling_batch_size(device))
+        fake, probs = classify(self.classifier, samples, device)
         fid, confident = fid_kid(self.real, fake)[0], class_statistics(probs)["confident"]
         seconds = time.perf_counter() - begin
+        path = self.out_dir / "eval_log.csv"
         new = not path.exists()
         with open(path, "a", newline="") as f:
             writer = csv.writer(f)
@@ -112,29 +133,3 @@ class QuickFid:
             writer.writerow([step, f"{fid:.4f}", f"{confident:.4f}", f"{seconds:.1f}"])
         tqdm.write(f"step {step}: FID {fid:.3f} on {num} samples ({seconds:.0f} s)")
         return fid, confident
-
-
-class Progress:
-    """How the run's samples look as it trains, from the EMA weights with the default sampling and
-    fixed noise: the quick FID of --eval_every, and a grid after each epoch (at least GRID_EVERY
-    steps apart), both also sent to the Log."""
-
-    def __init__(self, cfg, model_cfg, diffusion, amp, steps_per_epoch):
-        self.cfg, self.diffusion, self.amp, self.steps_per_epoch = cfg, diffusion, amp, steps_per_epoch
-        self.out_dir = Path(cfg.output_dir)
-        self.quick_fid = QuickFid(diffusion.device, cfg, model_cfg) if cfg.eval_every else None
-        self.grid_every = steps_per_epoch * -(-GRID_EVERY // steps_per_epoch)  # whole epochs
-
-    def sample(self, model, step, last, log):
-        """After optimizer step `step` (`last`: the run's last one)."""
-        cfg = self.cfg
-        if self.quick_fid and step % cfg.eval_every == 0:
-            fid, confident = self.quick_fid.log(model, self.diffusion, self.amp, step, cfg.eval_samples,
-                                                self.out_dir / "eval_log.csv")
-            log.scalars(step, {"eval/fid": fid, "eval/confident": confident})
-        if cfg.num_grid_samples and (step % self.grid_every == 0 or last):
-            sampling = SamplingConfig(seed=GRID_SEED).for_model(self.diffusion.config, ())
-            grid = generate(model, self.diffusion, cfg.num_grid_samples, sampling, batch_size=cfg.num_grid_samples,
-                            autocast=self.amp)
-            epoch = (step - 1) // self.steps_per_epoch  # the epoch this step belonged to
-            log.grid(step, grid, self.out_dir / f"samples_epoch{epoch + 1:03d}.png")

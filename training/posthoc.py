@@ -23,7 +23,6 @@ from training.ema import update_ema
 from utils.errors import UserError
 
 SIGMA_RELS = (0.05, 0.10)     # the two profiles kept (EDM2's)
-MAX_SIGMA_REL = 1 / math.sqrt(12)  # the profile of g = 0, the plain average of the whole run
 
 
 def gamma_of(sigma_rel):
@@ -76,9 +75,8 @@ def coefficients(snapshots, sigma_rel, step):
     t = np.array([s for s, _ in snapshots] + [step], dtype=np.float64)
     g = np.array([gamma_of(r) for _, r in snapshots] + [gamma_of(sigma_rel)])
     gi, gj, ti, tj = g[:, None], g[None, :], t[:, None], t[None, :]
-    log_inner = ((gi + gj + 1) * np.log(np.minimum(ti, tj)) - (gi + 1) * np.log(ti) - (gj + 1) * np.log(tj)
-                 + np.log((gi + 1) * (gj + 1) / (gi + gj + 1)))
-    inner = np.exp(log_inner)
+    inner = np.exp((gi + gj + 1) * np.log(np.minimum(ti, tj)) - (gi + 1) * np.log(ti) - (gj + 1) * np.log(tj)
+                   + np.log((gi + 1) * (gj + 1) / (gi + gj + 1)))
     return np.linalg.lstsq(inner[:-1, :-1], inner[:-1, -1], rcond=None)[0]
 
 
