@@ -66,9 +66,8 @@ def open_model(path, cfg):
 
 def sampling_for(model, sampler, steps, guidance, seed):
     """The model's sampling with the page's choices (its own grid only with its own sampler)."""
-    grid = model.sampling.grid if sampler == model.sampling.sampler else ""
     return replace(model.sampling, sampler=sampler, steps=int(steps), guidance=float(guidance), seed=int(seed),
-                   grid=grid)
+                   grid=model.sampling.grid if sampler == model.sampling.sampler else "")
 
 
 def ticker(progress, total, desc, after=0.5):

@@ -1,10 +1,6 @@
 """The processes a model can be trained on, by --process: the contract every process keeps, the
-registry and its one factory.
-
-    ddpm   the discrete DDPM of Ho et al. 2020 (diffusion/ddpm.py): T steps, linear or cosine betas
-    vdm    a variational diffusion model in continuous time (Kingma et al. 2021; diffusion/continuous.py)
-    flow   flow matching / rectified flow (Lipman et al. 2023; Liu et al. 2023; diffusion/continuous.py)
-    shortcut  flow matching that also learns jumps, for 1-4 step sampling (Frans et al. 2025; diffusion/shortcut.py)
+registry and its one factory. ddpm is in diffusion/ddpm.py, vdm and flow in diffusion/continuous.py,
+shortcut in diffusion/shortcut.py; each class's `about` says what it is (--help shows it).
 
 A new process is one class that keeps the contract `Process`: it subclasses GaussianProcess
 (diffusion/gaussian.py: targets, estimates, posterior, transition and loss from alpha and sigma) or,

@@ -30,8 +30,7 @@ class UNet(nn.Module):
         if config.step_condition:  # the step's size, embedded like t; zero at first: a plain flow model
             self.step_mlp = nn.Sequential(nn.Linear(ch, emb_dim), nn.SiLU(), zero_init(nn.Linear(emb_dim, emb_dim)))
         if config.num_classes > 0:
-            # one embedding per class and one for the null label (config.null_label)
-            self.label_emb = nn.Embedding(config.num_classes + 1, emb_dim)
+            self.label_emb = nn.Embedding(config.num_classes + 1, emb_dim)  # + 1: the null label (config.null_label)
 
         features = 1 + 2 * len(config.fourier_features)  # x, then sin and cos per frequency
         # a buffer, not a tensor made in forward: a CUDA graph cannot capture a copy from the host

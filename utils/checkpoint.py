@@ -76,12 +76,6 @@ def step_number(path):
     return int(match["step"]) if match else -1
 
 
-def step_files(path):
-    """Step-numbered checkpoints next to `path`, oldest first."""
-    path = Path(path)
-    return sorted((p for p in path.parent.glob(f"{path.name}_step*") if main_path(p) == path), key=step_number)
-
-
 def save_checkpoint(state, path, keep_last=0):
     """Write `state` (never a non-finite tensor) to `path`; with keep_last > 0 also keep that many
     step-numbered copies, the step file written first and the main path then pointed at it, so old files
@@ -99,7 +93,8 @@ def save_checkpoint(state, path, keep_last=0):
             step_path = path.parent / f"{path.name}_step{state['step']:07d}"
             atomic_save(state, step_path)
             atomic_link(step_path, path)
-            for old in step_files(path)[:-keep_last]:
+            step_files = [p for p in path.parent.glob(f"{path.name}_step*") if main_path(p) == path]
+            for old in sorted(step_files, key=step_number)[:-keep_last]:
                 old.unlink(missing_ok=True)
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
         last = f"the last good checkpoint is {path}" if path.is_file() else "no checkpoint was saved before"
@@ -183,12 +178,6 @@ def _tensors(obj, prefix=""):
 
 # ---- reading -------------------------------------------------------------------------------
 
-def candidates(folder):
-    """Checkpoint files in a folder, newest first (by step number, then modification time)."""
-    files = [p for p in Path(folder).iterdir() if p.is_file() and not p.name.startswith(".")]
-    return sorted(files, key=lambda p: (step_number(p), p.stat().st_mtime), reverse=True)
-
-
 def main_path(path):
     """The main checkpoint path that a step-numbered file belongs to."""
     path = Path(path)
@@ -196,15 +185,16 @@ def main_path(path):
     return path.parent / match["base"] if match else path
 
 
-def load_checkpoint(path, default_folder=CHECKPOINT_DIR):
-    """(the checkpoint dict, the file it came from). `path` may be a file, a folder, or 'latest' (= the
-    default folder): for a folder the newest valid checkpoint is used, skipping corrupt files with a warning."""
-    path = Path(default_folder if str(path) == "latest" else path)
+def load_checkpoint(path):
+    """(the checkpoint dict, the file it came from). `path` may be a file, a folder, or 'latest' (= checkpoints/):
+    for a folder the newest valid file (by step number, then modification time); corrupt ones are skipped, warned."""
+    path = Path(CHECKPOINT_DIR if str(path) == "latest" else path)
     if not path.exists():
         raise UserError(f"no checkpoint at {path}")
     if not path.is_dir():
         return _load_file(path), path
-    for candidate in candidates(path):
+    files = [p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")]
+    for candidate in sorted(files, key=lambda p: (step_number(p), p.stat().st_mtime), reverse=True):
         try:
             return _load_file(candidate), candidate
         except UserError as err:
@@ -235,13 +225,11 @@ REQUIRED = ("format_version", "model_config", "diffusion_config", "model", "ema"
 
 
 def migrate(ckpt, path):
-    """Bring a checkpoint of an earlier format up to this one, in memory. Version 1: the data set is
-    MNIST unless saved, the process DDPM; a run whose train_config lacks seed_scheme 2 drew its data
-    order and noise from other seeds: it samples and evaluates but cannot resume exactly (not_resumable
-    says why). Any version: VDM's t_density (an option up to commit 829065b) is dropped, and a run that
-    used one cannot resume exactly; a file saved before VDM's clamp became the rule (clip_x0: a flag up
-    to commit b4b2019) gets the unclamped denoiser it trained as, and one saved before --weighting and
-    --t_sampling the loss and times it trained with (its process's own, left unset)."""
+    """Bring a checkpoint of an earlier format up to this one, in memory. Version 1: MNIST unless saved, the
+    process DDPM, and a run whose train_config lacks seed_scheme 2 (other data-order and noise seeds) samples
+    and evaluates but cannot resume exactly (not_resumable says why). Any version: a run with VDM's t_density
+    (dropped after commit 829065b) likewise; a file from before clip_x0 (a flag up to commit b4b2019) gets the
+    unclamped denoiser it trained as; one from before --weighting and --t_sampling, its process's own."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")

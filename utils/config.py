@@ -51,16 +51,13 @@ class ModelConfig:
     num_heads: int = option(4, "attention heads", bounds="[1, inf)")
     dropout: float = option(0.0, "dropout inside residual blocks", bounds="[0, 1)")
     norm_groups: int = option(8, "GroupNorm groups; must divide every channel width", bounds="[1, inf)")
-    fourier_features: tuple = option((), "exponents n of extra input channels sin(2^n pi x) and cos(2^n pi x), "
-                                     "which see the finest pixel differences (Kingma et al. 2021, appendix C; e.g. 7 8)",
-                                     bounds="[0, 30]")
-    num_classes: int = option(10, "class labels the model is told, with a label dropped for classifier-free "
-                              "guidance (Ho & Salimans 2022); train.py, unless typed: the data set's classes (0 for "
-                              "unlabelled images); 0 = the unconditional DDPM of Ho et al. 2020",
-                              bounds="[0, inf)")
-    step_condition: bool = recorded(False, "a second time input, the size of the step the network is asked to "
-                                    "take, embedded like t (shortcut models, Frans et al. 2025); train.py sets it "
-                                    "for --process shortcut")
+    fourier_features: tuple = option((), "exponents n of extra input channels sin(2^n pi x), cos(2^n pi x), to see the "
+                                     "finest pixel differences (Kingma et al. 2021 app. C; e.g. 7 8)", bounds="[0, 30]")
+    num_classes: int = option(10, "class labels the model is told, dropped at random for classifier-free guidance (Ho "
+                              "& Salimans 2022); 0 = the unconditional DDPM of Ho et al. 2020; train.py, unless typed: "
+                              "the data set's classes (0 for unlabelled images)", bounds="[0, inf)")
+    step_condition: bool = recorded(False, "a second time input, the size of the step asked for, embedded like t "
+                                    "(shortcut models, Frans et al. 2025); train.py sets it for --process shortcut")
 
     def __post_init__(self):
         self.channel_mults = tuple(self.channel_mults)
@@ -116,14 +113,12 @@ class TrainConfig:
     minutes: float = option(17.0, "wall-clock budget of this run: the speed of the first steps fixes the number of "
                             "steps (printed, and saved as total_steps) so that training ends on time with the LR "
                             "annealed; used unless --epochs or --total_steps is given", bounds="[0, 1e6]")
-    epochs: int = option(0, "train this many passes over the training images instead of a budget (0 = use --minutes)",
-                         bounds="[0, inf)")
+    epochs: int = option(0, "passes over the training images (0 = use --minutes)", bounds="[0, inf)")
     total_steps: int = option(0, "train this many optimizer steps (0 = from --epochs or --minutes); a budgeted run "
                               "saves its own here, so a rerun with the printed value repeats it exactly", bounds="[0, inf)")
     plan: tuple = option((), "a --minutes run's plan as it printed it, its first total then each re-plan's step and "
                          "new total (T0 S1 T1 ...): repeats that run exactly, LR schedule included", bounds="[1, inf)")
-    max_steps: int = option(0, "stop after this many optimizer steps in total, the schedule unchanged (0 = no limit)",
-                            bounds="[0, inf)")
+    max_steps: int = option(0, "stop at this step, the LR schedule unchanged (0 = no limit)", bounds="[0, inf)")
     batch_size: int = option(128, "images per optimizer step (global, over all processes); a data set with fewer "
                              "images trains with all of them per step", bounds="[1, inf)")
     lr: float = option(2e-3, "peak learning rate of AdamW", bounds="(0, inf)")
@@ -136,8 +131,7 @@ class TrainConfig:
     posthoc_ema: int = option(0, "post-hoc EMA (Karras et al. 2024): keep two power EMAs and save each this many "
                               "times in the run, so that python posthoc_ema.py can make the EMA of any length "
                               "afterwards (8 is plenty); 0 = off", bounds="[0, inf)")
-    p_uncond: float = option(0.1, "probability of dropping the label (classifier-free guidance, Ho & Salimans 2022)",
-                             bounds="[0, 1)")
+    p_uncond: float = option(0.1, "label drop rate (classifier-free guidance, Ho & Salimans 2022)", bounds="[0, 1)")
     teacher: str = option("", "reflow distillation (Liu et al. 2023; training/distill.py): a checkpoint of any process "
                           "(or the shipped models/weights/ddpm_mnist.pt) whose guided digits a flow model learns to "
                           "draw in 1-2 steps; the student starts from its weights", )
@@ -192,8 +186,7 @@ class InferenceConfig:
     output_dir: str = option(OUTPUT_DIR, "where samples.png, denoising_steps.png, inpainting.png, editing.png or "
                              "interpolation.png and .gif are written")
     figure_samples: int = option(6, "samples (rows) in the denoising-steps figure", bounds="[1, inf)")
-    figure_steps: int = option(10, "times (columns) in the denoising-steps figure, from the noise down to the data",
-                               bounds="[1, inf)")
+    figure_steps: int = option(10, "times (columns) in the denoising-steps figure, noise to data", bounds="[1, inf)")
     show_x0: bool = option(True, "add a row of the predicted x0 under each x_t in the figure")
     no_show: bool = option(False, "only save the figures, never open a window (automatic when headless)")
     gif: str = option("", "also write an animated GIF of the denoising to this path")
@@ -225,8 +218,7 @@ class InferenceConfig:
 @dataclass
 class LikelihoodConfig:
     checkpoint_path: str = checkpoint_option()
-    method: str = option("both", "bound (the variational bound), ode (the probability-flow ODE) or both",
-                         choices=("both", "bound", "ode"))
+    method: str = option("both", "variational bound, probability-flow ODE, or both", choices=("both", "bound", "ode"))
     num_images: int = option(100, "test images for the bound (each costs T network evaluations; vdm: --t_samples)",
                              bounds="[1, inf)")
     t_samples: int = option(100, "vdm: times t per image for the Monte Carlo estimate of the bound's diffusion term",
@@ -241,8 +233,7 @@ class LikelihoodConfig:
                        "dequantisation", bounds="[0, inf)")
     device: str = device_option()
     data_dir: str = data_dir_option()
-    out: str = option("", "JSON file for the results (default: next to the checkpoint; outputs/ for the shipped "
-                      "model)")
+    out: str = option("", "JSON file for the results (default: next to the checkpoint; outputs/ for the shipped model)")
 
     def __post_init__(self):
         check_fields(self)
@@ -251,12 +242,10 @@ class LikelihoodConfig:
 @dataclass
 class PostHocConfig:
     checkpoint_path: str = checkpoint_option("checkpoint of a run trained with --posthoc_ema")
-    sigma_rel: tuple = option((0.05,), "the EMA lengths to make, each relative to the run's length (Karras et al. "
-                              "2024's sigma_rel: the width of the averaging profile over the step count); one "
-                              "checkpoint each", bounds="(0, 0.288]")
+    sigma_rel: tuple = option((0.05,), "the EMA lengths to make, one checkpoint each: Karras et al. 2024's sigma_rel, "
+                              "the averaging profile's width relative to the run's length", bounds="(0, 0.288]")
     step: int = option(0, "make the EMA as it was at this step (0 = the run's last snapshot)", bounds="[0, inf)")
-    out: str = option("", "the checkpoint to write, with {sigma_rel} for each length (default: the checkpoint's "
-                      "path + _ema{sigma_rel})")
+    out: str = option("", "the file to write, with {sigma_rel} for each length (default: <checkpoint>_ema{sigma_rel})")
 
     def __post_init__(self):
         check_fields(self)

