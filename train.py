@@ -62,7 +62,9 @@ def main(argv=None, make_model=UNet):
 def train(argv, make_model):
     start = time.perf_counter()
     cfg, model_cfg, diffusion_cfg, ckpt, typed, student = resolve_configs(argv)
-    stop = catch_signals()  # preemption or Ctrl-C: finish the step, save, exit (the teacher's pairs: the batch)
+    stop = {"signal": None}  # preemption or Ctrl-C: finish the step, save, exit (the teacher's pairs: the batch)
+    for signum in EXIT_CODES:
+        signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
 
     # ---- setup: devices, data, model, optimizer, length ----------------------------------------------
     rank, world_size, device_name = distributed.setup(cfg.device)
@@ -71,32 +73,32 @@ def train(argv, make_model):
     cfg = with_gpu_preset(cfg, typed, is_main) if ckpt is None and device.type == "cuda" and cfg.gpu_preset else cfg
     set_cpu_threads()
     amp_dtype = resolve_precision(cfg.precision, device)
-    graphed = cfg.cuda_graph and device.type == "cuda" and world_size == 1 and amp_dtype != torch.float16
+    amp = partial(autocast, device, amp_dtype)
+    graphed = cfg.cuda_graph and device.type == "cuda" and world_size == 1 and amp_dtype != torch.float16 \
+        and not (student and student.method.objective)  # a critic's step of its own is not captured
     torch.manual_seed(cfg.seed)
     out_dir = Path(cfg.output_dir)
     if is_main:
         ensure_writable(out_dir, Path(cfg.checkpoint_path).parent)
-    data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None else None, device, student,
-                                    partial(autocast, device, amp_dtype), start, stop)
+    data, model_cfg = training_data(cfg, model_cfg, typed if ckpt is None and not student else None, device,
+                                    student, amp, start, stop)
     cfg = dataclasses.replace(cfg, batch_size=fit_batch(cfg.batch_size, len(data.images), world_size, cfg.dataset))
     model, diffusion = make_model(model_cfg).to(device), make_process(diffusion_cfg, device)
     batches = Batches(data, cfg, rank, world_size, diffusion, model_cfg.null_label if model_cfg.num_classes else None)
-    state = new_state(model, cfg, ckpt, amp_dtype, graphed, world_size, student)
-    step_fn = make_step(state, diffusion, amp_dtype, cfg.grad_clip, batches.get(state.step), graphed)
+    state = new_state(model, cfg, ckpt, amp_dtype, graphed, (rank, world_size), student, diffusion)
+    step_fn = make_step(state, state.objective or diffusion, amp_dtype, cfg.grad_clip, batches.get(state.step), graphed)
     plan = planned_steps(cfg, batches.steps_per_epoch, lambda: time_steps(step_fn, batches, state, device),
                          time.perf_counter() - start, state.step, start)
     end_step = min(plan.total, cfg.max_steps or plan.total)
     if is_main:
         print(f"device {device} | precision {amp_dtype or torch.float32} | processes {world_size} | "
               f"{'CUDA graph | ' if graphed else ''}{count_parameters(model):,} parameters | {batches.steps_per_epoch} "
-              f"steps/epoch | {'resuming at' if ckpt else 'starting at'} step {state.step} of {end_step}", file=sys.stderr)
+              f"steps/epoch | {'resuming' if ckpt else 'starting'} at step {state.step} of {end_step}", file=sys.stderr)
     log = Log(cfg, out_dir, (state.step, end_step), fresh=ckpt is None, start=start, enabled=is_main)
-    progress = Progress(cfg, model_cfg, diffusion, partial(autocast, device, amp_dtype), batches.steps_per_epoch) if is_main else None
+    progress = Progress(cfg, model_cfg, diffusion, amp, batches.steps_per_epoch) if is_main else None
     checkpoint = partial(state.checkpoint, (model_cfg, diffusion_cfg, cfg), plan, batches.steps_per_epoch, data.classes)
 
-    # ---- the loop: batch, step, log, save, sample ------------------------------------------------------
-    # The step's results stay on the device (no sync per step); they are read back every --log_every
-    # steps, and at saves and the end.
+    # ---- the loop: batch, step, log, save, sample (the step's results are read back only to log) -------
     bad = BadSteps(state.bad_steps, device, counted=not state.scaler.is_enabled())
     while state.step < end_step:
         # batch and step
@@ -127,21 +129,35 @@ def train(argv, make_model):
         # sample: the quick FID of --eval_every, and a grid after each epoch
         if progress:
             progress.sample(state.ema, step, step == end_step, log)
-    finish(log, state, world_size, start, cfg, lock, plan)
+
+    # ---- the end: close the log, check the processes agree, draw the loss curve, release the lock ------
+    log.close()
+    if world_size > 1 and not distributed.ranks_agree(state.model):
+        raise UserError("the processes ended with different weights; this is a bug, please report it")
+    if is_main:
+        if world_size > 1:
+            print(f"weights identical on all {world_size} processes", file=sys.stderr)
+        loss_curve(log.path, out_dir / "loss_curve.png")
+        print(f"done: step {state.step} in {time.perf_counter() - start:.1f} s, checkpoint {cfg.checkpoint_path}, "
+              f"images in {cfg.output_dir}/ (to repeat this run: {repeat_flags(plan)})", file=sys.stderr)
+    if lock is not None:
+        lock.close()
+    distributed.cleanup()
 
 
-def new_state(model, cfg, ckpt, amp_dtype, graphed, world_size, student):
+def new_state(model, cfg, ckpt, amp_dtype, graphed, ranks, student, diffusion):
     """The RunState of a fresh run, or of the checkpoint `ckpt` resumed: the model, its EMA copy,
-    AdamW (capturable for a CUDA graph), the fp16 grad scaler, and the network the step calls
-    (compiled with --compile, in DistributedDataParallel under torchrun)."""
-    device = next(model.parameters()).device
+    AdamW (capturable for a CUDA graph), the fp16 grad scaler, a student's objective, and the network
+    the step calls (compiled with --compile, in DistributedDataParallel under torchrun)."""
+    device, world_size = next(model.parameters()).device, ranks[1]
     check_batch(model, cfg.batch_size // world_size, device, work=training_pass, what="training step")
     if ckpt is None and student:  # a reflow student starts as its teacher (and so does its EMA)
         student.start(model)
     state = RunState(model, copy.deepcopy(model).eval().requires_grad_(False),
                      make_optimizer(model, cfg, device, capturable=graphed),
                      torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
-                     posthoc=PostHocEMA(model, cfg.posthoc_ema) if cfg.posthoc_ema else None)
+                     posthoc=PostHocEMA(model, cfg.posthoc_ema) if cfg.posthoc_ema else None,
+                     objective=student.objective(cfg, diffusion, device, ranks) if student else None)
     if ckpt is not None:
         state.restore(ckpt, cfg.checkpoint_path)
         if state.step >= min(cfg.total_steps or float("inf"), cfg.max_steps or float("inf")):
@@ -203,7 +219,7 @@ def training_data(cfg, model_cfg, typed, device, student, amp, start, stop):
     smallest feature map and the data set's own defaults (DATASET_MODEL), each unless typed;
     None when resuming, whose U-Net is the checkpoint's. A reflow `student`'s: the teacher's pairs,
     made under `amp` within the budget that began at `start`; a signal in `stop` first ends the run."""
-    if student:
+    if student and student.method.pairs:
         pairs = student.pairs(cfg, device, amp, start, stop)
         if pairs is None:  # nothing saved: the next run makes them
             exit_on_signal(stop["signal"] or signal.SIGTERM, "stopped making the teacher's pairs; nothing saved")
@@ -247,30 +263,6 @@ def with_gpu_preset(cfg, typed, is_main):
         print("GPU preset: " + " ".join(f"--{k} {v:g}" for k, v in preset.items())
               + " (type a flag to change it; --no-gpu_preset for the defaults)", file=sys.stderr)
     return dataclasses.replace(cfg, **preset)
-
-
-def finish(log, state, world_size, start, cfg, lock, plan):
-    """Close the log, check that the processes agree, draw the loss curve, release the checkpoint."""
-    log.close()
-    if world_size > 1 and not distributed.ranks_agree(state.model):
-        raise UserError("the processes ended with different weights; this is a bug, please report it")
-    if log.enabled:
-        if world_size > 1:
-            print(f"weights identical on all {world_size} processes", file=sys.stderr)
-        loss_curve(log.path, Path(cfg.output_dir) / "loss_curve.png")
-        print(f"done: step {state.step} in {time.perf_counter() - start:.1f} s, checkpoint {cfg.checkpoint_path}, "
-              f"images in {cfg.output_dir}/ (to repeat this run: {repeat_flags(plan)})", file=sys.stderr)
-    if lock is not None:
-        lock.close()
-    distributed.cleanup()
-
-
-def catch_signals():
-    """{"signal": the SIGTERM or SIGINT received, else None}, kept up to date."""
-    stop = {"signal": None}
-    for signum in EXIT_CODES:
-        signal.signal(signum, lambda signum, frame: stop.update(signal=signum))
-    return stop
 
 
 def exit_on_signal(signum, done, log=None):

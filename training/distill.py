@@ -15,6 +15,9 @@ beside the checkpoint as <checkpoint>.pairs.pt so a resumed run learns the same 
 the data set; the student starts from the teacher's EMA weights, has the teacher's network and
 samples in DiffusionConfig.few_steps steps unless told otherwise. A resumed student keeps its teacher:
 another --teacher file (by SHA-256), or the run's own checkpoint, is refused.
+
+--distill dmd learns the teacher's distribution instead of its ODE's map (training/dmd.py): no
+pairs, one step.
 """
 import dataclasses
 import sys
@@ -29,6 +32,7 @@ from diffusion.continuous import Flow
 from diffusion.pipeline import every_digit, make_denoiser
 from diffusion.samplers import sample
 from models.load import class_names, load_model
+from training.dmd import DistributionMatching
 from utils import distributed
 from utils.checkpoint import atomic_save, load_checkpoint, load_weights, main_path, write_failure
 from utils.config import ModelConfig
@@ -38,56 +42,109 @@ from utils.memory import USABLE, free_bytes
 from utils.mnist import file_digest
 
 TEACHER_SAMPLING = SamplingConfig(eta=0.0)  # the default sampler as an ODE: one digit per noise
-STUDENT_STEPS = 2                            # the student's default steps (inference.py --steps to change)
 PAIR_SHARE = 0.4                             # of a --minutes budget, at most, for the pairs
 PAIR_SEED = 2 ** 30                          # the pairs' noise: from --seed + PAIR_SEED
 PAIR_BATCH = 250                             # pairs made per batch
 STUDENT_FLAGS = ("t_sampling", "weighting", "min_snr_gamma")  # the DiffusionConfig flags a flow student takes
 
 
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """How a student learns from its teacher (--distill)."""
+    few_steps: int            # the steps its student samples in unless told (inference.py --steps to change)
+    pairs: bool               # it learns the teacher's pairs (else the data set gives it labels only)
+    objective: type = None    # what it trains by, with the teacher and a critic (None: its process's loss)
+    defaults: dict = dataclasses.field(default_factory=dict)  # its own TrainConfig values, for flags not typed
+
+
+METHODS = {"reflow": Method(2, pairs=True),
+           "dmd": Method(1, pairs=False, objective=DistributionMatching,  # tuned in docs/RESULTS.md
+                         defaults={"lr": 3e-4, "warmup_steps": 20, "batch_size": 64})}
+
+
 @dataclasses.dataclass
 class Student:
     """A --teacher run as train.py sees it, through Student.of (its one call into this file): a fresh
-    student's configs, then the run's data (pairs) and a fresh student's first weights (start)."""
-    configs: tuple = None  # a fresh student's (TrainConfig, ModelConfig, DiffusionConfig); None: resumed
+    student's configs, then the run's pairs, a fresh student's first weights (start) and what it
+    trains by (objective). The teacher's checkpoint is read once, and hashed once."""
+    method: Method
+    configs: tuple = None     # a fresh student's (TrainConfig, ModelConfig, DiffusionConfig); None: resumed
+    teacher: tuple = None     # the teacher's (checkpoint, file), once read
 
     @classmethod
     def of(cls, cfg, args, typed, ckpt=None, source=None):
         """The Student of a run with a teacher, else None: a fresh one (ckpt None) with its teacher's
-        configs; one resuming the checkpoint `ckpt` from `source` keeps its teacher (check_teacher)."""
+        configs; one resuming the checkpoint `ckpt` from `source` keeps its teacher (check_teacher)
+        and its --distill."""
         if ckpt is None:
-            return cls(student_configs(cfg, args, typed)) if cfg.teacher else None
+            if not cfg.teacher and "distill" in typed:
+                raise UserError("--distill is how a student learns from its --teacher; give a --teacher")
+            if not cfg.teacher:
+                return None
+            if cfg.distill not in METHODS:
+                raise UserError(f"--distill {cfg.distill}: choose {' or '.join(METHODS)}")
+            student = cls(METHODS[cfg.distill], teacher=load_checkpoint(cfg.teacher))
+            if not student.method.pairs and "pairs" in typed:
+                raise UserError(f"--pairs: a --distill {cfg.distill} student makes no pairs; drop --pairs")
+            student.configs = student_configs(cfg, args, typed, *student.teacher, student.method)
+            return student
         saved = ckpt.get("train_config", {})
         if "teacher" in typed:
             check_teacher(cfg.teacher, source, saved)
-        return cls() if saved.get("teacher") else None
+        if "distill" in typed and cfg.distill != saved.get("distill", "reflow"):
+            raise UserError(f"{source} learns by --distill {saved.get('distill', 'reflow')}; resume without "
+                            "--distill, or train a new student into another --checkpoint_path")
+        return cls(METHODS[saved.get("distill", "reflow")]) if saved.get("teacher") else None
 
     def pairs(self, cfg, device, amp, start, stop):
         """The run's data, the teacher's pairs (teacher_pairs); None if a signal came first."""
-        return teacher_pairs(cfg, device, amp, start, stop)
+        return teacher_pairs(cfg, device, amp, start, stop, self.teacher_of(cfg))
 
     def start(self, model):
         """A fresh student's first weights (and so its EMA's): its teacher's EMA."""
-        ckpt, source = load_checkpoint(self.configs[0].teacher)
-        load_weights(model, ckpt["ema"], source)
+        load_weights(model, self.teacher[0]["ema"], self.teacher[1])
+
+    def objective(self, cfg, process, device, ranks=(0, 1)):
+        """What the student trains by: None (its process's loss), or its method's objective, given
+        the teacher and, as the critic's first weights, a second copy of it (training/dmd.py)."""
+        if self.method.objective is None:
+            return None
+        (teacher, teacher_process), (critic, _) = (load_model(*self.teacher_of(cfg), True, device) for _ in range(2))
+        return self.method.objective(process, teacher, teacher_process, critic, cfg, ranks)
+
+    def teacher_of(self, cfg):
+        """The teacher's (checkpoint, file), read once (read_teacher)."""
+        if self.teacher is None:
+            self.teacher = read_teacher(cfg)
+        return self.teacher
 
 
-def student_configs(cfg, args, typed):
-    """(TrainConfig, ModelConfig, DiffusionConfig) of a fresh student of cfg.teacher: the teacher's
-    network, data set and --data_dir (unless typed), flow matching with the STUDENT_FLAGS typed in
-    `args`, no label dropout (every pair has its label)."""
+def read_teacher(cfg):
+    """cfg.teacher's (checkpoint, file), refused if it changed since the student began (by SHA-256)."""
+    ckpt, source = load_checkpoint(cfg.teacher)
+    if file_digest(source, "sha256") != cfg.teacher_sha256:
+        raise UserError(f"{source} has changed since this student began (its SHA-256 differs); put its teacher back, "
+                        "or train a new student into another --checkpoint_path")
+    return ckpt, source
+
+
+def student_configs(cfg, args, typed, ckpt, source, method):
+    """(TrainConfig, ModelConfig, DiffusionConfig) of a fresh student of the teacher `ckpt` read from
+    `source`: the teacher's network, data set and --data_dir (unless typed), flow matching with the
+    STUDENT_FLAGS typed in `args` sampling in the method's few steps, no label dropout (every pair
+    has its label)."""
     fields = {f.name for f in (*dataclasses.fields(ModelConfig), *dataclasses.fields(DiffusionConfig))}
     refused = sorted(typed & fields - set(STUDENT_FLAGS))
     if refused:
         raise UserError("--teacher: the student is a flow model with the teacher's network; drop --"
                         f"{', --'.join(refused)} (it takes --{', --'.join(STUDENT_FLAGS)})")
-    ckpt, source = load_checkpoint(cfg.teacher)
     saved = ckpt.get("train_config", {})
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in method.defaults.items() if k not in typed})
     cfg = dataclasses.replace(cfg, dataset=saved.get("dataset", "mnist"), p_uncond=0.0, teacher=str(source),
                               data_dir=cfg.data_dir if "data_dir" in typed else saved.get("data_dir", cfg.data_dir),
                               teacher_sha256=file_digest(source, "sha256"))
     flags = {name: getattr(args, name) for name in STUDENT_FLAGS if name in typed}
-    diffusion_cfg = DiffusionConfig(process=Flow.name, few_steps=STUDENT_STEPS, **flags)
+    diffusion_cfg = DiffusionConfig(process=Flow.name, few_steps=method.few_steps, **flags)
     return cfg, ModelConfig(**ckpt["model_config"]), diffusion_cfg
 
 
@@ -107,22 +164,16 @@ def check_teacher(teacher, source, saved):
                     "(resume without --teacher, or train a new student into another --checkpoint_path)")
 
 
-def pairs_path(cfg):
-    return Path(f"{cfg.checkpoint_path}.pairs.pt")
-
-
-def teacher_pairs(cfg, device, amp, start, stop):
+def teacher_pairs(cfg, device, amp, start, stop, teacher=None):
     """The Data of the teacher's pairs (digits as uint8 images, labels, noise) on `device`: read from
-    pairs_path(cfg) if it holds this teacher's, else made (and saved) for --pairs digits or until
+    <checkpoint>.pairs.pt if it holds this teacher's, else made (and saved) for --pairs digits or until
     PAIR_SHARE of the --minutes budget since `start` has passed. None when a signal came first (stop:
-    train.py's {"signal": ...}, read between batches); nothing is saved then."""
-    path = pairs_path(cfg)
+    train.py's {"signal": ...}, read between batches); nothing is saved then. teacher: its
+    (checkpoint, file), else read by read_teacher."""
+    path = Path(f"{cfg.checkpoint_path}.pairs.pt")
     if path.is_file():
         return saved_pairs(path, cfg, device)
-    ckpt, source = load_checkpoint(cfg.teacher)
-    if file_digest(source, "sha256") != cfg.teacher_sha256:
-        raise UserError(f"{source} has changed since this student began (its SHA-256 differs); put its teacher back "
-                        "to make the pairs again, or train a new student into another --checkpoint_path")
+    ckpt, source = teacher or read_teacher(cfg)
     check_pairs_fit(cfg.pairs, ckpt["model_config"], device)
     teacher, process = load_model(ckpt, source, True, device)
     deadline = start + PAIR_SHARE * cfg.minutes * 60 if not (cfg.total_steps or cfg.epochs or cfg.plan) else None

@@ -6,11 +6,11 @@ Checkpoint layout (utils/checkpoint.py FORMAT_VERSION), written by RunState.chec
     optimizer, grad_scaler, lr_scheduler, step, epoch, bad_steps, rng, classes
     guide                 the EMA's state dict at --guide_at (only with it), autoguidance's guide
     posthoc               the two power EMAs and their snapshots (only with --posthoc_ema; training/posthoc.py)
+    objective             a student's critic, its AdamW and noise (only with --distill dmd; training/dmd.py)
 The LR and EMA rates are functions of the step (training/schedule.py, ema.py), so resuming needs no
 scheduler state; lr_scheduler records the schedule for a reader.
 """
 import dataclasses
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -24,7 +24,7 @@ from utils.errors import UserError
 TRAINING_STATE = ("train_config", "optimizer", "grad_scaler", "bad_steps", "rng")
 
 
-@dataclass
+@dataclasses.dataclass
 class RunState:
     model: UNet                       # the plain network f(x_t, t, y), which the optimizer updates
     ema: UNet                         # its exponential moving average, used for sampling
@@ -35,6 +35,7 @@ class RunState:
     bad_steps: int = 0                # non-finite steps in a row at the last read-back
     guide: dict = None                # the EMA's weights at --guide_at, autoguidance's weaker model
     posthoc: PostHocEMA = None        # --posthoc_ema's EMAs and snapshots
+    objective: object = None          # a student's objective with a state of its own (training/dmd.py), or None
 
     def __post_init__(self):
         if self.net is None:  # not `or`: a compiled module has no truth value
@@ -62,6 +63,7 @@ class RunState:
             "classes": list(classes),
             **({"guide": self.guide} if self.guide is not None else {}),
             **({"posthoc": self.posthoc.state_dict()} if self.posthoc is not None else {}),
+            **({"objective": self.objective.state_dict()} if self.objective is not None else {}),
             "rng": {"torch": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
         }
@@ -91,6 +93,10 @@ class RunState:
                             "--posthoc_ema 0, or start a new run)")
         if self.posthoc is not None:
             self.posthoc.load_state_dict(ckpt["posthoc"])
+        if self.objective is not None and "objective" not in ckpt:
+            raise UserError(f"{path} cannot be resumed: it lacks the critic of its --distill dmd run")
+        if self.objective is not None:
+            self.objective.load_state_dict(ckpt["objective"])
 
     def keep_guide(self):
         """Keep the EMA's weights as they are now: autoguidance's guide (Karras et al. 2024)."""

@@ -132,9 +132,11 @@ class TrainConfig:
                               "times in the run, so that python posthoc_ema.py can make the EMA of any length "
                               "afterwards (8 is plenty); 0 = off", bounds="[0, inf)")
     p_uncond: float = option(0.1, "label drop rate (classifier-free guidance, Ho & Salimans 2022)", bounds="[0, 1)")
-    teacher: str = option("", "reflow distillation (Liu et al. 2023; training/distill.py): a checkpoint of any process "
-                          "(or the shipped models/weights/ddpm_mnist.pt) whose guided digits a flow model learns to "
-                          "draw in 1-2 steps; the student starts from its weights", )
+    teacher: str = option("", "distillation (training/distill.py): a checkpoint of any process (or the shipped "
+                          "models/weights/ddpm_mnist.pt) whose digits a flow model learns to draw in 1-2 steps, "
+                          "by --distill; the student starts from its weights")
+    distill: str = option("reflow", "--teacher: how the student learns: reflow (the teacher's guided ODE pairs, "
+                          "Liu et al. 2023) or dmd (distribution matching of the teacher's digits, Yin et al. 2024)")
     pairs: int = option(20000, "--teacher: the teacher's (noise, digit) pairs to learn, made before step 0, in at "
                         "most two fifths of a --minutes budget", bounds="[1, inf)")
     teacher_sha256: str = recorded("", "the SHA-256 of the --teacher file the pairs came from")
