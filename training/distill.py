@@ -58,7 +58,7 @@ class Method:
 
 
 METHODS = {"reflow": Method(2, pairs=True),
-           "dmd": Method(1, pairs=False, objective=DistributionMatching,  # tuned in docs/RESULTS.md
+           "dmd": Method(1, pairs=False, objective=DistributionMatching,  # tuned in docs/NOTEBOOK.md
                          defaults={"lr": 3e-4, "warmup_steps": 20, "batch_size": 64})}
 
 
