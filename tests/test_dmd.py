@@ -107,6 +107,25 @@ def test_a_dmd_student_takes_its_method_s_settings_for_the_flags_not_typed(tmp_p
     assert (cfg.lr, cfg.batch_size) == (2e-3, 128)  # reflow keeps the defaults
 
 
+def flow_copy_of_the_teacher(path):
+    """A flow-model checkpoint with the teacher's network, its EMA moved a little (a stand-in reflow student)."""
+    ckpt = torch.load(SHIPPED_MODEL, weights_only=False)
+    ema = {name: tensor + 0.01 for name, tensor in ckpt["ema"].items()}
+    torch.save({**ckpt, "ema": ema, "diffusion_config": {"process": "flow"}}, path)
+    return ema
+
+
+def test_start_from_gives_a_fresh_dmd_student_another_checkpoint_s_first_weights(tmp_path):
+    from models.unet import UNet
+    ema = flow_copy_of_the_teacher(tmp_path / "reflow.pt")
+    _, model_cfg, _, _, _, student = train.resolve_configs(
+        ["--teacher", str(SHIPPED_MODEL), "--distill", "dmd", "--start_from", str(tmp_path / "reflow.pt"),
+         "--checkpoint_path", str(tmp_path / "s")])
+    model = UNet(model_cfg)
+    student.start(model)
+    assert all(torch.equal(model.state_dict()[name], ema[name]) for name in ema)
+
+
 def dmd_args(tmp_path, *extra, name="student"):
     return ["--teacher", str(SHIPPED_MODEL), "--distill", "dmd", "--total_steps", "4", "--batch_size", "8",
             "--warmup_steps", "0", "--save_every", "2", "--log_every", "1", "--num_grid_samples", "0",
@@ -117,6 +136,10 @@ def dmd_args(tmp_path, *extra, name="student"):
     (["--teacher", str(SHIPPED_MODEL), "--distill", "gan"], "--distill gan: choose reflow or dmd"),
     (["--distill", "dmd"], "--distill is how a student learns from its --teacher"),
     (["--teacher", str(SHIPPED_MODEL), "--distill", "dmd", "--pairs", "10"], "a --distill dmd student makes no pairs"),
+    (["--teacher", str(SHIPPED_MODEL), "--start_from", str(SHIPPED_MODEL)], "--start_from is for --distill dmd"),
+    (["--teacher", str(SHIPPED_MODEL), "--distill", "dmd", "--start_from", str(SHIPPED_MODEL)],
+     "not a flow model with the teacher's network"),
+    (["--teacher", str(SHIPPED_MODEL), "--distill", "dmd", "--start_from", "no/such/student.pt"], "no/such/student.pt"),
 ])
 def test_a_bad_distill_flag_is_one_line(args, message, tmp_path, capsys):
     code, err = exit_code(train.main, args + ["--checkpoint_path", str(tmp_path / "ck"), "--total_steps", "1"], capsys)
@@ -131,6 +154,8 @@ def test_a_dmd_student_trains_resumes_exactly_and_samples(tmp_path, mnist_dir, c
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     code, err = exit_code(train.main, dmd_args(tmp_path, "--distill", "reflow"), capsys)  # it keeps its method
     assert code == 2 and "learns by --distill dmd" in err and {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
+    code, err = exit_code(train.main, dmd_args(tmp_path, "--start_from", str(SHIPPED_MODEL)), capsys)
+    assert code == 2 and "--start_from sets a fresh student's first weights" in err
     train.main(dmd_args(tmp_path, "--data_dir", mnist_dir, "--max_steps", "4"))
     whole, resumed = load_checkpoint(tmp_path / "whole")[0], load_checkpoint(tmp_path / "student")[0]
     assert_same_state(whole, resumed)

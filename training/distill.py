@@ -70,6 +70,7 @@ class Student:
     method: Method
     configs: tuple = None     # a fresh student's (TrainConfig, ModelConfig, DiffusionConfig); None: resumed
     teacher: tuple = None     # the teacher's (checkpoint, file), once read
+    first: tuple = None       # the (checkpoint, file) whose EMA a fresh student starts from
 
     @classmethod
     def of(cls, cfg, args, typed, ckpt=None, source=None):
@@ -87,7 +88,10 @@ class Student:
             if not student.method.pairs and "pairs" in typed:
                 raise UserError(f"--pairs: a --distill {cfg.distill} student makes no pairs; drop --pairs")
             student.configs = student_configs(cfg, args, typed, *student.teacher, student.method)
+            student.first = student.start_checkpoint(cfg, typed) if "start_from" in typed else student.teacher
             return student
+        if "start_from" in typed:
+            raise UserError("--start_from sets a fresh student's first weights; resume without it")
         saved = ckpt.get("train_config", {})
         if "teacher" in typed:
             check_teacher(cfg.teacher, source, saved)
@@ -101,8 +105,19 @@ class Student:
         return teacher_pairs(cfg, device, amp, start, stop, self.teacher_of(cfg))
 
     def start(self, model):
-        """A fresh student's first weights (and so its EMA's): its teacher's EMA."""
-        load_weights(model, self.teacher[0]["ema"], self.teacher[1])
+        """A fresh student's first weights (and so its EMA's): its teacher's EMA, or --start_from's."""
+        load_weights(model, self.first[0]["ema"], self.first[1])
+
+    def start_checkpoint(self, cfg, typed):
+        """The (checkpoint, file) of --start_from: a flow model with the teacher's network, for --distill dmd."""
+        if self.method.pairs:
+            raise UserError(f"--start_from is for --distill dmd; a --distill {cfg.distill} student starts as its teacher")
+        ckpt, source = load_checkpoint(cfg.start_from)
+        if ckpt.get("diffusion_config", {}).get("process") != Flow.name or \
+                ModelConfig(**ckpt.get("model_config", {})) != ModelConfig(**self.teacher[0]["model_config"]):
+            raise UserError(f"--start_from {cfg.start_from}: not a flow model with the teacher's network (a "
+                            "reflow student of the same teacher is one)")
+        return ckpt, source
 
     def objective(self, cfg, process, device, ranks=(0, 1)):
         """What the student trains by: None (its process's loss), or its method's objective, given

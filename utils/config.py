@@ -137,6 +137,8 @@ class TrainConfig:
                           "by --distill; the student starts from its weights")
     distill: str = option("reflow", "--teacher: how the student learns: reflow (the teacher's guided ODE pairs, "
                           "Liu et al. 2023) or dmd (distribution matching of the teacher's digits, Yin et al. 2024)")
+    start_from: str = option("", "--distill dmd: start the generator from this checkpoint's EMA instead of the "
+                             "teacher's: a flow model with the teacher's network, such as a reflow student of it")
     pairs: int = option(20000, "--teacher: the teacher's (noise, digit) pairs to learn, made before step 0, in at "
                         "most two fifths of a --minutes budget", bounds="[1, inf)")
     teacher_sha256: str = recorded("", "the SHA-256 of the --teacher file the pairs came from")
