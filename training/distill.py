@@ -19,6 +19,7 @@ another --teacher file (by SHA-256), or the run's own checkpoint, is refused.
 --distill dmd learns the teacher's distribution instead of its ODE's map (training/dmd.py): no
 pairs, one step.
 """
+import copy
 import dataclasses
 import sys
 import time
@@ -111,7 +112,8 @@ class Student:
     def start_checkpoint(self, cfg, typed):
         """The (checkpoint, file) of --start_from: a flow model with the teacher's network, for --distill dmd."""
         if self.method.pairs:
-            raise UserError(f"--start_from is for --distill dmd; a --distill {cfg.distill} student starts as its teacher")
+            raise UserError(f"--start_from is for --distill dmd; a --distill {cfg.distill} student starts as its "
+                            "teacher")
         ckpt, source = load_checkpoint(cfg.start_from)
         if ckpt.get("diffusion_config", {}).get("process") != Flow.name or \
                 ModelConfig(**ckpt.get("model_config", {})) != ModelConfig(**self.teacher[0]["model_config"]):
@@ -121,11 +123,11 @@ class Student:
 
     def objective(self, cfg, process, device, ranks=(0, 1)):
         """What the student trains by: None (its process's loss), or its method's objective, given
-        the teacher and, as the critic's first weights, a second copy of it (training/dmd.py)."""
+        the teacher and, as the critic's first weights, a copy of it (training/dmd.py)."""
         if self.method.objective is None:
             return None
-        (teacher, teacher_process), (critic, _) = (load_model(*self.teacher_of(cfg), True, device) for _ in range(2))
-        return self.method.objective(process, teacher, teacher_process, critic, cfg, ranks)
+        teacher, teacher_process = load_model(*self.teacher_of(cfg), True, device)
+        return self.method.objective(process, teacher, teacher_process, copy.deepcopy(teacher), cfg, ranks)
 
     def teacher_of(self, cfg):
         """The teacher's (checkpoint, file), read once (read_teacher)."""

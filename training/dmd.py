@@ -24,7 +24,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from diffusion.grids import time_grid
-from training.step import make_optimizer
+from training.step import make_optimizer, step_unless
 
 TIMES = (0.02, 0.98)  # the teacher's times of the matching gradient, as fractions of its range
 SEED = 2 ** 29        # the critic's and the gradient's noise: from --seed + SEED + rank
@@ -40,7 +40,8 @@ class DistributionMatching:
         self.critic = self.critic_net = critic.train().requires_grad_(True)
         device, (rank, world_size) = next(critic.parameters()).device, ranks
         if world_size > 1:
-            self.critic_net = DistributedDataParallel(critic, device_ids=None if device.index is None else [device.index])
+            ids = None if device.index is None else [device.index]
+            self.critic_net = DistributedDataParallel(critic, device_ids=ids)
         self.optimizer = make_optimizer(critic, cfg, device)
         self.grad_clip = cfg.grad_clip
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + SEED + rank)
@@ -71,7 +72,7 @@ class DistributionMatching:
 
     def critic_step(self, x, y, amp):
         """One AdamW step of the critic on the teacher process's loss at the digits x: it learns p_G.
-        A non-finite loss or gradient skips it (the fused AdamW's found_inf, as training/step.py)."""
+        A non-finite loss or gradient skips it (training/step.py's step_unless)."""
         tp = self.teacher_process
         t = tp.draw_t(len(x), self.noise, x.device)
         noise = torch.randn(x.shape, generator=self.noise, device=x.device)
@@ -79,9 +80,7 @@ class DistributionMatching:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.grad_clip or float("inf"))
-        self.optimizer.found_inf = (~(torch.isfinite(loss) & torch.isfinite(norm))).float()
-        self.optimizer.step()
-        del self.optimizer.found_inf
+        step_unless(self.optimizer, torch.isfinite(loss) & torch.isfinite(norm))
 
     def matching_gradient(self, x, y, amp):
         """(x0_fake - x0_real) / mean |x - x0_real| at x_t ~ q(x_t | x), t uniform in TIMES (DMD eq. 7-8)."""

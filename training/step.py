@@ -37,12 +37,18 @@ def one_step(state: RunState, diffusion: Process, batch, amp, grad_clip, ema_rat
     if scaler.is_enabled():
         scaler.step(optimizer)  # fp16: the scaler sets found_inf itself and skips on inf gradients
     else:
-        optimizer.found_inf = (~finite).float()
-        optimizer.step()
-        del optimizer.found_inf
+        step_unless(optimizer, finite)
     scaler.update()
     update_ema(state.ema, state.model, ema_rate * finite)
     return loss.detach(), grad_norm, finite
+
+
+def step_unless(optimizer, finite):
+    """optimizer.step(), skipped whole (weights, moments, count) where the 0-d tensor `finite` is False:
+    the fused AdamW's found_inf, read on the device (no host sync)."""
+    optimizer.found_inf = (~finite).float()
+    optimizer.step()
+    del optimizer.found_inf
 
 
 def make_step(state: RunState, diffusion: Process, amp_dtype, grad_clip, example_batch, graphed):
