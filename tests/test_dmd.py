@@ -182,3 +182,13 @@ def test_a_dmd_student_under_torchrun_keeps_one_generator_and_one_critic(tmp_pat
     assert "weights identical on all 2 processes" in ddp.stderr
     critic = load_checkpoint(tmp_path / "student")[0]["objective"]["critic"]
     assert not any(name.startswith("module.") for name in critic)
+
+
+def test_the_distill_help_names_each_method_and_dmd_s_own_settings():
+    import dataclasses
+
+    from training.distill import METHODS
+    help_text = {f.name: f.metadata["help"] for f in dataclasses.fields(TrainConfig)}["distill"]
+    assert all(name in help_text for name in METHODS)
+    words = help_text.replace(")", " ").split()
+    assert {k: float(words[words.index(f"--{k}") + 1]) for k in METHODS["dmd"].defaults} == METHODS["dmd"].defaults

@@ -134,9 +134,10 @@ class TrainConfig:
     p_uncond: float = option(0.1, "label drop rate (classifier-free guidance, Ho & Salimans 2022)", bounds="[0, 1)")
     teacher: str = option("", "distillation (training/distill.py): a checkpoint of any process (or the shipped "
                           "models/weights/ddpm_mnist.pt) whose digits a flow model learns to draw in 1-2 steps, "
-                          "by --distill; the student starts from its weights")
+                          "by --distill; the student starts from its weights (or --start_from's)")
     distill: str = option("reflow", "--teacher: how the student learns: reflow (the teacher's guided ODE pairs, "
-                          "Liu et al. 2023) or dmd (distribution matching of the teacher's digits, Yin et al. 2024)")
+                          "Liu et al. 2023) or dmd (distribution matching of the teacher's digits, Yin et al. 2024; "
+                          "unless typed, --lr 3e-4 --batch_size 64 --warmup_steps 20)")
     start_from: str = option("", "--distill dmd: start the generator from this checkpoint's EMA instead of the "
                              "teacher's: a flow model with the teacher's network, such as a reflow student of it")
     pairs: int = option(20000, "--teacher: the teacher's (noise, digit) pairs to learn, made before step 0, in at "
