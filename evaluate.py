@@ -36,8 +36,7 @@ def tag(sampling):
     """A file-name tag for the sampling settings, e.g. dpm++8_eta1_g0.1_0.25-0.7."""
     lo, hi = sampling.guidance_interval
     return (f"{sampling.sampler}{sampling.steps}{sampling.grid}_eta{sampling.eta:g}_g{sampling.guidance:g}"
-            + (f"_{lo:g}-{hi:g}" if sampling.guidance else "") + (f"_seed{sampling.seed}" if sampling.seed else "")
-            + (f"_guide-{Path(sampling.guide_model).name}" if sampling.guide_model else ""))
+            + (f"_{lo:g}-{hi:g}" if sampling.guidance else "") + (f"_seed{sampling.seed}" if sampling.seed else ""))
 
 
 def main(argv=None, make_model=UNet):

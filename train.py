@@ -106,8 +106,6 @@ def train(argv, make_model):
         loss, grad_norm, finite = step_fn(batches.get(state.step), lr, ema_rate(state.step, cfg.ema_decay))
         bad.count(finite)
         state.step += 1
-        if cfg.guide_at and state.guide is None and state.step >= cfg.guide_at * plan.total:
-            state.keep_guide()  # autoguidance's weaker model: the EMA this early in the run
         if state.posthoc:
             state.posthoc.update(state.model, state.step, finite, plan.total)
         step, stopping = state.step, distributed.any_rank(stop["signal"] is not None)

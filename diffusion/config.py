@@ -51,9 +51,9 @@ class DiffusionConfig:
                             "MSE of what the network predicts), simple, min_snr (Hang et al. 2023), elbo, velocity (flow "
                             "matching's) or edm (Karras et al. 2022); default: the process's own" + own("weighting"),
                             choices=WEIGHTINGS.keys())
-    t_sampling: str = option(None, lambda: "how training draws its times (diffusion/times.py): uniform, stratified (one "
-                             "uniform number a batch, Kingma et al. 2021) or logit_normal (Esser et al. 2024); default: "
-                             "the process's own" + own("t_sampling"), choices=TIMES.keys())
+    t_sampling: str = option(None, lambda: "how training draws its times (diffusion/times.py): uniform or stratified "
+                             "(one uniform number a batch, Kingma et al. 2021); default: the process's own"
+                             + own("t_sampling"), choices=TIMES.keys())
     min_snr_gamma: float = option(5.0, "gamma of --weighting min_snr (Hang et al. 2023); 0 = target, the plain MSE",
                                   bounds="[0, inf)")
     bootstrap_guidance: float = option(1.0, "shortcut: classifier-free guidance w built into the targets of its "
@@ -102,10 +102,6 @@ class SamplingConfig:
     guidance_interval: tuple = option((0.25, 0.7), "guide only the steps whose time is LO to HI of the way from "
                                       "the data to the noise (t / T for ddpm; Kynkaanniemi et al. 2024); a guided "
                                       "step costs two network evaluations (0 1 = every step)", bounds="[0, 1]")
-    guide_model: str = option("", "autoguidance (Karras et al. 2024): the weaker model whose output replaces the "
-                              "unconditional one, out = main + w (main - guide): auto (the early EMA snapshot the run "
-                              "saved, train.py --guide_at) or a checkpoint PATH of the same data and process; "
-                              "default: classifier-free guidance")
     seed: int = option(0, "seed of the starting noise (same seed, same noise, same samples) and of --inpaint's "
                        "choice of test images", bounds="[0, inf)")
 
@@ -128,8 +124,7 @@ class SamplingConfig:
         """e.g. 'dpm++ 8 steps eta 1, guidance 0.1 for t in [0.25, 0.7] of the way'."""
         text = f"{self.sampler} " + ("all steps" if self.sampler == "ddpm" else f"{self.steps} steps eta {self.eta:g}")
         text += f" on the {self.grid} grid" if self.grid and self.sampler != "ddpm" else ""
-        if conditional or self.guide_model:
+        if conditional:
             lo, hi = self.guidance_interval
-            kind = f"autoguidance by {self.guide_model}" if self.guide_model else "guidance"
-            text += f", {kind} {self.guidance:g}" + (f" for t in [{lo:g}, {hi:g}] of the way" if self.guidance else "")
+            text += f", guidance {self.guidance:g}" + (f" for t in [{lo:g}, {hi:g}] of the way" if self.guidance else "")
         return text

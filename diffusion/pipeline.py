@@ -17,16 +17,12 @@ from utils.errors import UserError
 from utils.memory import check_batch
 
 
-def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.0), autocast=None, guide=None):
-    """denoise(x_t, t) for the samplers, with classifier-free guidance (Ho & Salimans 2022) or
-    autoguidance (Karras et al. 2024).
+def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.0), autocast=None):
+    """denoise(x_t, t) for the samplers, with classifier-free guidance (Ho & Salimans 2022).
 
     With labels and guidance w > 0 the conditional and unconditional (null-label) outputs come from
     one batched forward pass (diffusion/guidance.py) and are combined as
         out = cond + w * (cond - uncond)        (w = 0: plain conditional sampling)
-    With a `guide` network (a weaker model of the same data and process, e.g. an early EMA snapshot)
-    the guide's output toward the same labels takes the unconditional one's place, with or without labels:
-        out = main + w * (main - guide)         (Karras et al. 2024's D_w with their w = 1 + ours)
     `interval` = (lo, hi) limits guidance to the steps whose time is that fraction of the way from
     the data to the noise (t / T for DDPM); the others are plain steps at half the cost
     (Kynkaanniemi et al. 2024). The network sees the process's model_time(t), and on a process that
@@ -39,14 +35,9 @@ def make_denoiser(model, diffusion, labels=None, guidance=0.0, interval=(0.0, 1.
         t_batch = diffusion.model_time(t, len(x), x.device)
         step = diffusion.model_time(t - max(s, 0), len(x), x.device) if diffusion.takes_step and s is not None else None
         with autocast():
-            unguided = guidance == 0 or (labels is None and guide is None)
-            if unguided or not interval[0] <= diffusion.fraction(t) <= interval[1]:
+            if guidance == 0 or labels is None or not interval[0] <= diffusion.fraction(t) <= interval[1]:
                 return net_output(model, x, t_batch, labels, step).float()
-            if guide is None:
-                return guided(model, x, t_batch, labels, guidance, step)
-            cond = net_output(model, x, t_batch, labels, step).float()
-            uncond = net_output(guide, x, t_batch, labels, step).float()
-            return cond + guidance * (cond - uncond)
+            return guided(model, x, t_batch, labels, guidance, step)
 
     denoise.takes_step = diffusion.takes_step
     return denoise
@@ -69,7 +60,7 @@ def every_digit(num, num_classes, device=None):
 
 @torch.inference_mode()
 def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=1000, autocast=None, callback=None,
-             batch_flag="--batch_size", guide=None):
+             batch_flag="--batch_size"):
     """`num` finished samples (N, C, H, W) in [-1, 1], made in batches; same seed, same samples.
 
     `model` is the U-Net (its config gives the image shape and the null label), `sampling` a
@@ -77,8 +68,7 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
     `labels` the requested classes of a class-conditional model (default: every class in turn),
     `autocast` a context factory for the network. callback(first, step), if given, sees every
     samplers.Step of the batch of samples first, first + 1, ... (for figures of the denoising).
-    A batch too large for the device's memory is refused first, naming `batch_flag`. `guide`: the
-    network of autoguidance (models/load.py's load_guide), or None for classifier-free guidance.
+    A batch too large for the device's memory is refused first, naming `batch_flag`.
     """
     sampling = sampling or SamplingConfig()
     device = diffusion.device
@@ -86,7 +76,7 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
     if labels is None:
         labels = every_digit(num, cfg.num_classes, device)
     sampling_times(sampling, diffusion)  # refuse bad --steps before any work
-    guided = (labels is not None or guide is not None) and sampling.guidance  # guided steps: twice the batch
+    guided = labels is not None and sampling.guidance  # guided steps: twice the batch
     check_batch(model, min(batch_size, num), device, flag=batch_flag, copies=2 if guided else 1)
     generator = torch.Generator(device=device).manual_seed(sampling.seed)
     batches = []
@@ -94,7 +84,7 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
         n = min(batch_size, num - start)
         y = labels[start:start + n] if labels is not None else None
         noise = torch.randn((n, cfg.in_channels, cfg.image_size, cfg.image_size), generator=generator, device=device)
-        denoise = make_denoiser(model, diffusion, y, sampling.guidance, sampling.guidance_interval, autocast, guide)
+        denoise = make_denoiser(model, diffusion, y, sampling.guidance, sampling.guidance_interval, autocast)
         on_step = partial(callback, start) if callback else None
         batches.append(sample(sampling.sampler, denoise, diffusion, noise, sampling.steps, sampling.eta, generator,
                               callback=on_step, grid=sampling.grid))

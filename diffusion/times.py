@@ -5,7 +5,6 @@ maps to its own times (process.time_at).
     uniform       iid U[0, 1) (a discrete process: uniform over its T timesteps, Ho et al. 2020)
     stratified    (u + i / B) mod 1 for one uniform u per batch: low-discrepancy, the same density
                   with less variance between batches (Kingma et al. 2021, appendix I.1)
-    logit_normal  sigmoid(n), n ~ N(0, 1): more times in the middle (Esser et al. 2024, section 3.1)
 
 The density of the times is a weighting of the loss as much as the weighting is (Kingma & Gao
 2023): a new distribution is one function and one line in TIMES, which --t_sampling's choices are.
@@ -24,8 +23,4 @@ def stratified(process, batch, generator, device):
     return process.time_at(torch.remainder(u + torch.arange(batch, device=device) / batch, 1.0))
 
 
-def logit_normal(process, batch, generator, device):
-    return process.time_at(torch.sigmoid(torch.randn(batch, generator=generator, device=device)))
-
-
-TIMES = {"uniform": uniform, "stratified": stratified, "logit_normal": logit_normal}
+TIMES = {"uniform": uniform, "stratified": stratified}

@@ -41,17 +41,16 @@ class Loaded:
     device: torch.device
     amp: Callable               # amp(): the autocast context of --precision
     sampling: SamplingConfig    # its default sampling: a few-step model's own for the flags not typed
-    guide: torch.nn.Module      # autoguidance's weaker network (--guide_model), or None
     classes: tuple              # the names of its labels (class_names)
 
     def generate(self, num, labels=None, sampling=None, batch_size=1000, callback=None, batch_flag="--batch_size"):
         return generate(self.net, self.diffusion, num, sampling or self.sampling, labels=labels, batch_size=batch_size,
-                        autocast=self.amp, callback=callback, batch_flag=batch_flag, guide=self.guide)
+                        autocast=self.amp, callback=callback, batch_flag=batch_flag)
 
     def denoiser(self, labels, sampling=None):
         """denoise(x_t, t) with the sampling's guidance, toward `labels` (None: unconditional)."""
         s = sampling or self.sampling
-        return make_denoiser(self.net, self.diffusion, labels, s.guidance, s.guidance_interval, self.amp, self.guide)
+        return make_denoiser(self.net, self.diffusion, labels, s.guidance, s.guidance_interval, self.amp)
 
     def noise(self, shape, sampling=None):
         """(the starting noise, the generator that drew it and draws the rest), from the sampling's seed."""
@@ -62,14 +61,13 @@ class Loaded:
 def load_to_sample(checkpoint, device="auto", precision="auto", use_ema=True, sampling=None, typed=(), make_model=UNet):
     """`checkpoint`, the (dict, file) of load_checkpoint or checkpoint_or_shipped, loaded to sample on --device in
     --precision by its EMA or raw weights; `sampling` (None: the default) takes a few-step model's own defaults
-    for the flags not `typed`, and its guide_model is loaded (load_guide)."""
+    for the flags not `typed`."""
     ckpt, path = checkpoint
     device = select_device(device)
     net, diffusion = load_model(ckpt, path, use_ema, device, make_model)
     sampling = (sampling or SamplingConfig()).for_model(diffusion.config, typed)
     amp = partial(autocast, device, resolve_precision(precision, device))
-    guide = load_guide(sampling.guide_model, ckpt, path, net)
-    return Loaded(ckpt, path, net, diffusion, device, amp, sampling, guide, class_names(ckpt))
+    return Loaded(ckpt, path, net, diffusion, device, amp, sampling, class_names(ckpt))
 
 
 def diffusion_config(ckpt, path):
@@ -79,61 +77,6 @@ def diffusion_config(ckpt, path):
         return DiffusionConfig(**ckpt["diffusion_config"])
     except (TypeError, UserError) as err:
         raise UserError(f"{path} has an invalid diffusion_config: {err}") from None
-
-
-def load_guide(spec, ckpt, path, model):
-    """The guide network of autoguidance (Karras et al. 2024), in eval mode beside `model`, or None:
-    spec "" (classifier-free guidance), "auto" (the EMA snapshot `ckpt` from `path` keeps under
-    "guide", saved by train.py --guide_at) or the path of another checkpoint of the same data set and
-    process, whose EMA weights guide (its network may be smaller). Its weights must be finite and
-    differ from the model's: guided by itself, out = main + w (main - main) = main."""
-    if not spec:
-        return None
-    device = next(model.parameters()).device
-    if spec == "auto":
-        if "guide" not in ckpt:
-            raise UserError(f"--guide_model auto: {path} has no guide snapshot (train with --guide_at F, or give "
-                            "--guide_model PATH)")
-        guide = UNet(model.config)
-        load_weights(guide, ckpt["guide"], path)
-    else:
-        other, source = load_checkpoint(spec)
-        if data_set(other, resolved=True) != data_set(ckpt, resolved=True):  # a folder by any path to it
-            raise UserError(f"--guide_model {spec} was trained on {data_set(other)}, {path} on {data_set(ckpt)}; "
-                            "the guide must learn the same data set")
-        guide, process = load_model(other, source, True, device)
-        for what, theirs, ours in (("process", defining(process.config), defining(diffusion_config(ckpt, path))),
-                                   ("images", (guide.config.in_channels, guide.config.image_size),
-                                    (model.config.in_channels, model.config.image_size)),
-                                   ("classes", guide.config.num_classes, model.config.num_classes)):
-            if theirs != ours:
-                raise UserError(f"--guide_model {spec}: its {what} ({theirs}) differ from {path}'s ({ours})")
-    guide = guide.to(device).eval()
-    weights, own = guide.state_dict(), model.state_dict()
-    bad = [name for name, tensor in weights.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if bad:
-        raise UserError(f"--guide_model {spec}: the guide's weights hold NaN or Inf ({', '.join(bad[:3])})")
-    if weights.keys() == own.keys() and all(torch.equal(weights[name], own[name]) for name in own):
-        raise UserError(f"--guide_model {spec}: the guide has the weights of {path}'s model, and autoguidance by "
-                        "the model itself changes nothing (out = main + w (main - main) = main)")
-    return guide
-
-
-def data_set(ckpt, resolved=False):
-    """The data set a checkpoint learnt, in words: its name, and for a folder the folder (resolved: its
-    absolute path) and its classes."""
-    train_cfg = ckpt.get("train_config", {})
-    name = train_cfg.get("dataset", "mnist")
-    if name != "folder":
-        return name
-    folder = Path(train_cfg.get("data_dir", ""))
-    return f"the folder {folder.resolve() if resolved else folder} (classes {', '.join(class_names(ckpt))})"
-
-
-def defining(config):
-    """What of a DiffusionConfig defines the process and the network's output (not how it trained)."""
-    return {name: getattr(config, name) for name in ("process", "num_timesteps", "schedule", "beta_start", "beta_end",
-                                                      "gamma_min", "gamma_max", "prediction")}
 
 
 def checkpoint_or_shipped(path):
@@ -201,8 +144,6 @@ def make_shipped(ckpt, out=SHIPPED_MODEL):
     shipped["train_config"] = ckpt["train_config"]
     shipped["classes"] = list(class_names(ckpt))
     ema = {name: tensor.clone() for name, tensor in ckpt["ema"].items()}
-    if "guide" in ckpt:
-        shipped["guide"] = ckpt["guide"]
     shipped = in_format_1(shipped) or shipped
     torch.save({**shipped, "model": ema, "ema": ema}, out)
     return out

@@ -153,6 +153,18 @@ def test_a_checkpoint_saved_with_t_density_loads_and_only_one_without_a_density_
     assert (config.weighting, config.t_sampling) == ("elbo", "stratified")
 
 
+def test_a_checkpoint_trained_on_logit_normal_times_loads_with_its_process_s_own_and_cannot_resume(tmp_path):
+    """Logit-normal training times left the code after they did not pay (code at commit b69b20f); their
+    checkpoints still load and sample, and say why they cannot resume."""
+    from models.load import SHIPPED_MODEL
+    ckpt = torch.load(SHIPPED_MODEL, weights_only=True)
+    ckpt["diffusion_config"] = {**ckpt["diffusion_config"], "t_sampling": "logit_normal"}
+    torch.save(ckpt, tmp_path / "ck")
+    loaded = load_checkpoint(tmp_path / "ck")[0]
+    assert "--t_sampling logit_normal" in loaded["not_resumable"]
+    assert DiffusionConfig(**loaded["diffusion_config"]).t_sampling == "uniform"
+
+
 def test_the_shipped_model_is_written_in_format_1_where_that_format_says_the_same_model(tmp_path):
     """make_shipped keeps an MNIST DDPM in format version 1 (what every version of the code reads),
     and a load gives back the configs and weights it was made from; a model format 1 cannot

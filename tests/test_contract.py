@@ -45,7 +45,7 @@ class EDMSchedule(ContinuousProcess):
     """sigma_edm(t) = exp(log s_min + t (log s_max - log s_min)), s in [0.002, 80], written as
     x_t = alpha x_0 + sigma eps with alpha = 1 / sqrt(1 + s^2), sigma = s / sqrt(1 + s^2)."""
     name, about = "edm", "the sigma schedule of Karras et al. 2022, variance preserving"
-    defaults = {"prediction": "x0", "weighting": "edm", "t_sampling": "logit_normal", "clip_x0": False, "few_steps": 0}
+    defaults = {"prediction": "x0", "weighting": "edm", "t_sampling": "uniform", "clip_x0": False, "few_steps": 0}
     log_min, log_max = math.log(0.002), math.log(80.0)
 
     def edm_sigma(self, t):
@@ -116,7 +116,7 @@ def test_a_new_process_trains_and_samples_from_the_command_line(tmp_path, mnist_
     assert trained.returncode == 0, trained.stderr[-2000:]
     saved = load_checkpoint(ck)[0]["diffusion_config"]
     assert (saved["process"], saved["prediction"], saved["weighting"], saved["t_sampling"]) == \
-        ("edm", "x0", "edm", "logit_normal")  # the class's defaults
+        ("edm", "x0", "edm", "uniform")  # the class's defaults
     sampled = run_script("-c", WITH_EDM, "inference.py", "--checkpoint_path", ck, "--num_samples", "4", "--steps",
                          "3", "--no_show", "--output_dir", tmp_path / "inf", timeout=300)
     assert sampled.returncode == 0, sampled.stderr[-2000:]

@@ -60,6 +60,18 @@ def test_likelihood_options_are_refused_in_one_line(capsys):
         assert code == 2 and message in err and "Traceback" not in err
 
 
+@pytest.mark.parametrize("main, argv, message", [
+    (inference.main, ["--guide_model", "auto"], "unrecognized arguments: --guide_model auto"),
+    (evaluate.main, ["--guide_model", "auto"], "unrecognized arguments: --guide_model auto"),
+    (train.main, ["--guide_at", "0.5"], "unrecognized arguments: --guide_at 0.5"),
+    (train.main, ["--t_sampling", "logit_normal"], "argument --t_sampling: invalid choice: 'logit_normal'"),
+])
+def test_the_flags_of_experiments_that_left_the_code_are_refused_in_one_line(main, argv, message, capsys):
+    """Autoguidance and logit-normal training times did not pay (docs/RESULTS.md) and left the code."""
+    code, err = exit_code(main, argv, capsys)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_time_to_quality_needs_a_recipe():
     from benchmarks.time_to_quality import Flags
     with pytest.raises(UserError, match="--recipes needs at least one recipe"):

@@ -1,5 +1,5 @@
-"""Hardening of post-hoc EMA (posthoc_ema.py) and of autoguidance's guide (models/load.py load_guide):
-each bad input gives one line and exit code 2, and leaves every file byte for byte as it was."""
+"""Hardening of post-hoc EMA (posthoc_ema.py): each bad input gives one line and exit code 2, and
+leaves every file byte for byte as it was."""
 import hashlib
 import os
 import shutil
@@ -7,7 +7,6 @@ import shutil
 import pytest
 import torch
 
-import inference
 import posthoc_ema
 import train
 from models.load import SHIPPED_MODEL
@@ -17,10 +16,10 @@ from utils.checkpoint import load_checkpoint
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, mnist_dir):
-    """A 4-step run with a guide snapshot (step 2) and post-hoc snapshots (steps 2 and 4)."""
+    """A 4-step run with post-hoc snapshots (steps 2 and 4)."""
     folder = tmp_path_factory.mktemp("run")
-    train.main(train_args(folder, mnist_dir, "ck", "--total_steps", "4", "--guide_at", "0.5", "--posthoc_ema", "2",
-                          "--num_grid_samples", "0"))
+    train.main(train_args(folder, mnist_dir, "ck", "--total_steps", "4", "--posthoc_ema", "2", "--num_grid_samples",
+                          "0"))
     return folder / "ck"
 
 
@@ -97,46 +96,3 @@ def test_an_ema_before_a_non_finite_snapshot_is_made_without_it(run, tmp_path):
     written = posthoc_ema.main(["--checkpoint_path", str(tmp_path / "nan"), "--step", "2"])
     assert load_checkpoint(written[0])[0]["posthoc_source"]["step"] == 2
 
-
-# ---- inference.py --guide_model -------------------------------------------------------------
-
-@pytest.mark.parametrize("checkpoint, guide, message", [
-    ("ck", "fashion", "was trained on fashion_mnist, {ck} on mnist"),
-    ("images_a", "images_b", "was trained on the folder images_b (classes 0, 1"),
-    ("nan_guide", "auto", "the guide's weights hold NaN or Inf"),
-    ("ck", "nan_ema", "has NaN or Inf values"),  # load_checkpoint's check of every EMA
-    ("ck", "ck", "autoguidance by the model itself changes nothing"),
-    ("ck", "link", "autoguidance by the model itself changes nothing"),
-    ("link", "copy", "autoguidance by the model itself changes nothing"),  # a folder, holding a copy
-])
-def test_a_guide_of_other_data_non_finite_or_the_model_itself_is_refused(run, tmp_path, capsys, checkpoint, guide,
-                                                                         message):
-    shutil.copy(run, tmp_path / "ck")
-    (tmp_path / "link").symlink_to(tmp_path / "ck")
-    (tmp_path / "copy").mkdir()
-    shutil.copy(run, tmp_path / "copy" / "ck")
-    edited(run, tmp_path / "fashion", lambda ckpt: ckpt["train_config"].update(dataset="fashion_mnist"))
-    for name in ("images_a", "images_b"):
-        edited(run, tmp_path / name, lambda ckpt: ckpt["train_config"].update(dataset="folder", data_dir=name))
-    edited(run, tmp_path / "nan_guide", lambda ckpt: next(iter(ckpt["guide"].values())).fill_(float("nan")))
-    edited(run, tmp_path / "nan_ema", lambda ckpt: next(iter(ckpt["ema"].values())).fill_(float("nan")))
-    guide = guide if guide == "auto" else str(tmp_path / guide)
-    argv = ["--checkpoint_path", str(tmp_path / checkpoint), "--guide_model", guide, "--num_samples", "2",
-            "--steps", "2", "--no_show", "--output_dir", str(tmp_path / "out")]
-    refused(inference.main, argv, message.format(ck=tmp_path / "ck"), tmp_path, capsys)
-
-
-def test_the_raw_weights_may_be_guided_by_their_own_ema(run, tmp_path):
-    raw = inference.main(["--checkpoint_path", str(run), "--guide_model", str(run), "--no-use_ema", "--num_samples",
-                          "2", "--steps", "2", "--no_show", "--output_dir", str(tmp_path / "out")])
-    assert raw.shape == (2, 1, 28, 28) and torch.isfinite(raw).all()
-
-
-def test_a_guide_of_the_same_folder_by_another_path_is_the_same_data(tmp_path, monkeypatch):
-    from models.load import data_set
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "digits").mkdir()
-    ckpt = {"train_config": {"dataset": "folder", "data_dir": "digits"}, "classes": ["a", "b"]}
-    same = {"train_config": {"dataset": "folder", "data_dir": str(tmp_path / "digits")}, "classes": ["a", "b"]}
-    assert data_set(ckpt, resolved=True) == data_set(same, resolved=True)
-    assert data_set(ckpt) != data_set(same)  # as the message names them: as trained

@@ -160,10 +160,10 @@ def test_a_student_keeps_its_typed_flags_and_the_teacher_s_data_folder(tmp_path,
     teacher = torch.load(SHIPPED_MODEL, weights_only=True)
     torch.save({**teacher, "train_config": {**teacher["train_config"], "dataset": "folder", "data_dir": str(digits)}},
                tmp_path / "teacher.pt")
-    train.main(student_args(tmp_path, "--t_sampling", "logit_normal", "--weighting", "velocity", "--max_steps", "2",
+    train.main(student_args(tmp_path, "--t_sampling", "uniform", "--weighting", "velocity", "--max_steps", "2",
                             teacher=tmp_path / "teacher.pt"))
     ckpt = load_checkpoint(tmp_path / "student")[0]
-    assert ckpt["diffusion_config"]["t_sampling"] == "logit_normal"
+    assert ckpt["diffusion_config"]["t_sampling"] == "uniform"  # flow's own: stratified
     assert ckpt["diffusion_config"]["weighting"] == "velocity"
     assert ckpt["train_config"]["dataset"] == "folder" and ckpt["train_config"]["data_dir"] == str(digits)
     assert checkpoint_data(ckpt, False)[1].images.shape == (2, 1, 28, 28)  # what evaluate.py reads, untyped

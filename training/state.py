@@ -4,7 +4,6 @@ Checkpoint layout (utils/checkpoint.py FORMAT_VERSION), written by RunState.chec
     format_version, model_config, diffusion_config, train_config    plain dicts
     model, ema            state dicts of the plain U-Net (no module./_orig_mod. prefixes)
     optimizer, grad_scaler, lr_scheduler, step, epoch, bad_steps, rng, classes
-    guide                 the EMA's state dict at --guide_at (only with it), autoguidance's guide
     posthoc               the two power EMAs and their snapshots (only with --posthoc_ema; training/posthoc.py)
     objective             a student's critic, its AdamW and noise (only with --distill dmd; training/dmd.py)
 The LR and EMA rates are functions of the step (training/schedule.py, ema.py), so resuming needs no
@@ -33,7 +32,6 @@ class RunState:
     net: nn.Module = None             # what the step calls: the model, compiled and/or in DDP (default: model)
     step: int = 0                     # optimizer steps taken
     bad_steps: int = 0                # non-finite steps in a row at the last read-back
-    guide: dict = None                # the EMA's weights at --guide_at, autoguidance's weaker model
     posthoc: PostHocEMA = None        # --posthoc_ema's EMAs and snapshots
     objective: object = None          # a student's objective with a state of its own (training/dmd.py), or None
 
@@ -61,7 +59,6 @@ class RunState:
             "epoch": self.step // steps_per_epoch,
             "bad_steps": self.bad_steps,
             "classes": list(classes),
-            **({"guide": self.guide} if self.guide is not None else {}),
             **({"posthoc": self.posthoc.state_dict()} if self.posthoc is not None else {}),
             **({"objective": self.objective.state_dict()} if self.objective is not None else {}),
             "rng": {"torch": torch.get_rng_state(),
@@ -87,7 +84,7 @@ class RunState:
         device = next(self.model.parameters()).device
         if device.type == "cuda" and ckpt["rng"]["cuda"] is not None:
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
-        self.step, self.bad_steps, self.guide = ckpt["step"], ckpt["bad_steps"], ckpt.get("guide")
+        self.step, self.bad_steps = ckpt["step"], ckpt["bad_steps"]
         if self.posthoc is not None and "posthoc" not in ckpt:
             raise UserError(f"--posthoc_ema starts with a run: {path} was trained without it (resume with "
                             "--posthoc_ema 0, or start a new run)")
@@ -97,7 +94,3 @@ class RunState:
             raise UserError(f"{path} cannot be resumed: it lacks the critic of its --distill dmd run")
         if self.objective is not None:
             self.objective.load_state_dict(ckpt["objective"])
-
-    def keep_guide(self):
-        """Keep the EMA's weights as they are now: autoguidance's guide (Karras et al. 2024)."""
-        self.guide = {name: tensor.detach().clone() for name, tensor in self.ema.state_dict().items()}

@@ -228,8 +228,9 @@ def migrate(ckpt, path):
     """Bring a checkpoint of an earlier format up to this one, in memory. Version 1: MNIST unless saved, the
     process DDPM, and a run whose train_config lacks seed_scheme 2 (other data-order and noise seeds) samples
     and evaluates but cannot resume exactly (not_resumable says why). Any version: a run with VDM's t_density
-    (dropped after commit 829065b) likewise; a file from before clip_x0 (a flag up to commit b4b2019) gets the
-    unclamped denoiser it trained as; one from before --weighting and --t_sampling, its process's own."""
+    (dropped after commit 829065b) or logit_normal times (after commit b69b20f) likewise; a file from before
+    clip_x0 (a flag up to commit b4b2019) gets the unclamped denoiser it trained as; one from before --weighting
+    and --t_sampling, its process's own."""
     version = ckpt["format_version"]
     if version not in (1, FORMAT_VERSION):
         raise UserError(f"{path} has format version {version}; this code reads 1 and {FORMAT_VERSION}")
@@ -237,6 +238,10 @@ def migrate(ckpt, path):
     if ckpt["diffusion_config"].pop("t_density", ()):
         ckpt["not_resumable"] = ("it trained with --t_density, which this version no longer has (a resumed run would "
                                  "draw other times); it still samples and evaluates")
+    if ckpt["diffusion_config"].get("t_sampling") == "logit_normal":
+        del ckpt["diffusion_config"]["t_sampling"]  # its process's own, which only training reads
+        ckpt["not_resumable"] = ("it trained with --t_sampling logit_normal, which this version no longer has; it "
+                                 "still samples and evaluates")
     if version == 1:
         train_cfg = {"dataset": "mnist", **ckpt.get("train_config", {})}
         if train_cfg.pop("seed_scheme", 1) != 2:

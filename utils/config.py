@@ -126,8 +126,6 @@ class TrainConfig:
     warmup_steps: int = option(200, "linear LR warmup steps before the cosine decay", bounds="[0, inf)")
     grad_clip: float = option(1.0, "clip the gradient norm to this value (0 = off)", bounds="[0, inf)")
     ema_decay: float = option(0.999, "EMA decay of the weights used for sampling (with EMA warmup)", bounds="[0, 1)")
-    guide_at: float = option(0.0, "keep the EMA weights at this fraction of the run as autoguidance's weaker model "
-                             "(Karras et al. 2024; inference.py --guide_model auto); 0 = none", bounds="[0, 1)")
     posthoc_ema: int = option(0, "post-hoc EMA (Karras et al. 2024): keep two power EMAs and save each this many "
                               "times in the run, so that python posthoc_ema.py can make the EMA of any length "
                               "afterwards (8 is plenty); 0 = off", bounds="[0, inf)")
