@@ -32,6 +32,19 @@ class ExactEps(torch.nn.Module):
         return (x_t - alpha * x0) / sigma
 
 
+class ByLabel(ExactEps):
+    """ExactEps for data N(means[y], S^2): a class-conditional teacher whose null label is 1."""
+    config = type("Config", (), {"null_label": 1})
+
+    def __init__(self, process, means):
+        super().__init__(process, 0.0)
+        self.means = torch.tensor(means)
+
+    def forward(self, x_t, t, y=None):
+        self.mean.data = self.means[y].reshape(-1, 1, 1, 1)
+        return super().forward(x_t, t, y)
+
+
 def no_amp():
     return torch.autocast("cpu", enabled=False)
 
@@ -61,6 +74,31 @@ def test_the_matching_gradient_is_the_closed_form_difference_of_the_two_posterio
     expected = sigma ** 2 / (alpha ** 2 * S ** 2 + sigma ** 2) * (0.5 - 0.1)
     weight = (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
     assert torch.allclose(grad * weight, torch.full_like(grad, expected), rtol=1e-4)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.9])
+def test_the_real_score_is_guided_as_the_teacher_samples(monkeypatch, fraction):
+    """With the critic equal to the teacher, what is left is the teacher's guidance:
+    x0_fake - x0_real = -w (x0_cond - x0_uncond) at times inside its guidance interval, 0 outside."""
+    monkeypatch.setattr(dmd, "TIMES", (fraction, fraction))
+    lo, hi = dmd.TEACHER.guidance_interval
+    w = dmd.TEACHER.guidance if lo <= fraction <= hi else 0.0
+    tp = DDPM(DiffusionConfig(process="ddpm"))
+    obj = dmd.DistributionMatching(Flow(DiffusionConfig(process="flow")), ByLabel(tp, (0.1, 0.5)), tp,
+                                   ByLabel(tp, (0.1, 0.5)), TrainConfig(lr=1e-2, grad_clip=0.0))
+    x, y = 0.1 + S * torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0)), torch.zeros(16).long()
+    state = obj.noise.get_state()
+    grad = obj.matching_gradient(x, y, no_amp)
+    obj.noise.set_state(state)  # the same t and noise again, for the denominator
+    t = tp.time_at(torch.rand(16, generator=obj.noise) * 0 + fraction)
+    x_t = tp.q_sample(x, t, torch.randn(x.shape, generator=obj.noise))
+    alpha, sigma = (v.reshape(-1, 1, 1, 1) for v in tp.alpha_sigma(t))
+    shrink = sigma ** 2 / (alpha ** 2 * S ** 2 + sigma ** 2)  # x0_cond - x0_uncond = shrink (0.1 - 0.5)
+    x0_real = 0.1 + alpha * S ** 2 / (alpha ** 2 * S ** 2 + sigma ** 2) * (x_t - alpha * 0.1) + w * shrink * -0.4
+    expected = -w * shrink * -0.4
+    weight = (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
+    assert w > 0 if fraction == 0.5 else w == 0
+    assert torch.allclose(grad * weight, expected.expand_as(grad), rtol=1e-4, atol=1e-7)
 
 
 def test_the_critic_learns_the_generator_s_distribution():

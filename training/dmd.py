@@ -11,7 +11,9 @@ DMD's weight (eq. 8) the generator's digit moves by
 
     grad = (x0_fake - x0_real) / mean |x - x0_real|,    loss = 1/2 ||x - sg(x - grad)||^2
 
-at teacher times in TIMES (DMD2 keeps clear of both ends). The critic takes CRITIC_STEPS AdamW
+at teacher times in TIMES (DMD2 keeps clear of both ends). x0_real is guided as the teacher samples
+by default (classifier-free guidance w inside its interval, DMD sec. 3.3), so the generator learns
+the distribution the teacher draws, not its unguided one. The critic takes CRITIC_STEPS AdamW
 steps on the generator's digits for each of the generator's (DMD2's two time-scale update rule).
 
 The generator is a flow model (diffusion/continuous.py's Flow) started from the teacher's weights,
@@ -23,12 +25,15 @@ so that it samples in 1 or 2 steps.
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from diffusion.config import SamplingConfig
 from diffusion.grids import time_grid
+from diffusion.guidance import guided
 from training.step import make_optimizer, step_unless
 
 TIMES = (0.02, 0.98)  # the teacher's times of the matching gradient, as fractions of its range
 SEED = 2 ** 29        # the critic's and the gradient's noise: from --seed + SEED + rank
 CRITIC_STEPS = 2      # the critic's AdamW steps per step of the generator (DMD2: 5)
+TEACHER = SamplingConfig()  # the real score's guidance and its interval: the teacher's default sampling
 
 
 class DistributionMatching:
@@ -83,14 +88,18 @@ class DistributionMatching:
         step_unless(self.optimizer, torch.isfinite(loss) & torch.isfinite(norm))
 
     def matching_gradient(self, x, y, amp):
-        """(x0_fake - x0_real) / mean |x - x0_real| at x_t ~ q(x_t | x), t uniform in TIMES (DMD eq. 7-8)."""
+        """(x0_fake - x0_real) / mean |x - x0_real| at x_t ~ q(x_t | x), t uniform in TIMES (DMD eq. 7-8),
+        x0_real guided as the teacher samples (TEACHER)."""
         tp, n = self.teacher_process, len(x)
         u = torch.rand(n, generator=self.noise, device=x.device) * (TIMES[1] - TIMES[0]) + TIMES[0]
         t = tp.time_at(u)
         x_t = tp.q_sample(x, t, torch.randn(x.shape, generator=self.noise, device=x.device))
         t_in = tp.model_time(t, n, x.device)
+        lo, hi = TEACHER.guidance_interval
+        w = (TEACHER.guidance * ((u >= lo) & (u <= hi))).view(-1, 1, 1, 1)
         with torch.no_grad(), amp():
-            real, fake = self.teacher(x_t, t_in, y).float(), self.critic(x_t, t_in, y).float()
+            real = self.teacher(x_t, t_in, y).float() if y is None else guided(self.teacher, x_t, t_in, y, w)
+            fake = self.critic(x_t, t_in, y).float()
         x0_real, x0_fake = tp.predict_x0_eps(x_t, t, real)[0], tp.predict_x0_eps(x_t, t, fake)[0]
         return (x0_fake - x0_real) / (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
 
