@@ -14,7 +14,7 @@ import torch
 from diffusion.inpainting import inpaint
 from diffusion.pipeline import every_digit, sampling_times
 from diffusion.sdedit import sdedit
-from models.load import checkpoint_or_shipped, load_to_sample
+from models.load import ONE_STEP_MODEL, SHIPPED_MODEL, checkpoint_or_shipped, load_to_sample
 from utils.canvas import picture
 from utils.datasets import checkpoint_data, to_model_range
 from utils.errors import UserError
@@ -23,6 +23,12 @@ from utils.plotting import spread
 NUM = 16            # digits per generated grid, 4 x 4
 EDITS = 4           # edits of a drawing, completions of an erased digit: one row
 FRAMES = 50         # at most this many steps of the denoising kept for the slider
+SHIPPED = {"DDPM, 10 steps": SHIPPED_MODEL, "DMD, 1 step": ONE_STEP_MODEL}  # the page's choice of shipped models
+
+
+def shipped_name(model):
+    """The page's name for a loaded model that is a shipped one, else None."""
+    return next((name for name, path in SHIPPED.items() if model.path.resolve() == path.resolve()), None)
 
 
 def summary(model, full_path=True):

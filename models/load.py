@@ -16,10 +16,13 @@ from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, ModelConfig
 from utils.device import autocast, resolve_precision, select_device
 from utils.errors import UserError
 
-# The default MNIST model, trained by `python train.py` on its defaults: EMA weights only, in a
-# checkpoint without training state (see make_shipped). inference.py and evaluate.py use it when
-# there is no checkpoint at the default path; train.py never resumes from it or writes over it.
-SHIPPED_MODEL = Path(__file__).resolve().parent / "weights" / "ddpm_mnist.pt"
+# The shipped models: EMA weights only, in checkpoints without training state (see make_shipped).
+# The default MNIST model, trained by `python train.py` on its defaults, is what inference.py and
+# evaluate.py use when there is no checkpoint at the default path; the one-step model is its DMD
+# student (docs/RESULTS.md, "One step"). No script writes into their folder.
+WEIGHTS = Path(__file__).resolve().parent / "weights"
+SHIPPED_MODEL = WEIGHTS / "ddpm_mnist.pt"
+ONE_STEP_MODEL = WEIGHTS / "dmd_mnist.pt"
 
 
 def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
@@ -91,18 +94,23 @@ def checkpoint_or_shipped(path):
     return load_checkpoint(SHIPPED_MODEL)
 
 
+def shipped(path):
+    """Whether `path` (or the file a link leads to) is a shipped model, their folder, or a file in it."""
+    path = Path(path).resolve()
+    return WEIGHTS.resolve() in (path, path.parent)
+
+
 def refuse_shipped(typed, path, instead="train into another --checkpoint_path"):
-    """The shipped model (its file, its folder, or a link to either) is never written over: a
+    """The shipped models (a file, their folder, or a link to either) are never written over: a
     one-line UserError saying what to do `instead`."""
-    if Path(path).resolve() in (SHIPPED_MODEL.resolve(), SHIPPED_MODEL.parent.resolve()):
-        raise UserError(f"{typed} is the shipped model {SHIPPED_MODEL.parent.parent.name}/weights/{SHIPPED_MODEL.name}; "
-                        f"{instead}")
+    if shipped(path):
+        raise UserError(f"{typed} is in the shipped models' folder {WEIGHTS.parent.name}/{WEIGHTS.name}/; {instead}")
 
 
 def results_path(path, suffix):
-    """Where a script writes results about a checkpoint: next to it, or in outputs/ for the shipped model."""
+    """Where a script writes results about a checkpoint: next to it, or in outputs/ for a shipped model."""
     path = Path(path)
-    return Path(OUTPUT_DIR) / (path.name + suffix) if path.resolve() == SHIPPED_MODEL.resolve() else Path(f"{path}{suffix}")
+    return Path(OUTPUT_DIR) / (path.name + suffix) if shipped(path) else Path(f"{path}{suffix}")
 
 
 def class_names(ckpt):

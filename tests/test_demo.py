@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 from demo import DemoConfig
-from playground import EDITS, MainThread, complete, denoising, digit_labels, open_model, sampling_for
+from playground import (EDITS, SHIPPED, MainThread, complete, denoising, digit_labels, open_model, sampling_for,
+                        shipped_name)
 from utils.canvas import CANVAS, canvas, drawing_to_digit, erased, read_upload
 from utils.errors import UserError
 
@@ -98,6 +99,16 @@ def test_denoising_gives_the_grid_and_frames_ending_in_the_digits(model):
     assert not np.array_equal(frames[0][0], frames[-1][0])
     with pytest.raises(UserError, match="steps"):
         denoising(model, sampling_for(model, "ddim", 5000, 0.0, 0), "7")
+
+
+def test_each_shipped_model_is_named_and_draws_in_its_own_steps():
+    steps = {}
+    for name, path in SHIPPED.items():
+        m = open_model(path, DemoConfig(precision="fp32"))
+        assert shipped_name(m) == name
+        _, frames = denoising(m, m.sampling, "7")
+        steps[name] = len(frames) - 1  # a frame per step, then the finished digits
+    assert steps == {"DDPM, 10 steps": 8, "DMD, 1 step": 1}  # dpm++ 8 steps is 10 evaluations
 
 
 def test_completion_keeps_the_known_part(model):

@@ -121,6 +121,16 @@ def test_generate_scrub_and_recognised_digits(page, shots):
     assert not np.array_equal(other, grid)  # a new seed, new digits
 
 
+def test_the_one_step_model_beside_the_shipped_one(page):
+    page.get_by_label("DMD, 1 step").check()
+    page.get_by_text("dmd_mnist.pt").first.wait_for(timeout=30_000)  # the page's summary names the model
+    assert page.locator("#steps input[type=number]").input_value() == "1"
+    choose(page, "digit", "7")
+    page.click("#generate")
+    grid, _ = image_of(page, "grid")
+    assert (recognised(grid, 16, 4) == 7).float().mean() >= 0.9
+
+
 def test_draw_follows_the_pen(page, shots):
     page.get_by_role("tab", name="Draw").click()
     choose(page, "draw-digit", "1")
@@ -232,3 +242,4 @@ def test_a_public_page_cannot_load_a_file_by_its_path():
     names = lambda page: {f.fn.__name__ for f in page.fns.values() if f.fn}  # noqa: E731
     assert "switch" in names(local) and "switch" not in names(public)
     assert "models/weights/" not in public.config["components"].__repr__()
+    assert "pick" in names(public)  # the shipped models, chosen by name

@@ -51,8 +51,8 @@ def refused(main, argv, message, folder, capsys):
     ("ck", "symlink", ["0.05"], "would write over"),
     ("ck", "ck_step0000004", ["0.05"], "would write over"),                  # a hard link to ck, as keep_last makes
     ("run", "run/ck", ["0.05"], "would write over"),                         # the folder's newest is ck_step0000004
-    ("ck", str(SHIPPED_MODEL), ["0.05"], "is the shipped model"),
-    ("ck", "shipped_link", ["0.05"], "is the shipped model"),
+    ("ck", str(SHIPPED_MODEL), ["0.05"], "in the shipped models' folder"),
+    ("ck", "shipped_link", ["0.05"], "in the shipped models' folder"),
     ("ck", "e{sigma_rel}", ["0.05", "0.050"], "--sigma_rel 0.05 and 0.05 would both write"),
     ("ck", "e{sigma_rel:.3}", ["0.05", "0.06"], "--sigma_rel 0.05 and 0.06 would both write"),
     ("ck", "", ["0.05", "0.05"], "would both write"),
