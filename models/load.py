@@ -1,4 +1,4 @@
-"""A trained network and its process, from a loaded checkpoint; a checkpoint loaded to sample; the shipped model."""
+"""A trained network and its process, from a loaded checkpoint; a checkpoint loaded to sample; the shipped models."""
 import sys
 from dataclasses import dataclass
 from functools import partial
@@ -16,10 +16,9 @@ from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, ModelConfig
 from utils.device import autocast, resolve_precision, select_device
 from utils.errors import UserError
 
-# The shipped models: EMA weights only, in checkpoints without training state (see make_shipped).
-# The default MNIST model, trained by `python train.py` on its defaults, is what inference.py and
-# evaluate.py use when there is no checkpoint at the default path; the one-step model is its DMD
-# student (docs/RESULTS.md, "One step"). No script writes into their folder.
+# The shipped models, EMA weights without training state (make_shipped): the default MNIST model
+# (`python train.py` on its defaults; the scripts' fallback with no checkpoint at the default path)
+# and its one-step DMD student (docs/RESULTS.md, "Few-step generation"). No script writes here.
 WEIGHTS = Path(__file__).resolve().parent / "weights"
 SHIPPED_MODEL = WEIGHTS / "ddpm_mnist.pt"
 ONE_STEP_MODEL = WEIGHTS / "dmd_mnist.pt"
