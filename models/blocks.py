@@ -64,9 +64,9 @@ class AttentionBlock(nn.Module):
     def forward(self, x):
         _, _, height, width = x.shape
         q, k, v = self.qkv(self.norm(x)).chunk(3, dim=1)
-        # contiguous: on a CPU, SDPA's flash kernel needs a dense last dim, else it falls back to its slower
-        # math path (17% of a one-step sample's time, AMD Zen 4, bf16: docs/RESULTS.md, "Few-step generation")
-        q, k, v = (rearrange(a, "b (h d) x y -> b h (x y) d", h=self.num_heads).contiguous() for a in (q, k, v))
+        q, k, v = (rearrange(a, "b (h d) x y -> b h (x y) d", h=self.num_heads) for a in (q, k, v))
+        if not torch.is_grad_enabled():  # sampling: on a CPU, dense q, k, v take SDPA's flash kernel, whose forward
+            q, k, v = (a.contiguous() for a in (q, k, v))  # beats the math path and whose backward does not (NOTEBOOK)
         out = F.scaled_dot_product_attention(q, k, v)
         out = rearrange(out, "b h (x y) d -> b (h d) x y", x=height, y=width)
         return x + self.proj(out)

@@ -1,9 +1,7 @@
 """The shipped model samples as it did: its default samples (8 digits, seed 0, fp32, one thread)
-against those kept in tests/data. Bit for bit on the CPU that drew them; within 1e-4 elsewhere,
-where other kernels round otherwise (an AVX2 capability differs by 3e-5). They held bit for bit
-through the rooms' rearrangement (issue #57, from commit c2b6b0b); they were drawn again when the
-attention block moved to PyTorch's CPU flash kernel (models/blocks.py), which moved them by at
-most 3.0e-5."""
+against those kept in tests/data (which say the commit that drew them). Bit for bit on the CPU that
+drew them; within 1e-4 elsewhere, where other kernels round otherwise (an AVX2 capability differs
+by 3e-5)."""
 from pathlib import Path
 
 import torch
