@@ -81,8 +81,8 @@ def test_the_real_score_is_guided_as_the_teacher_samples(monkeypatch, fraction):
     """With the critic equal to the teacher, what is left is the teacher's guidance:
     x0_fake - x0_real = -w (x0_cond - x0_uncond) at times inside its guidance interval, 0 outside."""
     monkeypatch.setattr(dmd, "TIMES", (fraction, fraction))
-    lo, hi = dmd.TEACHER.guidance_interval
-    w = dmd.TEACHER.guidance if lo <= fraction <= hi else 0.0
+    lo, hi = dmd.REAL_SCORE.guidance_interval
+    w = dmd.REAL_SCORE.guidance if lo <= fraction <= hi else 0.0
     tp = DDPM(DiffusionConfig(process="ddpm"))
     obj = dmd.DistributionMatching(Flow(DiffusionConfig(process="flow")), ByLabel(tp, (0.1, 0.5)), tp,
                                    ByLabel(tp, (0.1, 0.5)), TrainConfig(lr=1e-2, grad_clip=0.0))
@@ -99,6 +99,15 @@ def test_the_real_score_is_guided_as_the_teacher_samples(monkeypatch, fraction):
     weight = (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True)
     assert w > 0 if fraction == 0.5 else w == 0
     assert torch.allclose(grad * weight, expected.expand_as(grad), rtol=1e-4, atol=1e-7)
+
+
+def test_a_run_begun_before_the_guided_real_score_resumes_unguided():
+    state = objective(0.0, 0.0).state_dict()
+    assert state["guidance"] == (dmd.REAL_SCORE.guidance, *dmd.REAL_SCORE.guidance_interval)
+    del state["guidance"]  # as saved by the code of commit b69b20f
+    resumed = objective(0.0, 0.0)
+    resumed.load_state_dict(state)
+    assert resumed.guidance[0] == 0.0
 
 
 def test_the_critic_learns_the_generator_s_distribution():

@@ -33,7 +33,7 @@ from training.step import make_optimizer, step_unless
 TIMES = (0.02, 0.98)  # the teacher's times of the matching gradient, as fractions of its range
 SEED = 2 ** 29        # the critic's and the gradient's noise: from --seed + SEED + rank
 CRITIC_STEPS = 2      # the critic's AdamW steps per step of the generator (DMD2: 5)
-TEACHER = SamplingConfig()  # the real score's guidance and its interval: the teacher's default sampling
+REAL_SCORE = SamplingConfig()  # the real score's guidance w and its interval: the teacher's default sampling's
 
 
 class DistributionMatching:
@@ -50,6 +50,7 @@ class DistributionMatching:
         self.optimizer = make_optimizer(critic, cfg, device)
         self.grad_clip = cfg.grad_clip
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + SEED + rank)
+        self.guidance = (REAL_SCORE.guidance, *REAL_SCORE.guidance_interval)  # (w, lo, hi), saved with the run
 
     def training_loss(self, net, x0, y, z, t, amp):
         """The generator's loss on the batch's noise z and labels y (its images x0 and times t are
@@ -89,14 +90,14 @@ class DistributionMatching:
 
     def matching_gradient(self, x, y, amp):
         """(x0_fake - x0_real) / mean |x - x0_real| at x_t ~ q(x_t | x), t uniform in TIMES (DMD eq. 7-8),
-        x0_real guided as the teacher samples (TEACHER)."""
+        x0_real guided as the teacher samples (REAL_SCORE)."""
         tp, n = self.teacher_process, len(x)
         u = torch.rand(n, generator=self.noise, device=x.device) * (TIMES[1] - TIMES[0]) + TIMES[0]
         t = tp.time_at(u)
         x_t = tp.q_sample(x, t, torch.randn(x.shape, generator=self.noise, device=x.device))
         t_in = tp.model_time(t, n, x.device)
-        lo, hi = TEACHER.guidance_interval
-        w = (TEACHER.guidance * ((u >= lo) & (u <= hi))).view(-1, 1, 1, 1)
+        w, lo, hi = self.guidance
+        w = (w * ((tp.fraction(t) >= lo) & (tp.fraction(t) <= hi))).view(-1, 1, 1, 1)
         with torch.no_grad(), amp():
             real = self.teacher(x_t, t_in, y).float() if y is None else guided(self.teacher, x_t, t_in, y, w)
             fake = self.critic(x_t, t_in, y).float()
@@ -105,9 +106,10 @@ class DistributionMatching:
 
     def state_dict(self):
         return {"critic": self.critic.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "noise": self.noise.get_state()}
+                "noise": self.noise.get_state(), "guidance": self.guidance}
 
     def load_state_dict(self, state):
         self.critic.load_state_dict(state["critic"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.noise.set_state(state["noise"])
+        self.guidance = tuple(state.get("guidance", (0.0, 0.0, 1.0)))  # a run begun before the guided real score
