@@ -69,11 +69,11 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
             gr.update(value=m.sampling.sampler), gr.update(value=m.sampling.steps),
             gr.update(value=m.sampling.guidance, visible=conditional))
 
-    def load_into_page(current, path):
+    def load_into_page(current, path, name=None):
         try:
             m = open_model(path, cfg)
-        except UserError as err:
-            raise UserError(f"{err}; the page keeps {current}") from None
+        except UserError as err:  # a page for others names no file of this machine
+            raise UserError(f"{err}; the page keeps {current}" if can_load else f"cannot load {name}") from None
         return (str(m.path), summary(m, full_path=can_load), str(m.path) if can_load else "", shipped_name(m),
                 *choices(m))
 
@@ -83,7 +83,9 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
 
     @in_page
     def pick(current, name):  # a shipped model, by its name on the page: no path comes from the page
-        return load_into_page(current, str(SHIPPED[name]))
+        if name not in SHIPPED:
+            raise UserError(f"no shipped model {name!r}; choose {' or '.join(SHIPPED)}")
+        return load_into_page(current, str(SHIPPED[name]), name)
 
     @in_page
     def on_generate(path, digit, sampler, steps, guidance, seed, progress=gr.Progress()):
@@ -137,7 +139,7 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
     with gr.Blocks(title="Diffusion playground", delete_cache=(3600, 3600)) as page:  # files older than an hour
         path, frames, draws = gr.State(str(model.path)), gr.State([]), gr.State(0)  # draws: test digits shown
         about = gr.Markdown(summary(model, full_path=can_load), elem_id="about")
-        ours = gr.Radio(list(SHIPPED), value=shipped_name(model), label="shipped model", elem_id="shipped")
+        shipped_choice = gr.Radio(list(SHIPPED), value=shipped_name(model), label="shipped model", elem_id="shipped")
         with gr.Row(visible=can_load):
             box = gr.Textbox(str(model.path) if can_load else "", label="checkpoint", scale=5, elem_id="checkpoint")
             load_button = gr.Button("Load", scale=1, elem_id="load")
@@ -186,10 +188,10 @@ def build(cfg, model, can_load=True, run=lambda fn, *args, **kwargs: fn(*args, *
                 masked = shown(label="what the model keeps", elem_id="masked")
                 completed = shown(label="completed", elem_id="completed")
 
-        loaded = [path, about, box, ours, digit, draw_digit, erase_digit, sampler, steps, guidance]
+        loaded = [path, about, box, shipped_choice, digit, draw_digit, erase_digit, sampler, steps, guidance]
         if can_load:  # else not even the page's API reads a file by its path
             load_button.click(switch, [path, box], loaded)
-        ours.input(pick, [path, ours], loaded)
+        shipped_choice.input(pick, [path, shipped_choice], loaded)
         go.click(on_generate, [path, digit, sampler, steps, guidance, seed], [grid, frames, scrub, frame, caption],
                  show_progress="minimal", show_progress_on=[grid])
         scrub.input(on_scrub, [frames, scrub], [frame, caption], show_progress="hidden")

@@ -23,7 +23,8 @@ from utils.plotting import spread
 NUM = 16            # digits per generated grid, 4 x 4
 EDITS = 4           # edits of a drawing, completions of an erased digit: one row
 FRAMES = 50         # at most this many steps of the denoising kept for the slider
-SHIPPED = {"DDPM, 10 steps": SHIPPED_MODEL, "DMD, 1 step": ONE_STEP_MODEL}  # the page's choice of shipped models
+SHIPPED = {name: path for name, path in (("DDPM, dpm++ 8 steps", SHIPPED_MODEL), ("DMD, 1 step", ONE_STEP_MODEL))
+           if path.is_file()}  # the page's choice of shipped models, by name
 
 
 def shipped_name(model):
@@ -34,7 +35,7 @@ def shipped_name(model):
 def summary(model, full_path=True):
     """What the page says about a checkpoint loaded to sample (a models.load.Loaded)."""
     process, train = model.diffusion.config, model.ckpt.get("train_config", {})
-    budget = f"{train['minutes']:g} minutes, " if train.get("minutes") else ""
+    budget = f"{train['minutes']:g} minutes, " if train.get("minutes") and train.get("plan") else ""  # a --minutes run
     labels = "class-conditional" if model.classes and model.net.config.num_classes else "unconditional"
     name = model.path if full_path else model.path.name
     return (f"**{name}**: {process.process} ({labels}, predicts {process.prediction}), trained "

@@ -18,10 +18,11 @@ from utils.errors import UserError
 
 # The shipped models, EMA weights without training state (make_shipped): the default MNIST model
 # (`python train.py` on its defaults; the scripts' fallback with no checkpoint at the default path)
-# and its one-step DMD student (docs/RESULTS.md, "Few-step generation"). No script writes here.
-WEIGHTS = Path(__file__).resolve().parent / "weights"
-SHIPPED_MODEL = WEIGHTS / "ddpm_mnist.pt"
-ONE_STEP_MODEL = WEIGHTS / "dmd_mnist.pt"
+# and its one-step DMD student (docs/RESULTS.md, "Few-step generation"). train.py and posthoc_ema.py
+# never write into their folder (refuse_shipped).
+SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_MODEL = SHIPPED_DIR / "ddpm_mnist.pt"
+ONE_STEP_MODEL = SHIPPED_DIR / "dmd_mnist.pt"
 
 
 def load_model(ckpt, path, use_ema=True, device="cpu", make_model=UNet):
@@ -46,6 +47,7 @@ class Loaded:
     classes: tuple              # the names of its labels (class_names)
 
     def generate(self, num, labels=None, sampling=None, batch_size=1000, callback=None, batch_flag="--batch_size"):
+        labels = None if labels is None else labels.to(self.device)
         return generate(self.net, self.diffusion, num, sampling or self.sampling, labels=labels, batch_size=batch_size,
                         autocast=self.amp, callback=callback, batch_flag=batch_flag)
 
@@ -93,23 +95,23 @@ def checkpoint_or_shipped(path):
     return load_checkpoint(SHIPPED_MODEL)
 
 
-def shipped(path):
-    """Whether `path` (or the file a link leads to) is a shipped model, their folder, or a file in it."""
-    path = Path(path).resolve()
-    return WEIGHTS.resolve() in (path, path.parent)
+def is_shipped(path):
+    """Whether `path` (or the file a link leads to) is the shipped models' folder or inside it."""
+    return Path(path).resolve().is_relative_to(SHIPPED_DIR.resolve())
 
 
 def refuse_shipped(typed, path, instead="train into another --checkpoint_path"):
     """The shipped models (a file, their folder, or a link to either) are never written over: a
     one-line UserError saying what to do `instead`."""
-    if shipped(path):
-        raise UserError(f"{typed} is in the shipped models' folder {WEIGHTS.parent.name}/{WEIGHTS.name}/; {instead}")
+    if is_shipped(path):
+        raise UserError(f"{typed} is in the shipped models' folder {SHIPPED_DIR.parent.name}/{SHIPPED_DIR.name}/; "
+                        f"{instead}")
 
 
 def results_path(path, suffix):
     """Where a script writes results about a checkpoint: next to it, or in outputs/ for a shipped model."""
     path = Path(path)
-    return Path(OUTPUT_DIR) / (path.name + suffix) if shipped(path) else Path(f"{path}{suffix}")
+    return Path(OUTPUT_DIR) / (path.name + suffix) if is_shipped(path) else Path(f"{path}{suffix}")
 
 
 def class_names(ckpt):

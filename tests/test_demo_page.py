@@ -243,3 +243,20 @@ def test_a_public_page_cannot_load_a_file_by_its_path():
     assert "switch" in names(local) and "switch" not in names(public)
     assert "models/weights/" not in public.config["components"].__repr__()
     assert "pick" in names(public)  # the shipped models, chosen by name
+
+
+def test_a_public_page_names_no_file_when_a_shipped_model_fails(monkeypatch, tmp_path):
+    need(importlib.util.find_spec("gradio"), "gradio (pip install -r requirements-dev.txt)")
+    import gradio as gr
+
+    import playground
+    from demo import DemoConfig, build
+    model = playground.open_model("models/weights/ddpm_mnist.pt", DemoConfig(precision="fp32"))
+    broken = tmp_path / "broken.pt"
+    broken.write_text("not a checkpoint")
+    monkeypatch.setitem(playground.SHIPPED, "DMD, 1 step", broken)
+    pick = next(f.fn for f in build(DemoConfig(), model, False).fns.values() if f.fn and f.fn.__name__ == "pick")
+    for name, said in (("DMD, 1 step", "cannot load DMD, 1 step"), ("../../etc/passwd", "no shipped model")):
+        with pytest.raises(gr.Error) as err:
+            pick(str(model.path), name)
+        assert said in str(err.value) and str(tmp_path) not in str(err.value) and "models/weights" not in str(err.value)

@@ -1,5 +1,5 @@
 """The models in the box: models/weights/ddpm_mnist.pt, made by `python train.py` on its defaults, and
-its one-step DMD student models/weights/dmd_mnist.pt (docs/RESULTS.md, "One step")."""
+its one-step DMD student models/weights/dmd_mnist.pt (docs/RESULTS.md, "Few-step generation")."""
 import pytest
 import torch
 
