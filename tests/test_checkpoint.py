@@ -165,6 +165,22 @@ def test_a_checkpoint_trained_on_logit_normal_times_loads_with_its_process_s_own
     assert DiffusionConfig(**loaded["diffusion_config"]).t_sampling == "uniform"
 
 
+def test_a_run_saved_with_an_autoguidance_snapshot_samples_and_resumes_as_before(tmp_path, mnist_dir):
+    """Autoguidance left the code after it did not pay (code at commit b69b20f): a checkpoint holding
+    its "guide" snapshot and --guide_at samples as the same checkpoint without them, and resumes."""
+    import train
+    from diffusion.pipeline import generate
+    from models.load import load_model
+    from test_train import train_args
+    train.main(train_args(tmp_path, mnist_dir, "ck", "--total_steps", "2", "--num_grid_samples", "0"))
+    ckpt = torch.load(tmp_path / "ck", weights_only=True)
+    torch.save({**ckpt, "guide": ckpt["ema"], "train_config": {**ckpt["train_config"], "guide_at": 0.5}}, tmp_path / "old")
+    samples = [generate(*load_model(*load_checkpoint(tmp_path / name)), 4) for name in ("ck", "old")]
+    assert torch.equal(*samples)
+    train.main(train_args(tmp_path, mnist_dir, "old", "--total_steps", "3", "--num_grid_samples", "0"))
+    assert load_checkpoint(tmp_path / "old")[0]["step"] == 3
+
+
 def test_the_shipped_model_is_written_in_format_1_where_that_format_says_the_same_model(tmp_path):
     """make_shipped keeps an MNIST DDPM in format version 1 (what every version of the code reads),
     and a load gives back the configs and weights it was made from; a model format 1 cannot
