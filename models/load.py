@@ -16,10 +16,8 @@ from utils.config import DEFAULT_CHECKPOINT, OUTPUT_DIR, ModelConfig
 from utils.device import autocast, resolve_precision, select_device
 from utils.errors import UserError
 
-# The shipped models, EMA weights without training state (make_shipped): the default MNIST model
-# (`python train.py` on its defaults; the scripts' fallback with no checkpoint at the default path)
-# and its one-step DMD student (docs/RESULTS.md, "Few-step generation"). train.py and posthoc_ema.py
-# never write into their folder (refuse_shipped).
+# The shipped models (EMA weights only, make_shipped; never written over, refuse_shipped): the default run's,
+# the scripts' fallback with no checkpoint at the default path, and its one-step DMD student (RESULTS.md).
 SHIPPED_DIR = Path(__file__).resolve().parent / "weights"
 SHIPPED_MODEL = SHIPPED_DIR / "ddpm_mnist.pt"
 ONE_STEP_MODEL = SHIPPED_DIR / "dmd_mnist.pt"
