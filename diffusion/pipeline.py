@@ -73,8 +73,7 @@ def generate(model, diffusion, num, sampling=None, *, labels=None, batch_size=10
     sampling = sampling or SamplingConfig()
     device = diffusion.device
     cfg = model.config
-    if labels is None:
-        labels = every_digit(num, cfg.num_classes, device)
+    labels = every_digit(num, cfg.num_classes, device) if labels is None else labels.to(device)
     sampling_times(sampling, diffusion)  # refuse bad --steps before any work
     guided = labels is not None and sampling.guidance  # guided steps: twice the batch
     check_batch(model, min(batch_size, num), device, flag=batch_flag, copies=2 if guided else 1)

@@ -45,7 +45,6 @@ class Loaded:
     classes: tuple              # the names of its labels (class_names)
 
     def generate(self, num, labels=None, sampling=None, batch_size=1000, callback=None, batch_flag="--batch_size"):
-        labels = None if labels is None else labels.to(self.device)
         return generate(self.net, self.diffusion, num, sampling or self.sampling, labels=labels, batch_size=batch_size,
                         autocast=self.amp, callback=callback, batch_flag=batch_flag)
 

@@ -101,13 +101,22 @@ def test_the_real_score_is_guided_as_the_teacher_samples(monkeypatch, fraction):
     assert torch.allclose(grad * weight, expected.expand_as(grad), rtol=1e-4, atol=1e-7)
 
 
-def test_a_run_begun_before_the_guided_real_score_resumes_unguided():
-    state = objective(0.0, 0.0).state_dict()
+def test_a_run_begun_before_the_guided_real_score_resumes_unguided(monkeypatch):
+    """Its real score is the teacher's plain conditional pass, as that code computed it: with the critic
+    equal to the teacher, exactly zero, at a time inside the guidance interval."""
+    monkeypatch.setattr(dmd, "TIMES", (0.5, 0.5))
+    tp = DDPM(DiffusionConfig(process="ddpm"))
+    made = lambda: dmd.DistributionMatching(Flow(DiffusionConfig(process="flow")), ByLabel(tp, (0.1, 0.5)), tp,  # noqa: E731
+                                            ByLabel(tp, (0.1, 0.5)), TrainConfig(lr=1e-2, grad_clip=0.0))
+    state = made().state_dict()
     assert state["guidance"] == (dmd.REAL_SCORE.guidance, *dmd.REAL_SCORE.guidance_interval)
     del state["guidance"]  # as saved by the code of commit b69b20f
-    resumed = objective(0.0, 0.0)
+    resumed = made()
     resumed.load_state_dict(state)
+    monkeypatch.setattr(dmd, "guided", lambda *args: pytest.fail("an unguided run made the guided pass"))
+    x = 0.1 + S * torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     assert resumed.guidance[0] == 0.0
+    assert resumed.matching_gradient(x, torch.zeros(16).long(), no_amp).abs().max() == 0
 
 
 def test_the_critic_learns_the_generator_s_distribution():

@@ -96,10 +96,12 @@ class DistributionMatching:
         t = tp.time_at(u)
         x_t = tp.q_sample(x, t, torch.randn(x.shape, generator=self.noise, device=x.device))
         t_in = tp.model_time(t, n, x.device)
-        w, lo, hi = self.guidance
-        w = (w * ((tp.fraction(t) >= lo) & (tp.fraction(t) <= hi))).view(-1, 1, 1, 1)
+        (w, lo, hi), where = self.guidance, tp.fraction(t)
         with torch.no_grad(), amp():
-            real = self.teacher(x_t, t_in, y).float() if y is None else guided(self.teacher, x_t, t_in, y, w)
+            if y is None or w == 0:  # unconditional, or a run begun unguided: the plain pass
+                real = self.teacher(x_t, t_in, y).float()
+            else:
+                real = guided(self.teacher, x_t, t_in, y, (w * ((where >= lo) & (where <= hi))).view(-1, 1, 1, 1))
             fake = self.critic(x_t, t_in, y).float()
         x0_real, x0_fake = tp.predict_x0_eps(x_t, t, real)[0], tp.predict_x0_eps(x_t, t, fake)[0]
         return (x0_fake - x0_real) / (x - x0_real).abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
